@@ -1,0 +1,45 @@
+"""Console output with rich: the shared console, the config tree and the final metrics table."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.syntax import Syntax
+from rich.table import Table
+from rich.tree import Tree
+
+# One console for the log handler, the progress bar and tables, so a log line printed while
+# the bar is live appears above it instead of tearing it. Outside a terminal (CI, files) rich
+# would wrap at 80 columns; epoch lines are longer, so allow 200 there.
+CONSOLE = Console()
+if not CONSOLE.is_terminal:
+    CONSOLE.width = max(CONSOLE.width, 200)
+
+
+def console() -> Console:
+    return CONSOLE
+
+
+def print_config_tree(
+    cfg: DictConfig, order: Sequence[str] = ("data", "model", "task", "optimizer", "scheduler", "trainer")
+) -> None:
+    """Print the resolved config as a tree, one branch per top-level group."""
+    tree = Tree("config", guide_style="dim")
+    keys = [k for k in order if k in cfg] + [k for k in cfg if k not in order and k != "hydra"]
+    for key in keys:
+        branch = tree.add(f"[bold]{key}")
+        node = cfg[key]
+        text = OmegaConf.to_yaml(node, resolve=True) if isinstance(node, DictConfig) else str(node)
+        branch.add(Syntax(text, "yaml", theme="ansi_dark"))
+    CONSOLE.print(tree)
+
+
+def print_metrics_table(metrics: dict[str, float], title: str = "final metrics") -> None:
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in metrics.items():
+        table.add_row(k, f"{v:.4f}")
+    CONSOLE.print(table)

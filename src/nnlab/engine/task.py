@@ -1,0 +1,47 @@
+"""The contract between the engine and a task.
+
+The engine owns *when* things happen (epochs, logging intervals, checkpoints, devices); a task
+owns *what* one step means: which losses, which optimizers, which updates. A classifier steps
+one optimizer on cross-entropy; a GAN steps a discriminator then a generator; a self-organizing
+map updates its weights with no gradients at all. All of them fit this Protocol, so the loop in
+`nnlab.engine.trainer` never branches on the kind of model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from nnlab.engine.precision import Precision
+
+
+class Task(Protocol):
+    model: nn.Module
+    """Every trainable module of the task (a GAN's holds both networks); checkpointed as a whole."""
+
+    def configure(self, device: torch.device, precision: Precision, total_steps: int) -> None:
+        """Move to `device` and build optimizers/schedulers (`total_steps` = optimizer steps planned)."""
+
+    def training_step(self, batch: Any) -> dict[str, torch.Tensor]:
+        """Do one training update on `batch`; return detached 0-dim metric tensors (on device).
+
+        The engine averages them over the logging interval and the epoch, reading them back
+        to the host only at those points, so a step never forces a device synchronisation.
+        """
+
+    def evaluate(self, batches: Iterable[Any]) -> dict[str, float]:
+        """Metrics over a whole split (no gradients, eval mode), e.g. {"loss": .., "acc": ..}."""
+
+    def epoch_end(self, val_metrics: dict[str, float]) -> None:
+        """Called after each validation: step per-epoch schedulers (plateau ones read val metrics)."""
+
+    def learning_rates(self) -> dict[str, float]:
+        """Current learning rate of each optimizer, for logging ({"lr": ..} or {"lr/g": .., "lr/d": ..})."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Optimizer, scheduler and grad-scaler state (the model's weights are saved separately)."""
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...

@@ -1,0 +1,40 @@
+"""TensorBoard logging: scalars, and the run's hyperparameters with its final metrics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+class TensorBoardLogger:
+    """Writes event files under `save_dir` with `torch.utils.tensorboard.SummaryWriter`.
+
+    `log_hparams` fills TensorBoard's HParams tab: one row per run with its hyperparameters and
+    final metrics, so the trials of a sweep can be sorted and compared there.
+    """
+
+    def __init__(self, save_dir: str, flush_secs: int = 10) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.save_dir = Path(save_dir)
+        self.writer = SummaryWriter(log_dir=str(self.save_dir), flush_secs=flush_secs)
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        for k, v in metrics.items():
+            self.writer.add_scalar(k, v, global_step=step)
+
+    def log_hparams(self, params: dict[str, Any], metrics: dict[str, float]) -> None:
+        """Record `params` as this run's hyperparameters and `metrics` (already logged as
+        scalars under the same tags) as the values the HParams tab shows."""
+        from torch.utils.tensorboard.summary import hparams
+
+        clean = {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in params.items()}
+        exp, ssi, sei = hparams(clean, metrics)
+        for summary in (exp, ssi, sei):
+            self.writer.file_writer.add_summary(summary)
+
+    def flush(self) -> None:
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()

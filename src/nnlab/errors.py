@@ -1,0 +1,53 @@
+"""User-facing errors: one paragraph that names the key or file and says how to fix it."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class UserError(Exception):
+    """A mistake in the user's config, command line or files.
+
+    The entry point prints the message alone (no traceback, unless HYDRA_FULL_ERROR=1) and
+    exits with status 2. Messages name the offending key or file and say how to fix it.
+    """
+
+
+class ConfigValueError(UserError, ValueError):
+    """A config value out of its valid range or set of choices (raised by `check_*`)."""
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """' Did you mean 'x'?' for the closest choice, or '' when nothing is close."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" Did you mean '{close[0]}'?" if close else ""
+
+
+def check_choice(key: str, value: object, choices: Iterable[str]) -> None:
+    """Raise `ConfigValueError` naming `key` unless `value` is one of `choices`."""
+    choices = list(choices)
+    if value not in choices:
+        hint = did_you_mean(str(value), choices)
+        raise ConfigValueError(f"{key}={value!r} is not a valid choice.{hint} Choose one of: {', '.join(choices)}.")
+
+
+def check_range(
+    key: str,
+    value: float,
+    low: float | None = None,
+    high: float | None = None,
+    low_inclusive: bool = True,
+    high_inclusive: bool = True,
+) -> None:
+    """Raise `ConfigValueError` naming `key` and the valid range unless low <= value <= high."""
+    too_low = low is not None and (value < low if low_inclusive else value <= low)
+    too_high = high is not None and (value > high if high_inclusive else value >= high)
+    if too_low or too_high:
+        if high is None:
+            wanted = f"{'>=' if low_inclusive else '>'} {low}"
+        elif low is None:
+            wanted = f"{'<=' if high_inclusive else '<'} {high}"
+        else:
+            wanted = f"in {'[' if low_inclusive else '('}{low}, {high}{']' if high_inclusive else ')'}"
+        raise ConfigValueError(f"{key}={value!r} is out of range: it must be {wanted}.")

@@ -1,0 +1,1 @@
+"""Tasks: what one training step means for a family of models (see `nnlab.engine.task.Task`)."""

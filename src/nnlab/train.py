@@ -1,0 +1,134 @@
+"""`nnlab-train` (also `python -m nnlab.train`): one run, read top to bottom like a checklist.
+
+    seed -> data -> model -> task -> callbacks, logger, trainer -> fit -> test -> metrics.json
+
+`main` returns the value of `optimized_metric`, so Hydra sweepers (grid, Optuna) can optimize
+runs with no extra code.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+import nnlab
+from nnlab.console import print_config_tree, print_metrics_table
+from nnlab.engine.rng import seed_everything
+from nnlab.errors import UserError, did_you_mean
+from nnlab.runinfo import run_info, write_json
+from nnlab.validation import validate_config
+
+log = logging.getLogger(__name__)
+
+# Config groups whose values are the run's hyperparameters in TensorBoard's HParams tab.
+HPARAM_GROUPS = ("data", "model", "task", "optimizer", "scheduler", "trainer")
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Build every part the config names, train, test; return the final metrics."""
+    validate_config(cfg)
+    if cfg.get("print_config"):
+        print_config_tree(cfg)
+    output_dir = Path(cfg.paths.output_dir)
+    write_json(run_info(), output_dir / "run_info.json")
+    seed_everything(cfg.seed)
+
+    log.info("Building data <%s>", cfg.data.dataset._target_)
+    data = instantiate(cfg.data)
+
+    log.info("Building model <%s>", cfg.model._target_)
+    model = instantiate(cfg.model, input_shape=data.input_shape, num_outputs=data.num_outputs)
+
+    log.info("Building task <%s> with optimizer <%s>", cfg.task._target_, cfg.optimizer._target_)
+    scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
+    task = instantiate(cfg.task, model=model, optimizer=instantiate(cfg.optimizer), scheduler=scheduler, kind=data.kind)
+
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    logger = instantiate(cfg.logger) if cfg.get("logger") else None
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
+    trainer.extra_state = {"config": OmegaConf.to_yaml(cfg, resolve=True), "nnlab_version": nnlab.__version__}
+
+    try:
+        trainer.fit(task, data)
+        metrics = {**trainer.metrics, **trainer.test(task, data)}
+        if logger is not None:
+            logger.log_hparams(hyperparameters(cfg), metrics)
+    finally:
+        if logger is not None:
+            logger.close()  # flushes event files, also on Ctrl-C or an error
+
+    metrics = dict(sorted(metrics.items()))
+    write_json(metrics, output_dir / "metrics.json")
+    print_metrics_table(metrics)
+    log.info("Results in %s", output_dir)
+    return metrics
+
+
+def hyperparameters(cfg: DictConfig) -> dict[str, Any]:
+    """Flat {"data": "digits", "optimizer.lr": 0.001, ...}: the chosen config of each group plus
+    every plain value in the groups that shape training."""
+    params: dict[str, Any] = {}
+    if HydraConfig.initialized():
+        params.update({k: str(v) for k, v in HydraConfig.get().runtime.choices.items() if not k.startswith("hydra")})
+    params["seed"] = cfg.seed
+
+    def flatten(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if not str(k).startswith("_"):
+                    flatten(v, f"{prefix}.{k}")
+        else:
+            params[prefix] = node if isinstance(node, (bool, int, float, str)) else str(node)
+
+    for group in HPARAM_GROUPS:
+        if cfg.get(group):
+            flatten(OmegaConf.to_container(cfg[group], resolve=True), group)
+    params.pop("trainer.output_dir", None)
+    return params
+
+
+def user_error_message(error: BaseException) -> str | None:
+    """The message for a mistake of the user's, or None for a bug (which keeps its traceback)."""
+    if isinstance(error, UserError):
+        return str(error)
+    if isinstance(error, InstantiationException) and isinstance(error.__cause__, UserError):
+        return str(error.__cause__)
+    return None
+
+
+def optimized_value(metrics: dict[str, float], name: str) -> float:
+    if name not in metrics:
+        raise UserError(
+            f"optimized_metric='{name}' is not a metric of this run.{did_you_mean(name, metrics)} "
+            f"Choose one of: {', '.join(metrics)}."
+        )
+    return metrics[name]
+
+
+@hydra.main(version_base="1.3", config_path="pkg://nnlab.configs", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    try:
+        metrics = train(cfg)
+        return optimized_value(metrics, cfg.optimized_metric) if cfg.get("optimized_metric") else None
+    except KeyboardInterrupt:
+        log.warning("Stopped by Ctrl-C. The last checkpoint and the TensorBoard logs are in %s", cfg.paths.output_dir)
+        sys.exit(130)
+    except Exception as e:
+        message = user_error_message(e)
+        if message is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"Error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
