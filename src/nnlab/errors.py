@@ -18,10 +18,10 @@ class ConfigValueError(UserError, ValueError):
     """A config value out of its valid range or set of choices (raised by `check_*`)."""
 
 
-def did_you_mean(word: str, choices: Iterable[str]) -> str:
-    """' Did you mean 'x'?' for the closest choice, or '' when nothing is close."""
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f" Did you mean '{close[0]}'?" if close else ""
+def did_you_mean(word: str, choices: Iterable[str], prefix: str = "") -> str:
+    """ " Did you mean '<prefix>x'?" for the closest choice x, or "" when nothing is close."""
+    close = difflib.get_close_matches(word, [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" Did you mean '{prefix}{close[0]}'?" if close else ""
 
 
 def check_choice(key: str, value: object, choices: Iterable[str]) -> None:

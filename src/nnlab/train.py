@@ -8,6 +8,7 @@ runs with no extra code.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import sys
@@ -24,6 +25,7 @@ import nnlab
 from nnlab.console import print_config_tree, print_metrics_table
 from nnlab.engine.rng import seed_everything
 from nnlab.errors import UserError, did_you_mean
+from nnlab.overrides import explain
 from nnlab.runinfo import run_info, write_json
 from nnlab.validation import validate_config
 
@@ -116,6 +118,7 @@ def optimized_value(metrics: dict[str, float], name: str) -> float:
 
 @hydra.main(version_base="1.3", config_path="pkg://nnlab.configs", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    _StartupStderr.release()
     try:
         metrics = train(cfg)
         return optimized_value(metrics, cfg.optimized_metric) if cfg.get("optimized_metric") else None
@@ -130,5 +133,49 @@ def main(cfg: DictConfig) -> float | None:
         sys.exit(2)
 
 
+class _StartupStderr(io.StringIO):
+    """Holds what Hydra writes to stderr before it hands `main` a config.
+
+    If composition fails, `cli` replaces Hydra's message for a misspelled key or an unknown
+    choice with a clearer one; once `main` starts, everything held is passed through as is.
+    """
+
+    real = sys.stderr
+    active: _StartupStderr | None = None
+
+    @classmethod
+    def capture(cls) -> _StartupStderr:
+        cls.real, cls.active = sys.stderr, cls()
+        sys.stderr = cls.active
+        return cls.active
+
+    @classmethod
+    def release(cls) -> str:
+        held = cls.active.getvalue() if cls.active is not None else ""
+        if cls.active is not None:
+            sys.stderr, cls.active = cls.real, None
+            sys.stderr.write(held)
+        return held
+
+
+def cli() -> None:
+    """The `nnlab-train` command: Hydra's `main`, with clearer composition errors."""
+    held = _StartupStderr.capture()
+    try:
+        main()
+    except SystemExit as e:
+        if _StartupStderr.active is held and e.code == 1 and os.environ.get("HYDRA_FULL_ERROR") != "1":
+            message = held.getvalue()
+            _StartupStderr.active = None
+            sys.stderr = _StartupStderr.real
+            better = explain(message, sys.argv[1:])
+            sys.stderr.write(f"Error: {better}\n" if better else message)
+            if better:
+                raise SystemExit(2) from None
+        raise
+    finally:
+        _StartupStderr.release()
+
+
 if __name__ == "__main__":
-    main()
+    cli()

@@ -1,0 +1,54 @@
+"""Clearer messages for command-line overrides that Hydra rejects while composing the config.
+
+Hydra's own messages for a misspelled key suggest appending it with `+` (which would silently
+add an unused key) and list no valid keys; for an unknown choice they list the options among
+search-path details. These rewrite both into one paragraph with a "did you mean".
+"""
+
+from __future__ import annotations
+
+import re
+
+from nnlab.errors import did_you_mean
+
+
+def explain(hydra_message: str, overrides: list[str]) -> str | None:
+    """A rewritten message for a Hydra composition error, or None to keep Hydra's own."""
+    m = re.search(r"Could not override '([^']+)'", hydra_message)
+    if m:
+        return _unknown_key(m.group(1), overrides)
+    m = re.search(r"Could not find '([^']+)/([^'/]+)'", hydra_message)
+    if m:
+        group, name = m.group(1), m.group(2)
+        options = re.findall(r"^\t(\S+)$", hydra_message, flags=re.MULTILINE)
+        if options:
+            return (
+                f"Unknown choice {group}={name}: there is no configs/{group}/{name}.yaml.{did_you_mean(name, options)}"
+                f" Choose one of: {', '.join(options)}."
+            )
+    return None
+
+
+def _unknown_key(key: str, overrides: list[str]) -> str:
+    """Name the misspelled key, the closest existing one, and the keys of its parent node."""
+    from hydra import compose, initialize_config_module
+    from omegaconf import DictConfig, OmegaConf
+
+    parent, _, leaf = key.rpartition(".")
+    # Compose with the group choices only: dotted value overrides may be the broken ones.
+    choices = [o for o in overrides if "=" in o and "." not in o.split("=", 1)[0] and not o.startswith(("+", "~"))]
+    try:
+        with initialize_config_module("nnlab.configs", version_base="1.3"):
+            cfg = compose("train", overrides=choices)
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+    except Exception:
+        node = None
+    if not isinstance(node, DictConfig):
+        return f"Unknown key '{key}': '{parent}' is not a config node. Check the spelling of the path."
+    keys = [str(k) for k in node if not str(k).startswith("_")]
+    hint = did_you_mean(leaf, keys, prefix=f"{parent}." if parent else "")
+    where = f"'{parent}'" if parent else "the top level"
+    return (
+        f"Unknown key '{key}': {where} has no key '{leaf}'.{hint}"
+        f" Keys of {where}: {', '.join(keys)}. (To add a new key on purpose, prefix it with '+'.)"
+    )
