@@ -69,7 +69,7 @@ class Trainer:
         self,
         max_epochs: int = 30,
         device: str = "auto",
-        precision: str = "32",
+        precision: str | int = "32",
         log_every_n_steps: int = 10,
         limit_train_batches: int | None = None,
         limit_eval_batches: int | None = None,

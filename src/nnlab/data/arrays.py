@@ -1,0 +1,43 @@
+"""The one shape every dataset is handed over in: arrays plus what a model needs to size itself."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+Kind = Literal["classification", "regression"]
+
+
+@dataclass
+class ArrayDataset:
+    """A whole dataset in memory.
+
+    x: float32 features, shape (N, *input_shape), e.g. (1797, 1, 8, 8) for digits.
+    y: int64 class indices (classification) or float32 targets of shape (N,) or (N, T) (regression).
+    kind: "classification" or "regression"; it picks the loss and metrics of the supervised task.
+    class_names: one name per class (classification only).
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    kind: Kind
+    class_names: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        self.x = np.ascontiguousarray(self.x, dtype=np.float32)
+        dtype = np.int64 if self.kind == "classification" else np.float32
+        self.y = np.ascontiguousarray(self.y, dtype=dtype)
+        if len(self.x) != len(self.y):
+            raise ValueError(f"x has {len(self.x)} rows but y has {len(self.y)}")
+        if self.kind == "classification" and self.class_names is None:
+            self.class_names = [str(c) for c in range(int(self.y.max()) + 1)]
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x.shape[1:])
+
+    @property
+    def num_classes(self) -> int | None:
+        return len(self.class_names) if self.kind == "classification" else None

@@ -1,0 +1,186 @@
+"""Split, standardize and batch an in-memory dataset for the engine."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Literal
+
+import numpy as np
+import torch
+
+from nnlab.data.arrays import ArrayDataset
+from nnlab.data.split import fit_standardizer, split_indices
+from nnlab.errors import ConfigValueError, check_choice, check_range
+
+log = logging.getLogger(__name__)
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+Split = Literal["train", "val", "test"]
+
+# Datasets up to this size live on the training device as whole tensors.
+IN_MEMORY_LIMIT_BYTES = 1 << 30
+
+
+class DataModule:
+    """Seeded train/val/test splits of an `ArrayDataset`, batched for the engine.
+
+    Standardization (z-scoring each feature) is fitted on the training split only, so no
+    statistic of the validation or test rows leaks into training. For regression the target is
+    z-scored the same way when `standardize_target` is on, which keeps MSE near 1 at the start
+    whatever the target's units (metrics are then in standard deviations of the target).
+
+    Batching: a dataset that fits (`in_memory: auto` and under 1 GiB) lives on the training
+    device as tensors, and each epoch slices a permutation drawn from a generator seeded with
+    (seed, epoch): no DataLoader workers, no per-batch host copies, and the order of any epoch
+    can be replayed. Larger datasets go through a `torch.utils.data.DataLoader` with pinned
+    memory (on CUDA) and persistent workers, shuffled by the same seeded rule.
+    """
+
+    def __init__(
+        self,
+        dataset: ArrayDataset,
+        batch_size: int = 64,
+        eval_batch_size: int = 1024,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.2,
+        stratify: bool = True,
+        standardize: bool = True,
+        standardize_target: bool = True,
+        shuffle: bool = True,
+        drop_last: bool = False,
+        in_memory: bool | str = "auto",
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
+        check_range("data.batch_size", batch_size, 1)
+        check_range("data.eval_batch_size", eval_batch_size, 1)
+        check_range("data.val_fraction", val_fraction, 0.0, 1.0, high_inclusive=False)
+        check_range("data.test_fraction", test_fraction, 0.0, 1.0, high_inclusive=False)
+        check_range("data.val_fraction + data.test_fraction", val_fraction + test_fraction, 0.0, 1.0,
+                    high_inclusive=False)
+        check_range("data.num_workers", num_workers, 0)
+        if in_memory != "auto":
+            check_choice("data.in_memory", in_memory, [True, False, "auto"])
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self.num_workers = num_workers
+        self.seed = seed
+        self.kind = dataset.kind
+        self.num_classes = dataset.num_classes
+        self.class_names = dataset.class_names
+        self.input_shape = dataset.input_shape
+
+        stratify = stratify and dataset.kind == "classification"
+        idx = split_indices(dataset.y, val_fraction, test_fraction, stratify, seed)
+        x = {name: dataset.x[i] for name, i in zip(("train", "val", "test"), idx)}
+        y = {name: dataset.y[i] for name, i in zip(("train", "val", "test"), idx)}
+        if len(x["train"]) == 0:
+            raise ConfigValueError("data: the training split is empty; lower data.val_fraction or data.test_fraction.")
+        if standardize:
+            mean, std = fit_standardizer(x["train"])
+            x = {k: (v - mean) / std for k, v in x.items()}
+        if standardize_target and self.kind == "regression":
+            mean, std = fit_standardizer(y["train"])
+            y = {k: (v - mean) / std for k, v in y.items()}
+        self._arrays = {k: (x[k], y[k]) for k in x}
+        nbytes = sum(a.nbytes + b.nbytes for a, b in self._arrays.values())
+        self.in_memory = nbytes <= IN_MEMORY_LIMIT_BYTES if in_memory == "auto" else bool(in_memory)
+        self.device = torch.device("cpu")
+        self._tensors: dict[str, Batch] = {}
+
+    @property
+    def num_outputs(self) -> int:
+        """Width of the model's output layer: classes, or regression targets."""
+        if self.kind == "classification":
+            return self.num_classes
+        y = self._arrays["train"][1]
+        return 1 if y.ndim == 1 else y.shape[1]
+
+    def size(self, split: Split) -> int:
+        return len(self._arrays[split][0])
+
+    @property
+    def steps_per_epoch(self) -> int:
+        n = self.size("train")
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def setup(self, device: torch.device) -> None:
+        """Place the splits: on `device` when in memory, else as CPU tensors for a DataLoader."""
+        self.device = device
+        target = device if self.in_memory else torch.device("cpu")
+        self._tensors = {
+            k: (torch.from_numpy(x).to(target), torch.from_numpy(y).to(target)) for k, (x, y) in self._arrays.items()
+        }
+        self._loaders: dict[str, torch.utils.data.DataLoader] = {}
+        log.info(
+            "Data: %s, input %s, train/val/test = %d/%d/%d rows, %s batches of %d on %s",
+            self.kind, self.input_shape, self.size("train"), self.size("val"), self.size("test"),
+            "in-memory" if self.in_memory else "DataLoader", self.batch_size, target,
+        )
+
+    def epoch_order(self, epoch: int) -> torch.Tensor:
+        """The training rows of `epoch`, in the order they are visited (seeded by seed and epoch)."""
+        n = self.size("train")
+        if not self.shuffle:
+            return torch.arange(n)
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(n, generator=g)
+
+    def train_batches(self, epoch: int) -> Iterator[Batch]:
+        """Yield the (x, y) batches of one training epoch, already on the training device."""
+        order = self.epoch_order(epoch)
+        if not self.in_memory:
+            yield from self._loader("train", order)
+            return
+        x, y = self._tensors["train"]
+        order = order.to(self.device)
+        stop = len(order) - (len(order) % self.batch_size if self.drop_last else 0)
+        for i in range(0, stop, self.batch_size):
+            idx = order[i : i + self.batch_size]
+            yield x[idx], y[idx]
+
+    def eval_batches(self, split: Split) -> Iterator[Batch]:
+        """Yield the (x, y) batches of `split` in a fixed order, on the training device."""
+        if not self.in_memory:
+            yield from self._loader(split, None)
+            return
+        x, y = self._tensors[split]
+        for i in range(0, len(x), self.eval_batch_size):
+            yield x[i : i + self.eval_batch_size], y[i : i + self.eval_batch_size]
+
+    def _loader(self, split: Split, order: torch.Tensor | None) -> Iterator[Batch]:
+        """Stream a split through a DataLoader (kept between epochs so workers persist)."""
+        if split not in self._loaders:
+            from torch.utils.data import DataLoader, TensorDataset
+
+            train = split == "train"
+            self._loaders[split] = DataLoader(
+                TensorDataset(*self._tensors[split]),
+                batch_size=self.batch_size if train else self.eval_batch_size,
+                # The sampler reads the order set below each epoch, so shuffling follows epoch_order().
+                sampler=_OrderSampler(self) if train else None,
+                drop_last=self.drop_last and train,
+                num_workers=self.num_workers,
+                pin_memory=self.device.type == "cuda",
+                persistent_workers=self.num_workers > 0,
+            )
+        if order is not None:
+            self._train_order = order
+        for x, y in self._loaders[split]:
+            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+
+class _OrderSampler(torch.utils.data.Sampler):
+    """Yields the DataModule's current epoch order, so both batching paths visit rows alike."""
+
+    def __init__(self, data: DataModule) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return self.data.size("train")
+
+    def __iter__(self):
+        return iter(self.data._train_order.tolist())

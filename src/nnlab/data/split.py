@@ -1,0 +1,36 @@
+"""Seeded train/val/test splits, stratified by class when asked."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def split_indices(
+    y: np.ndarray, val_fraction: float, test_fraction: float, stratify: bool, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return (train, val, test) row indices.
+
+    With `stratify`, each class is split separately, so every split keeps the class proportions
+    (rounding each class's share to the nearest row). The same seed always gives the same split.
+    """
+    rng = np.random.default_rng(seed)
+    groups = [np.flatnonzero(y == c) for c in np.unique(y)] if stratify else [np.arange(len(y))]
+    parts: list[list[np.ndarray]] = [[], [], []]
+    for idx in groups:
+        idx = rng.permutation(idx)
+        n_test = int(round(test_fraction * len(idx)))
+        n_val = int(round(val_fraction * len(idx)))
+        parts[2].append(idx[:n_test])
+        parts[1].append(idx[n_test : n_test + n_val])
+        parts[0].append(idx[n_test + n_val :])
+    # Sorted, so a split's row order does not depend on how its classes were grouped.
+    train, val, test = (np.sort(np.concatenate(p)) for p in parts)
+    return train, val, test
+
+
+def fit_standardizer(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and std of `x` along axis 0; constant features get std 1 (left centred)."""
+    mean = x.mean(axis=0)
+    std = x.std(axis=0)
+    std[std < 1e-8] = 1.0
+    return mean.astype(np.float32), std.astype(np.float32)

@@ -1,0 +1,54 @@
+"""Synthetic 2-D classification sets, generated from a seed: the classic toy problems for
+seeing what a linear model cannot do (moons, circles) and what depth buys (spirals)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from nnlab.data.arrays import ArrayDataset
+from nnlab.errors import check_range
+
+
+def moons(n_samples: int = 1000, noise: float = 0.1, seed: int = 0) -> ArrayDataset:
+    """Two interleaving half circles (scikit-learn's make_moons), 2 classes."""
+    from sklearn.datasets import make_moons
+
+    check_range("data.dataset.n_samples", n_samples, 2)
+    check_range("data.dataset.noise", noise, 0.0)
+    x, y = make_moons(n_samples=n_samples, noise=noise, random_state=seed)
+    return ArrayDataset(x, y, "classification")
+
+
+def circles(n_samples: int = 1000, noise: float = 0.05, factor: float = 0.5, seed: int = 0) -> ArrayDataset:
+    """A small circle inside a large one (scikit-learn's make_circles), 2 classes.
+
+    factor: radius of the inner circle relative to the outer one, in (0, 1).
+    """
+    from sklearn.datasets import make_circles
+
+    check_range("data.dataset.n_samples", n_samples, 2)
+    check_range("data.dataset.noise", noise, 0.0)
+    check_range("data.dataset.factor", factor, 0.0, 1.0, low_inclusive=False, high_inclusive=False)
+    x, y = make_circles(n_samples=n_samples, noise=noise, factor=factor, random_state=seed)
+    return ArrayDataset(x, y, "classification")
+
+
+def spirals(
+    n_samples: int = 1000, num_classes: int = 2, turns: float = 1.5, noise: float = 0.1, seed: int = 0
+) -> ArrayDataset:
+    """Interleaved Archimedean spirals, one arm per class.
+
+    Point i of arm k sits at radius r in [0.1, 1] and angle 2*pi*turns*r + 2*pi*k/num_classes,
+    plus Gaussian noise of std `noise * 0.1`. More turns make the boundary harder to learn.
+    """
+    check_range("data.dataset.n_samples", n_samples, num_classes)
+    check_range("data.dataset.num_classes", num_classes, 2)
+    check_range("data.dataset.turns", turns, 0.0, low_inclusive=False)
+    check_range("data.dataset.noise", noise, 0.0)
+    rng = np.random.default_rng(seed)
+    y = np.arange(n_samples) % num_classes
+    r = rng.uniform(0.1, 1.0, n_samples)
+    theta = 2 * np.pi * turns * r + 2 * np.pi * y / num_classes
+    x = np.stack([r * np.cos(theta), r * np.sin(theta)], axis=1)
+    x += rng.normal(0.0, 0.1 * noise, x.shape)
+    return ArrayDataset(x, y, "classification")
