@@ -37,15 +37,26 @@ def _unknown_key(key: str, overrides: list[str]) -> str:
     parent, _, leaf = key.rpartition(".")
     # Compose with the group choices only: dotted value overrides may be the broken ones.
     choices = [o for o in overrides if "=" in o and "." not in o.split("=", 1)[0] and not o.startswith(("+", "~"))]
-    try:
-        with initialize_config_module("nnlab.configs", version_base="1.3"):
-            cfg = compose("train", overrides=choices)
-        node = OmegaConf.select(cfg, parent) if parent else cfg
-    except Exception:
-        node = None
+    node = None
+    for attempt in (choices, []):  # the choices themselves may be broken: fall back to the defaults
+        try:
+            with initialize_config_module("nnlab.configs", version_base="1.3"):
+                cfg = compose("train", overrides=attempt)
+            node = OmegaConf.select(cfg, parent) if parent else cfg
+            break
+        except Exception:
+            continue
     if not isinstance(node, DictConfig):
         return f"Unknown key '{key}': '{parent}' is not a config node. Check the spelling of the path."
     keys = [str(k) for k in node if not str(k).startswith("_")]
+    if not parent:  # a misspelled group name (e.g. experimnt=...) is a top-level key too
+        from importlib.resources import files
+
+        keys += sorted(
+            p.name
+            for p in files("nnlab.configs").iterdir()
+            if p.is_dir() and p.name not in keys and not p.name.startswith("_")
+        )
     hint = did_you_mean(leaf, keys, prefix=f"{parent}." if parent else "")
     where = f"'{parent}'" if parent else "the top level"
     return (

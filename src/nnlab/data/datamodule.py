@@ -6,7 +6,6 @@ import logging
 from collections.abc import Iterator
 from typing import Literal
 
-import numpy as np
 import torch
 
 from nnlab.data.arrays import ArrayDataset
@@ -57,8 +56,9 @@ class DataModule:
         check_range("data.eval_batch_size", eval_batch_size, 1)
         check_range("data.val_fraction", val_fraction, 0.0, 1.0, high_inclusive=False)
         check_range("data.test_fraction", test_fraction, 0.0, 1.0, high_inclusive=False)
-        check_range("data.val_fraction + data.test_fraction", val_fraction + test_fraction, 0.0, 1.0,
-                    high_inclusive=False)
+        check_range(
+            "data.val_fraction + data.test_fraction", val_fraction + test_fraction, 0.0, 1.0, high_inclusive=False
+        )
         check_range("data.num_workers", num_workers, 0)
         if in_memory != "auto":
             check_choice("data.in_memory", in_memory, [True, False, "auto"])
@@ -117,8 +117,14 @@ class DataModule:
         self._loaders: dict[str, torch.utils.data.DataLoader] = {}
         log.info(
             "Data: %s, input %s, train/val/test = %d/%d/%d rows, %s batches of %d on %s",
-            self.kind, self.input_shape, self.size("train"), self.size("val"), self.size("test"),
-            "in-memory" if self.in_memory else "DataLoader", self.batch_size, target,
+            self.kind,
+            self.input_shape,
+            self.size("train"),
+            self.size("val"),
+            self.size("test"),
+            "in-memory" if self.in_memory else "DataLoader",
+            self.batch_size,
+            target,
         )
 
     def epoch_order(self, epoch: int) -> torch.Tensor:
