@@ -31,8 +31,15 @@ OPTIMIZER_RANGES: dict[str, tuple[float, float | None, bool]] = {
 }
 
 
+# Plain values at the top of train.yaml (everything else lives in a `_target_` node).
+TOP_LEVEL: dict[str, Any] = {"seed": int, "optimized_metric": str | None, "print_config": bool}
+
+
 def validate_config(cfg: DictConfig, skip: Sequence[str] = ("hydra",)) -> None:
     """Raise `ConfigValueError` for the first unknown key or mistyped value under a `_target_`."""
+    for key, hint in TOP_LEVEL.items():
+        if key in cfg and not _matches(cfg[key], hint):
+            raise ConfigValueError(f"{key}={cfg[key]!r} has the wrong type: expected {_describe(hint)}.")
     for key in cfg:
         if key not in skip:
             _walk(cfg[key], str(key))

@@ -181,6 +181,7 @@ class Trainer:
         metrics.update({f"val/{k}": v for k, v in val.items()})
         task.epoch_end(metrics)
         self.epoch += 1
+        self.epoch_step = 0  # (epoch, epoch_step) = where a checkpoint taken now resumes
         self.metrics = metrics
         if self.logger is not None:
             epoch_scalars = dict(metrics)
@@ -219,6 +220,7 @@ class Trainer:
             "task": self.task.state_dict(),
             "epoch": self.epoch,
             "global_step": self.global_step,
+            "epoch_step": self.epoch_step,
             "metrics": dict(self.metrics),
             "rng": rng_state(),
             **self.extra_state,
