@@ -29,7 +29,8 @@ def check_choice(key: str, value: object, choices: Iterable[str]) -> None:
     choices = list(choices)
     if value not in choices:
         hint = did_you_mean(str(value), choices)
-        raise ConfigValueError(f"{key}={value!r} is not a valid choice.{hint} Choose one of: {', '.join(choices)}.")
+        names = ", ".join(str(c).lower() if isinstance(c, bool) else str(c) for c in choices)
+        raise ConfigValueError(f"{key}={value!r} is not a valid choice.{hint} Choose one of: {names}.")
 
 
 def check_range(

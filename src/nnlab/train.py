@@ -41,7 +41,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("print_config"):
         print_config_tree(cfg)
     output_dir = Path(cfg.paths.output_dir)
-    write_json(run_info(), output_dir / "run_info.json")
     seed_everything(cfg.seed)
 
     log.info("Building data <%s>", cfg.data.dataset._target_)
@@ -58,6 +57,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     logger = instantiate(cfg.logger) if cfg.get("logger") else None
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
     trainer.extra_state = {"config": OmegaConf.to_yaml(cfg, resolve=True), "nnlab_version": nnlab.__version__}
+    save_run_record(cfg, output_dir)
 
     try:
         trainer.fit(task, data)
@@ -73,6 +73,23 @@ def train(cfg: DictConfig) -> dict[str, float]:
     print_metrics_table(metrics)
     log.info("Results in %s", output_dir)
     return metrics
+
+
+def save_run_record(cfg: DictConfig, output_dir: Path) -> None:
+    """Write .hydra/{config,hydra,overrides}.yaml and run_info.json: what the run was built from.
+
+    Hydra would write .hydra/ before the config is checked (`hydra.output_subdir: null` turns that
+    off); writing it here, after every part was built, keeps a rejected run from overwriting the
+    record of an earlier run in the same folder.
+    """
+    hydra_dir = output_dir / ".hydra"
+    hydra_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, hydra_dir / "config.yaml")
+    if HydraConfig.initialized():
+        hydra_cfg = HydraConfig.get()
+        OmegaConf.save(OmegaConf.create({"hydra": hydra_cfg}), hydra_dir / "hydra.yaml")
+        OmegaConf.save(hydra_cfg.overrides.task, hydra_dir / "overrides.yaml")
+    write_json(run_info(), output_dir / "run_info.json")
 
 
 def hyperparameters(cfg: DictConfig) -> dict[str, Any]:

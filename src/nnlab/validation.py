@@ -40,6 +40,8 @@ def validate_config(cfg: DictConfig, skip: Sequence[str] = ("hydra",)) -> None:
     for key, hint in TOP_LEVEL.items():
         if key in cfg and not _matches(cfg[key], hint):
             raise ConfigValueError(f"{key}={cfg[key]!r} has the wrong type: expected {_describe(hint)}.")
+    if "seed" in cfg:
+        check_range("seed", cfg.seed, 0, 2**32 - 1)
     for key in cfg:
         if key not in skip:
             _walk(cfg[key], str(key))
@@ -90,7 +92,10 @@ def _check_target(node: DictConfig, path: str) -> None:
                 f"Unknown key '{full}': {target} has no parameter '{key}'.{did_you_mean(str(key), valid)} "
                 f"Valid keys: {', '.join(valid)}."
             )
-        value = OmegaConf.to_container(node[key], resolve=True) if OmegaConf.is_config(node[key]) else node[key]
+        try:
+            value = OmegaConf.to_container(node[key], resolve=True) if OmegaConf.is_config(node[key]) else node[key]
+        except Exception:  # an interpolation only the running job can resolve, e.g. ${hydra:runtime...}
+            continue
         if isinstance(value, dict) and "_target_" in value:
             continue  # a nested object, checked on its own
         hint = hints.get(key)
@@ -102,6 +107,22 @@ def _check_target(node: DictConfig, path: str) -> None:
         if is_optimizer and key in OPTIMIZER_RANGES and isinstance(value, (int, float)):
             low, high, low_inclusive = OPTIMIZER_RANGES[key]
             check_range(full, value, low, high, low_inclusive=low_inclusive)
+    if is_optimizer:
+        _try_optimizer(obj, node, path)
+
+
+def _try_optimizer(optimizer_cls: Callable, node: DictConfig, path: str) -> None:
+    """Build the optimizer on one dummy parameter, so torch's own consistency checks (e.g.
+    Nesterov needs momentum > 0) fail now, with the config path, instead of after data loading."""
+    import torch
+
+    kwargs = OmegaConf.to_container(node, resolve=True)
+    kwargs = {k: v for k, v in kwargs.items() if not k.startswith("_")}
+    try:
+        optimizer_cls([torch.nn.Parameter(torch.zeros(1))], **kwargs)
+    except (ValueError, TypeError) as e:
+        settings = ", ".join(f"{path}.{k}={v}" for k, v in kwargs.items())
+        raise ConfigValueError(f"{path}: {node._target_} rejects {settings}: {e}.") from None
 
 
 def _matches(value: Any, hint: Any) -> bool:

@@ -54,8 +54,9 @@ class DataModule:
     ) -> None:
         check_range("data.batch_size", batch_size, 1)
         check_range("data.eval_batch_size", eval_batch_size, 1)
-        check_range("data.val_fraction", val_fraction, 0.0, 1.0, high_inclusive=False)
-        check_range("data.test_fraction", test_fraction, 0.0, 1.0, high_inclusive=False)
+        # Validation picks the best checkpoint and feeds schedulers; test gives the final score.
+        check_range("data.val_fraction", val_fraction, 0.0, 1.0, low_inclusive=False, high_inclusive=False)
+        check_range("data.test_fraction", test_fraction, 0.0, 1.0, low_inclusive=False, high_inclusive=False)
         check_range(
             "data.val_fraction + data.test_fraction", val_fraction + test_fraction, 0.0, 1.0, high_inclusive=False
         )
@@ -77,8 +78,14 @@ class DataModule:
         idx = split_indices(dataset.y, val_fraction, test_fraction, stratify, seed)
         x = {name: dataset.x[i] for name, i in zip(("train", "val", "test"), idx)}
         y = {name: dataset.y[i] for name, i in zip(("train", "val", "test"), idx)}
-        if len(x["train"]) == 0:
-            raise ConfigValueError("data: the training split is empty; lower data.val_fraction or data.test_fraction.")
+        for name, fraction in (("train", None), ("val", val_fraction), ("test", test_fraction)):
+            if len(x[name]) == 0:
+                fix = (
+                    f"raise data.{name}_fraction (now {fraction})"
+                    if fraction is not None
+                    else "lower data.val_fraction or data.test_fraction"
+                )
+                raise ConfigValueError(f"data: the {name} split of {len(dataset.x)} rows is empty; {fix}.")
         if standardize:
             mean, std = fit_standardizer(x["train"])
             x = {k: (v - mean) / std for k, v in x.items()}
@@ -172,6 +179,9 @@ class DataModule:
                 num_workers=self.num_workers,
                 pin_memory=self.device.type == "cuda",
                 persistent_workers=self.num_workers > 0,
+                # Worker seeds come from this generator, not the global one, so streaming leaves
+                # the global RNG (dropout, init) exactly where in-memory batching does.
+                generator=torch.Generator().manual_seed(self.seed),
             )
         if order is not None:
             self._train_order = order

@@ -14,10 +14,18 @@ class TensorBoardLogger:
     """
 
     def __init__(self, save_dir: str, flush_secs: int = 10) -> None:
-        from torch.utils.tensorboard import SummaryWriter
-
         self.save_dir = Path(save_dir)
-        self.writer = SummaryWriter(log_dir=str(self.save_dir), flush_secs=flush_secs)
+        self.flush_secs = flush_secs
+        self._writer = None
+
+    @property
+    def writer(self):
+        """Created on first use, so a run rejected before training writes no event file."""
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(log_dir=str(self.save_dir), flush_secs=self.flush_secs)
+        return self._writer
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         for k, v in metrics.items():
@@ -34,7 +42,9 @@ class TensorBoardLogger:
             self.writer.file_writer.add_summary(summary)
 
     def flush(self) -> None:
-        self.writer.flush()
+        if self._writer is not None:
+            self._writer.flush()
 
     def close(self) -> None:
-        self.writer.close()
+        if self._writer is not None:
+            self._writer.close()

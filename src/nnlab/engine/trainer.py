@@ -184,8 +184,7 @@ class Trainer:
         self.epoch_step = 0  # (epoch, epoch_step) = where a checkpoint taken now resumes
         self.metrics = metrics
         if self.logger is not None:
-            epoch_scalars = dict(metrics)
-            epoch_scalars.update(task.learning_rates())
+            epoch_scalars = dict(metrics)  # (lr is logged on the step axis only)
             epoch_scalars["perf/epoch_s"] = train_time
             epoch_scalars["perf/samples_per_s_epoch"] = seen / max(train_time, 1e-9)
             self.logger.log_metrics(epoch_scalars, self.epoch)

@@ -37,6 +37,7 @@ class MLP(nn.Module):
     ) -> None:
         super().__init__()
         check_range("model.dropout", dropout, 0.0, 1.0, high_inclusive=False)
+        L.activation(activation)  # fails early on a misspelled name, even with no hidden layer
         for h in hidden_sizes:
             check_range("model.hidden_sizes[*]", h, 1)
         blocks: list[nn.Module] = [nn.Flatten()]

@@ -1,0 +1,119 @@
+"""Helpers the tests share (the fixtures in conftest.py wrap them).
+
+In-process runs go through Hydra's compose API (fast: no interpreter start-up, no imports);
+subprocess runs are kept for what is about the command line itself: exit codes, messages,
+multirun, Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra import compose, initialize_config_module
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+import nnlab.configs
+from nnlab.train import train
+
+CONFIG_DIR = Path(nnlab.configs.__file__).parent
+
+# One epoch of two batches without the live progress bar: enough to exercise every part of a run.
+TINY = ("trainer.max_epochs=1", "trainer.limit_train_batches=2", "callbacks.progress=null")
+
+# Generous: a subprocess run costs ~3 s of imports on 2 cores, plus its training.
+CLI_TIMEOUT_S = 180
+
+
+def options(group: str) -> list[str]:
+    """The choices of a config group, read from its folder (the one catalogue of names)."""
+    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+def compose_config(overrides: Sequence[str], run_dir: str | Path) -> DictConfig:
+    """The config `nnlab-train <overrides>` would hand to `main`, with `run_dir` as its run directory.
+
+    Mirrors what `hydra.core.utils.run_job` does before calling the task function: set
+    `hydra.runtime.output_dir` (which `paths.output_dir` interpolates), register the Hydra config
+    so `${hydra:...}` and `HydraConfig.get()` resolve, then drop the `hydra` node. (The compose
+    API alone leaves the `hydra` node in, and its `${hydra.job.num}` cannot resolve outside a sweep.)
+    """
+    run_dir = str(Path(run_dir).resolve())
+    with initialize_config_module("nnlab.configs", version_base="1.3"):
+        # Quoted: a path may hold characters of Hydra's override grammar (=, spaces, brackets).
+        cfg = compose("train", overrides=[*overrides, f"hydra.run.dir='{run_dir}'"], return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = run_dir
+    HydraConfig.instance().set_config(cfg)
+    task_cfg = copy.deepcopy(cfg)
+    with open_dict(task_cfg):
+        del task_cfg["hydra"]
+    return task_cfg
+
+
+@dataclass
+class Run:
+    cfg: DictConfig
+    metrics: dict[str, float]
+    dir: Path
+
+    def checkpoint(self, name: str = "last") -> dict[str, Any]:
+        return torch.load(self.dir / "checkpoints" / f"{name}.ckpt", weights_only=True)
+
+
+def train_tiny(overrides: Sequence[str], run_dir: str | Path) -> Run:
+    """`train(cfg)` in-process on a TINY run; `overrides` come after TINY, so they can undo it."""
+    cfg = compose_config([*TINY, *overrides], run_dir)
+    return Run(cfg, train(cfg), Path(cfg.paths.output_dir))
+
+
+def run_cli(
+    args: Sequence[str], cwd: str | Path, timeout: float = CLI_TIMEOUT_S, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`python -m nnlab.train <args>` in `cwd`, output captured as text.
+
+    NNLAB_ROOT points at `cwd` so nothing lands in the checkout's outputs/, and HYDRA_FULL_ERROR
+    is dropped so the messages are the ones a user sees by default; `env` adds variables.
+    """
+    return subprocess.run(
+        [sys.executable, "-m", "nnlab.train", *args],
+        cwd=cwd,
+        env={**cli_env(cwd), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def cli_env(cwd: str | Path) -> dict[str, str]:
+    """The environment of a CLI subprocess (see `run_cli`)."""
+    env = {**os.environ, "NNLAB_ROOT": str(cwd)}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return env
+
+
+def expected_metric_keys(kind: str) -> set[str]:
+    """metrics.json keys of a supervised run: training reports its step metrics (loss, and acc for
+    classification); validation and test score the whole split."""
+    if kind == "classification":
+        return {f"{split}/{m}" for split in ("train", "val", "test") for m in ("loss", "acc")}
+    return {"train/loss"} | {f"{split}/{m}" for split in ("val", "test") for m in ("loss", "mse", "mae", "r2")}
+
+
+def assert_finite_metrics(metrics: dict[str, float], kind: str) -> None:
+    assert set(metrics) == expected_metric_keys(kind)
+    for key, value in metrics.items():
+        assert isinstance(value, float) and math.isfinite(value), (key, value)
+        if key.endswith("/acc"):
+            assert 0.0 <= value <= 1.0, (key, value)
+        if key.endswith(("/loss", "/mse", "/mae")):
+            assert value >= 0.0, (key, value)

@@ -1,0 +1,233 @@
+"""Every YAML under src/nnlab/configs composes, says what it sets, and every object it names builds.
+
+The files are found with a recursive glob, so a new option is tested the moment it exists
+(torchtune's non-recursive glob once validated 3 of its 197 configs).
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
+from hydra.utils import get_object, instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from helpers import CONFIG_DIR, options, run_cli
+from nnlab.errors import ConfigValueError
+from nnlab.validation import validate_config
+
+ALL_YAML = sorted(CONFIG_DIR.rglob("*.yaml"))
+# Hydra's own settings (run dirs, logging) are not options of train's groups: parsed, not composed.
+HYDRA_YAML = [p for p in ALL_YAML if p.relative_to(CONFIG_DIR).parts[0] == "hydra"]
+COMPOSABLE = [p for p in ALL_YAML if p not in HYDRA_YAML]
+EXPERIMENTS = sorted((CONFIG_DIR / "experiment").rglob("*.yaml"))
+# Files that carry the command that runs them on their first line (after Hydra's header).
+COMMANDED = EXPERIMENTS + sorted((CONFIG_DIR / "debug").rglob("*.yaml"))
+
+# Parts train() builds, by config path; a `_target_` below one of them is built with it.
+BUILT_PARTS = ("data", "model", "optimizer", "scheduler", "task", "trainer", "logger", "callbacks.*")
+
+
+def rel(path: Path) -> str:
+    return path.relative_to(CONFIG_DIR).as_posix()
+
+
+def params(paths: list[Path]) -> list[Any]:
+    return [pytest.param(p, id=rel(p)) for p in paths]
+
+
+def primary_groups() -> set[str]:
+    """Groups with an entry in train.yaml's defaults list."""
+    defaults = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "train.yaml"))["defaults"]
+    return {next(iter(d)) for d in defaults if isinstance(d, dict)}
+
+
+def overrides_for(path: Path) -> list[str]:
+    """The command line that selects `path`: `group=option`, or `+group=option` for a group
+    train.yaml does not list (Hydra refuses to override what is not in the defaults list)."""
+    if path == CONFIG_DIR / "train.yaml":
+        return []
+    group, option = path.parent.relative_to(CONFIG_DIR).as_posix(), path.stem
+    return [f"{group}={option}" if group in primary_groups() else f"+{group}={option}"]
+
+
+def package_of(path: Path) -> str:
+    """Where a file's keys land: the root for train.yaml and `# @package _global_` files, else the group."""
+    if path == CONFIG_DIR / "train.yaml" or "# @package _global_" in path.read_text():
+        return ""
+    return path.parent.relative_to(CONFIG_DIR).as_posix().replace("/", ".")
+
+
+def assert_contains(actual: Any, expected: Any, where: str) -> None:
+    """Every key of `expected` is in `actual` with the same (unresolved) value."""
+    if isinstance(expected, dict):
+        assert isinstance(actual, dict), f"{where}: expected a mapping, got {actual!r}"
+        for key, value in expected.items():
+            assert key in actual, f"{where}.{key} is missing from the composed config"
+            assert_contains(actual[key], value, f"{where}.{key}")
+    else:
+        assert actual == expected, f"{where}: composed {actual!r}, the file says {expected!r}"
+
+
+def target_paths(node: Any, path: str = "") -> list[str]:
+    """Dotted paths of every node with a `_target_` in a plain (to_container) config."""
+    found = []
+    if isinstance(node, dict):
+        if "_target_" in node:
+            found.append(path)
+        for key, value in node.items():
+            found += target_paths(value, f"{path}.{key}" if path else str(key))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            found += target_paths(value, f"{path}[{i}]")
+    return found
+
+
+def is_built(path: str) -> bool:
+    return any(
+        path == part or path.startswith(part + ".") or (part.endswith(".*") and path.startswith(part[:-1]))
+        for part in BUILT_PARTS
+    )
+
+
+def build_all(cfg: DictConfig) -> dict[str, Any]:
+    """Build every part the way nnlab.train does, adding what only exists at run time: the model's
+    sizes from the data, the task's model/optimizer/scheduler/kind, the trainer's callbacks."""
+    data = instantiate(cfg.data)
+    model = instantiate(cfg.model, input_shape=data.input_shape, num_outputs=data.num_outputs)
+    scheduler = instantiate(cfg.scheduler) if cfg.scheduler else None
+    task = instantiate(cfg.task, model=model, optimizer=instantiate(cfg.optimizer), scheduler=scheduler, kind=data.kind)
+    callbacks = {f"callbacks.{name}": instantiate(c) for name, c in cfg.callbacks.items() if c}
+    logger = instantiate(cfg.logger) if cfg.logger else None
+    built = {"data": data, "model": model, "task": task, "logger": logger, **callbacks}
+    try:
+        built["trainer"] = instantiate(cfg.trainer, callbacks=list(callbacks.values()), logger=logger)
+    finally:
+        if logger is not None:
+            logger.close()
+    # The optimizer and scheduler partials get their params/optimizer when the task is configured.
+    task.configure(built["trainer"].device, built["trainer"].precision, total_steps=10)
+    built["optimizer"], built["scheduler"] = task.optim.optimizer, task.optim.scheduler
+    return built
+
+
+def test_the_glob_sees_the_whole_tree() -> None:
+    names = [rel(p) for p in ALL_YAML]
+    assert len(ALL_YAML) > 30, names
+    assert "hydra/job_logging/rich.yaml" in names  # two levels down: the glob is recursive
+    for group in primary_groups() - {"hydra"}:
+        assert any(n.startswith(f"{group}/") for n in names), f"train.yaml names group {group!r} with no files"
+
+
+def test_compose_helper_points_the_run_at_tmp_path(compose_cfg, tmp_path: Path) -> None:
+    """The fixture every in-process run uses: paths.output_dir (${hydra:runtime.output_dir}) and
+    everything that interpolates it land in tmp_path, and `hydra` is gone as in a real job."""
+    cfg = compose_cfg(["data=iris"], tmp_path)
+    assert cfg.paths.output_dir == str(tmp_path.resolve())
+    assert cfg.trainer.output_dir == str(tmp_path.resolve())
+    assert cfg.logger.save_dir == str(tmp_path.resolve() / "tensorboard")
+    assert "hydra" not in cfg
+    assert HydraConfig.get().runtime.choices["data"] == "iris"
+
+
+@pytest.mark.parametrize("path", params(HYDRA_YAML))
+def test_hydra_settings_parse(path: Path) -> None:
+    content = yaml.safe_load(path.read_text())
+    assert isinstance(content, dict) and content, f"{rel(path)} is not a non-empty mapping"
+
+
+@pytest.mark.parametrize("path", params(COMPOSABLE))
+def test_composes_with_the_values_it_sets(path: Path, compose_cfg, tmp_path: Path) -> None:
+    cfg = compose_cfg(overrides_for(path), tmp_path)
+    if path != CONFIG_DIR / "train.yaml":
+        group = path.parent.relative_to(CONFIG_DIR).as_posix()
+        assert HydraConfig.get().runtime.choices[group] == path.stem
+
+    own = OmegaConf.to_container(OmegaConf.load(path), resolve=False) or {}
+    own.pop("defaults", None)
+    package = package_of(path)
+    if not package:
+        own.pop("hydra", None)  # the hydra node is not part of the task's config
+    composed = OmegaConf.to_container(OmegaConf.select(cfg, package) if package else cfg, resolve=False)
+    if own:
+        assert_contains(composed, own, package or "<root>")
+    else:  # an empty option (none.yaml) switches its group off
+        assert composed in ({}, None), f"{rel(path)} is empty but {package} composed to {composed!r}"
+    validate_config(cfg)  # what train() checks first: keys and types against the constructors
+
+
+@pytest.mark.parametrize("path", params(COMPOSABLE))
+def test_every_target_instantiates(path: Path, compose_cfg, tmp_path: Path) -> None:
+    cfg = compose_cfg(overrides_for(path), tmp_path)
+    targets = target_paths(OmegaConf.to_container(cfg, resolve=False))
+    assert not [t for t in targets if not is_built(t)], "a _target_ outside the parts train() builds"
+
+    needs_cuda = str(cfg.trainer.device).startswith("cuda") and not torch.cuda.is_available()
+    if needs_cuda:  # e.g. trainer=gpu on a CPU machine: the error must name the key and the fix
+        with pytest.raises(InstantiationException) as info:
+            build_all(cfg)
+        assert isinstance(info.value.__cause__, ConfigValueError)
+        assert "trainer.device" in str(info.value.__cause__)
+        assert "trainer.device=cpu" in str(info.value.__cause__)
+        return
+
+    built = build_all(cfg)
+    for target in targets:
+        obj = get_object(OmegaConf.select(cfg, target)._target_)
+        if target in built and isinstance(obj, type):
+            assert isinstance(built[target], obj), f"{target} built a {type(built[target]).__name__}"
+
+    data, model = built["data"], built["model"]
+    data.setup(torch.device("cpu"))
+    x, _ = next(data.train_batches(0))
+    model.to("cpu").eval()
+    with torch.no_grad():
+        assert model(x).shape == (len(x), data.num_outputs)
+
+
+@pytest.mark.parametrize("path", params(COMMANDED))
+def test_file_starts_with_its_command(path: Path) -> None:
+    """An experiment or debug file opens with the command that runs it, right after Hydra's header.
+
+    Hydra reads `# @package _global_` only from the leading `# @...` lines and stops at the first
+    other line, so the directive must come first and the command follows it. (A command on line 1
+    silently demotes the file to package `experiment`, and none of its values apply.)
+    """
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    body = list(itertools.dropwhile(lambda line: re.match(r"\s*#\s*@", line), lines))
+    group = path.parent.relative_to(CONFIG_DIR).as_posix()
+    name = path.relative_to(CONFIG_DIR / group).with_suffix("").as_posix()
+    assert body and re.match(rf"# nnlab-train {group}={re.escape(name)}(\s|$)", body[0]), lines[:3]
+
+
+def test_there_are_experiments() -> None:
+    assert len(EXPERIMENTS) >= 1
+
+
+def test_help_lists_every_group_and_its_choices(tmp_path: Path) -> None:
+    """`nnlab-train --help` is generated from the config folders, so it cannot drift from them."""
+    result = run_cli(["--help"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    section = result.stdout.split("== Configuration groups ==")[1].split("== Config ==")[0]
+    listed = dict(re.findall(r"^(\w+): (.+)$", section, flags=re.MULTILINE))
+    groups = {p.name for p in CONFIG_DIR.iterdir() if p.is_dir() and p.name != "hydra" and list(p.glob("*.yaml"))}
+    assert set(listed) == groups
+    for group, choices in listed.items():
+        assert choices.split(", ") == options(group), group
+
+
+def test_a_user_config_dir_adds_choices(compose_cfg, tmp_path: Path) -> None:
+    """README: your own YAML folder on Hydra's search path adds choices beside the built-in ones."""
+    (tmp_path / "myconfigs" / "model").mkdir(parents=True)
+    (tmp_path / "myconfigs" / "model" / "wide.yaml").write_text("_target_: nnlab.models.mlp.MLP\nhidden_sizes: [512]\n")
+    cfg = compose_cfg([f"hydra.searchpath=[file://{tmp_path / 'myconfigs'}]", "model=wide"], tmp_path / "run")
+    assert HydraConfig.get().runtime.choices["model"] == "wide"
+    assert cfg.model.hidden_sizes == [512]
+    assert cfg.data.dataset._target_ == "nnlab.data.sklearn.digits"  # the built-in defaults still apply
