@@ -141,6 +141,9 @@ def test_cli_run_dir(cli_run: Path) -> None:
     assert config["callbacks"]["progress"] is None
     assert config["data"]["dataset"]["_target_"] == "nnlab.data.sklearn.digits"
     assert "hydra" not in config
+    # Resolved, so the file rebuilds the run outside Hydra: no interpolation is left.
+    assert "${" not in (cli_run / ".hydra" / "config.yaml").read_text()
+    assert config["trainer"]["output_dir"] == str(cli_run)
     overrides = yaml.safe_load((cli_run / ".hydra" / "overrides.yaml").read_text())
     assert "trainer.max_epochs=1" in overrides
     hydra_cfg = yaml.safe_load((cli_run / ".hydra" / "hydra.yaml").read_text())

@@ -76,7 +76,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 
 def save_run_record(cfg: DictConfig, output_dir: Path) -> None:
-    """Write .hydra/{config,hydra,overrides}.yaml and run_info.json: what the run was built from.
+    """Write .hydra/{config,hydra,overrides}.yaml (config resolved) and run_info.json: what the run
+    was built from.
 
     Hydra would write .hydra/ before the config is checked (`hydra.output_subdir: null` turns that
     off); writing it here, after every part was built, keeps a rejected run from overwriting the
@@ -84,7 +85,7 @@ def save_run_record(cfg: DictConfig, output_dir: Path) -> None:
     """
     hydra_dir = output_dir / ".hydra"
     hydra_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, hydra_dir / "config.yaml")
+    OmegaConf.save(cfg, hydra_dir / "config.yaml", resolve=True)  # as run: no interpolations left
     if HydraConfig.initialized():
         hydra_cfg = HydraConfig.get()
         OmegaConf.save(OmegaConf.create({"hydra": hydra_cfg}), hydra_dir / "hydra.yaml")
