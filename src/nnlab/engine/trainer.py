@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import re
 import time
 from typing import Any
@@ -112,6 +113,8 @@ class Trainer:
     def fit(self, task: Task, data: Any) -> dict[str, float]:
         """Train for `max_epochs`; returns the last epoch's train/ and val/ metrics."""
         if self.deterministic:
+            # cuBLAS needs a fixed workspace to be deterministic; it must be set before its first use.
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True)
             torch.backends.cudnn.benchmark = False
         self.task = task
