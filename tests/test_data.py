@@ -224,3 +224,20 @@ def test_spirals_arms_are_balanced_within_the_documented_radius() -> None:
     assert np.bincount(ds.y).tolist() == [250] * 4
     radius = np.linalg.norm(ds.x, axis=1)
     assert radius.min() >= 0.1 - 1e-6 and radius.max() <= 1.0 + 1e-6  # documented radius range
+
+
+def test_official_test_split_is_kept() -> None:
+    """A dataset's own test rows (test_mask) are the test split; val comes from the others."""
+    from nnlab.data.arrays import ArrayDataset
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 3)).astype(np.float32)
+    y = np.arange(200) % 4
+    mask = np.zeros(200, dtype=bool)
+    mask[150:] = True
+    data = DataModule(ArrayDataset(x, y, "classification", test_mask=mask), val_fraction=0.2, standardize=False)
+    assert data.size("test") == 50
+    assert data.size("val") == 30 and data.size("train") == 120
+    data.setup(CPU)
+    test_x, _ = collect(data.eval_batches("test"))
+    assert torch.equal(test_x, torch.from_numpy(x[150:]))

@@ -18,12 +18,15 @@ class ArrayDataset:
     y: int64 class indices (classification) or float32 targets of shape (N,) or (N, T) (regression).
     kind: "classification" or "regression"; it picks the loss and metrics of the supervised task.
     class_names: one name per class (classification only).
+    test_mask: True for the rows of a dataset's official test split (e.g. MNIST's 10,000); when
+        given, the DataModule tests on exactly those rows and draws val from the others.
     """
 
     x: np.ndarray
     y: np.ndarray
     kind: Kind
     class_names: list[str] | None = None
+    test_mask: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.x = np.ascontiguousarray(self.x, dtype=np.float32)
@@ -31,6 +34,10 @@ class ArrayDataset:
         self.y = np.ascontiguousarray(self.y, dtype=dtype)
         if len(self.x) != len(self.y):
             raise ValueError(f"x has {len(self.x)} rows but y has {len(self.y)}")
+        if self.test_mask is not None:
+            self.test_mask = np.asarray(self.test_mask, dtype=bool)
+            if self.test_mask.shape != (len(self.x),):
+                raise ValueError(f"test_mask has shape {self.test_mask.shape}, expected ({len(self.x)},)")
         if self.kind == "classification" and self.class_names is None:
             self.class_names = [str(c) for c in range(int(self.y.max()) + 1)]
 

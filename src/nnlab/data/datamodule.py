@@ -6,6 +6,7 @@ import logging
 from collections.abc import Iterator
 from typing import Literal
 
+import numpy as np
 import torch
 
 from nnlab.data.arrays import ArrayDataset
@@ -28,6 +29,10 @@ class DataModule:
     statistic of the validation or test rows leaks into training. For regression the target is
     z-scored the same way when `standardize_target` is on, which keeps MSE near 1 at the start
     whatever the target's units (metrics are then in standard deviations of the target).
+
+    A dataset with an official test split (`ArrayDataset.test_mask`, e.g. MNIST) is tested on
+    exactly those rows; `test_fraction` is then unused and `val_fraction` of the other rows
+    becomes the validation split.
 
     Batching: a dataset that fits (`in_memory: auto` and under 1 GiB) lives on the training
     device as tensors, and each epoch slices a permutation drawn from a generator seeded with
@@ -75,7 +80,12 @@ class DataModule:
         self.input_shape = dataset.input_shape
 
         stratify = stratify and dataset.kind == "classification"
-        idx = split_indices(dataset.y, val_fraction, test_fraction, stratify, seed)
+        if dataset.test_mask is None:
+            idx = split_indices(dataset.y, val_fraction, test_fraction, stratify, seed)
+        else:  # the dataset's official test rows; val is carved from the rest
+            rest = np.flatnonzero(~dataset.test_mask)
+            train, val, _ = split_indices(dataset.y[rest], val_fraction, 0.0, stratify, seed)
+            idx = (rest[train], rest[val], np.flatnonzero(dataset.test_mask))
         x = {name: dataset.x[i] for name, i in zip(("train", "val", "test"), idx)}
         y = {name: dataset.y[i] for name, i in zip(("train", "val", "test"), idx)}
         for name, fraction in (("train", None), ("val", val_fraction), ("test", test_fraction)):
