@@ -101,19 +101,28 @@ def cli_env(cwd: str | Path) -> dict[str, str]:
     return env
 
 
-def expected_metric_keys(kind: str) -> set[str]:
+def expected_metric_keys(kind: str, class_names: list[str] | None = None) -> set[str]:
     """metrics.json keys of a supervised run: training reports its step metrics (loss, and acc for
-    classification); validation and test score the whole split."""
+    classification); validation and test score the whole split, and the test report adds
+    per-class precision/recall/F1 (and ROC-AUC on both for a binary problem)."""
     if kind == "classification":
-        return {f"{split}/{m}" for split in ("train", "val", "test") for m in ("loss", "acc")}
+        keys = {"train/loss", "train/acc"} | {f"{s}/{m}" for s in ("val", "test") for m in ("loss", "acc", "macro_f1")}
+        names = class_names or []
+        keys |= {f"test/{m}/{c}" for m in ("precision", "recall", "f1") for c in names}
+        if len(names) == 2:
+            keys |= {"val/roc_auc", "test/roc_auc"}
+        return keys
     return {"train/loss"} | {f"{split}/{m}" for split in ("val", "test") for m in ("loss", "mse", "mae", "r2")}
 
 
 def assert_finite_metrics(metrics: dict[str, float], kind: str) -> None:
-    assert set(metrics) == expected_metric_keys(kind)
+    class_names = sorted(k.split("/", 2)[2] for k in metrics if k.startswith("test/f1/"))
+    if kind == "classification":
+        assert class_names, "the test report has no per-class F1"
+    assert set(metrics) == expected_metric_keys(kind, class_names or None)
     for key, value in metrics.items():
         assert isinstance(value, float) and math.isfinite(value), (key, value)
-        if key.endswith("/acc"):
+        if key.endswith(("/acc", "macro_f1", "roc_auc")) or "/precision/" in key or "/recall/" in key or "/f1/" in key:
             assert 0.0 <= value <= 1.0, (key, value)
         if key.endswith(("/loss", "/mse", "/mae")):
             assert value >= 0.0, (key, value)

@@ -51,7 +51,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     log.info("Building task <%s> with optimizer <%s>", cfg.task._target_, cfg.optimizer._target_)
     scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
-    task = instantiate(cfg.task, model=model, optimizer=instantiate(cfg.optimizer), scheduler=scheduler, kind=data.kind)
+    task = instantiate(
+        cfg.task,
+        model=model,
+        optimizer=instantiate(cfg.optimizer),
+        scheduler=scheduler,
+        kind=data.kind,
+        class_names=data.class_names,
+    )
 
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     logger = instantiate(cfg.logger) if cfg.get("logger") else None

@@ -32,8 +32,12 @@ class Task(Protocol):
         to the host only at those points, so a step never forces a device synchronisation.
         """
 
-    def evaluate(self, batches: Iterable[Any]) -> dict[str, float]:
-        """Metrics over a whole split (no gradients, eval mode), e.g. {"loss": .., "acc": ..}."""
+    def evaluate(self, batches: Iterable[Any], detailed: bool = False) -> dict[str, float]:
+        """Metrics over a whole split (no gradients, eval mode), e.g. {"loss": .., "acc": ..}.
+        `detailed` (the final test) asks for the full report, e.g. per-class metrics.
+
+        A task may also define `figures() -> dict[str, matplotlib Figure]`: the engine logs them
+        to TensorBoard and saves them as PNGs in the run directory after testing."""
 
     def epoch_end(self, val_metrics: dict[str, float]) -> None:
         """Called after each validation: step per-epoch schedulers (plateau ones read val metrics)."""

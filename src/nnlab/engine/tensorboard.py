@@ -31,6 +31,10 @@ class TensorBoardLogger:
         for k, v in metrics.items():
             self.writer.add_scalar(k, v, global_step=step)
 
+    def log_figure(self, tag: str, figure: Any, step: int) -> None:
+        """A matplotlib figure as an image (TensorBoard's Images tab); the figure is closed."""
+        self.writer.add_figure(tag, figure, global_step=step, close=True)
+
     def log_hparams(self, params: dict[str, Any], metrics: dict[str, float]) -> None:
         """Record `params` as this run's hyperparameters and `metrics` (already logged as
         scalars under the same tags) as the values the HParams tab shows."""

@@ -7,6 +7,7 @@ import logging
 import os
 import re
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -209,9 +210,17 @@ class Trainer:
             state = load_checkpoint(best, map_location=self.device)
             task.model.load_state_dict(state["model"])
             log.info("Testing the best checkpoint (epoch %d): %s", state["epoch"], best)
-        metrics = {f"test/{k}": v for k, v in task.evaluate(self._limit(data.eval_batches("test"))).items()}
+        results = task.evaluate(self._limit(data.eval_batches("test")), detailed=True)
+        metrics = {f"test/{k}": v for k, v in results.items()}
         if self.logger is not None:
             self.logger.log_metrics(metrics, self.epoch)
+        for name, figure in getattr(task, "figures", dict)().items():
+            path = Path(self.output_dir) / "figures" / f"{name}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            figure.savefig(path)
+            if self.logger is not None:
+                self.logger.log_figure(f"test/{name}", figure, self.epoch)
+            log.info("Saved %s", path)
         return metrics
 
     # ----------------------------------------------------------------------------------------

@@ -12,28 +12,41 @@ from torch import nn
 from nnlab.engine.optim import Optimization, build_scheduler
 from nnlab.engine.precision import Precision
 from nnlab.errors import check_choice, check_range
+from nnlab.tasks.metrics import classification_metrics, regression_metrics
 
 LOSSES = {
-    "classification": ("cross_entropy",),
-    "regression": ("mse", "l1", "huber"),
+    "classification": ("cross_entropy", "nll", "bce", "hinge", "kl_div"),
+    "regression": ("mse", "mae", "huber"),
 }
 
 
 class Supervised:
     """One optimizer minimising a loss between model(x) and y.
 
-    The dataset's kind picks the defaults: cross-entropy and accuracy for classification; MSE
-    with MAE and R^2 for regression (`loss: auto`). Metrics from `evaluate` are computed over the
-    whole split at once, so R^2 and accuracy are exact rather than averages of batch values.
+    The dataset's kind picks the defaults: cross-entropy for classification, MSE for regression
+    (`loss: auto`). The model outputs logits (classification) or values (regression).
+    Classification losses, for K classes:
+      - cross_entropy: -log softmax(z)_y, optionally with label smoothing.
+      - nll: negative log-likelihood of log_softmax(z); the same value as cross_entropy, spelled
+        the way a model ending in LogSoftmax would be trained.
+      - bce: one-vs-rest binary cross-entropy, a sigmoid per class against the one-hot target.
+      - hinge: multi-class margin loss, sum_j max(0, 1 - z_y + z_j) / K (Crammer-Singer style SVM).
+      - kl_div: KL(target || softmax(z)) with a (label-smoothed) one-hot target.
+    Regression losses: mse, mae, huber (quadratic below 1, linear above: robust to outliers).
+
+    Metrics come from `nnlab.tasks.metrics` over a whole split: loss, accuracy and macro-F1
+    (plus ROC-AUC for binary problems, and per-class precision/recall/F1 on the test split), or
+    MSE, MAE and R^2. After testing, `figures()` gives the test confusion matrix.
 
     Args:
         model: maps (B, *input_shape) to (B, num_outputs).
         optimizer: a factory taking `params` (a Hydra `_partial_` optimizer config).
         scheduler: a factory taking `optimizer`, or None.
         kind: "classification" or "regression", given by the dataset.
-        loss: auto, cross_entropy (classification); mse, l1 or huber (regression).
-        label_smoothing: cross-entropy target smoothing in [0, 1): the true class gets
-            1 - eps + eps/K, every other class eps/K.
+        class_names: the dataset's class names (classification), for per-class metrics.
+        loss: auto or one of the losses above.
+        label_smoothing: target smoothing in [0, 1) for cross_entropy and kl_div: the true
+            class gets 1 - eps + eps/K, every other class eps/K.
     """
 
     def __init__(
@@ -42,22 +55,25 @@ class Supervised:
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Callable[..., Any] | None = None,
         kind: str = "classification",
+        class_names: list[str] | None = None,
         loss: str = "auto",
         label_smoothing: float = 0.0,
     ) -> None:
         check_choice("data kind", kind, LOSSES)
         if loss == "auto":
             loss = LOSSES[kind][0]
-        check_choice("task.loss", loss, LOSSES[kind])
+        check_choice(f"task.loss (for {kind})", loss, LOSSES[kind])
         check_range("task.label_smoothing", label_smoothing, 0.0, 1.0, high_inclusive=False)
         self.model = model
         self.kind = kind
+        self.class_names = class_names
         self.loss_name = loss
         self.label_smoothing = label_smoothing
         self._optimizer_factory = optimizer
         self._scheduler_factory = scheduler
         self.optim: Optimization | None = None
         self.precision: Precision | None = None
+        self._confusion = None
 
     def configure(self, device: torch.device, precision: Precision, total_steps: int) -> None:
         self.model.to(device)
@@ -67,12 +83,23 @@ class Supervised:
         self.optim = Optimization(optimizer, scheduler, precision.grad_scaler())
 
     def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if self.loss_name == "cross_entropy":
+        name = self.loss_name
+        if name == "cross_entropy":
             return F.cross_entropy(out, y, label_smoothing=self.label_smoothing)
+        if name == "nll":
+            return F.nll_loss(F.log_softmax(out, 1), y)
+        if name == "bce":
+            return F.binary_cross_entropy_with_logits(out, F.one_hot(y, out.shape[1]).to(out.dtype))
+        if name == "hinge":
+            return F.multi_margin_loss(out, y)
+        if name == "kl_div":
+            k = out.shape[1]
+            target = F.one_hot(y, k).to(out.dtype) * (1 - self.label_smoothing) + self.label_smoothing / k
+            return F.kl_div(F.log_softmax(out, 1), target, reduction="batchmean")
         out = out.view_as(y)  # (B, 1) -> (B,) for single-target regression
-        if self.loss_name == "mse":
+        if name == "mse":
             return F.mse_loss(out, y)
-        if self.loss_name == "l1":
+        if name == "mae":
             return F.l1_loss(out, y)
         return F.huber_loss(out, y)
 
@@ -88,7 +115,9 @@ class Supervised:
         return metrics
 
     @torch.no_grad()
-    def evaluate(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
+    def evaluate(
+        self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], detailed: bool = False
+    ) -> dict[str, float]:
         self.model.eval()
         outs, ys = [], []
         for x, y in batches:
@@ -96,16 +125,24 @@ class Supervised:
                 outs.append(self.model(x).float())
             ys.append(y)
         out, y = torch.cat(outs), torch.cat(ys)
-        metrics = {"loss": self.loss(out, y)}
+        metrics = {"loss": self.loss(out, y).item()}
         if self.kind == "classification":
-            metrics["acc"] = (out.argmax(1) == y).float().mean()
+            more, confusion = classification_metrics(out, y, self.class_names, detailed)
+            if detailed:
+                self._confusion = confusion
         else:
-            err = out.view_as(y) - y
-            metrics["mse"] = err.pow(2).mean()
-            metrics["mae"] = err.abs().mean()
-            metrics["r2"] = 1 - err.pow(2).sum() / (y - y.mean(0)).pow(2).sum().clamp_min(1e-12)
-        values = torch.stack(list(metrics.values())).tolist()  # one host sync
-        return dict(zip(metrics, values))
+            more = regression_metrics(out, y)
+        metrics.update(more)
+        return metrics
+
+    def figures(self) -> dict[str, Any]:
+        """Figures of the last detailed (test) evaluation: the confusion matrix, if any."""
+        if self._confusion is None:
+            return {}
+        from nnlab.tasks.metrics import confusion_figure
+
+        names = self.class_names or [str(i) for i in range(len(self._confusion))]
+        return {"confusion_matrix": confusion_figure(self._confusion, names)}
 
     def epoch_end(self, val_metrics: dict[str, float]) -> None:
         self.optim.epoch_end(val_metrics)

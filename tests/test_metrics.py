@@ -1,0 +1,127 @@
+"""Metrics and losses against values computed by hand on small cases."""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from helpers import Run
+from nnlab.errors import ConfigValueError
+from nnlab.tasks.metrics import classification_metrics, confusion_figure, regression_metrics
+from nnlab.tasks.supervised import Supervised
+
+
+def test_classification_metrics_by_hand() -> None:
+    # true:  0 0 1 1 2 2 ; pred: 0 1 1 1 2 0
+    y = torch.tensor([0, 0, 1, 1, 2, 2])
+    pred = torch.tensor([0, 1, 1, 1, 2, 0])
+    logits = F.one_hot(pred, 3).float()
+    metrics, confusion = classification_metrics(logits, y, ["a", "b", "c"], detailed=True)
+    assert metrics["acc"] == pytest.approx(4 / 6)
+    # class a: tp 1, fp 1 (the last row), fn 1 -> p 1/2, r 1/2; b: tp 2, fp 1 -> p 2/3, r 1;
+    # c: tp 1, fp 0, fn 1 -> p 1, r 1/2.
+    assert metrics["precision/a"] == pytest.approx(0.5) and metrics["recall/a"] == pytest.approx(0.5)
+    assert metrics["precision/b"] == pytest.approx(2 / 3) and metrics["recall/b"] == pytest.approx(1.0)
+    assert metrics["precision/c"] == pytest.approx(1.0) and metrics["recall/c"] == pytest.approx(0.5)
+    f1 = {"a": 0.5, "b": 0.8, "c": 2 / 3}
+    for name, value in f1.items():
+        assert metrics[f"f1/{name}"] == pytest.approx(value)
+    assert metrics["macro_f1"] == pytest.approx(sum(f1.values()) / 3)
+    assert "roc_auc" not in metrics  # multiclass
+    assert confusion.tolist() == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
+
+
+def test_summary_metrics_leave_out_per_class_values() -> None:
+    metrics, _ = classification_metrics(torch.eye(3), torch.tensor([0, 1, 2]), None, detailed=False)
+    assert set(metrics) == {"acc", "macro_f1"}
+
+
+def test_binary_roc_auc_by_hand() -> None:
+    # P(class 1) = 0.1, 0.4, 0.35, 0.8 for labels 0, 0, 1, 1: of the 4 (pos, neg) pairs, 3 are
+    # ranked correctly (0.35 < 0.4 is the miss), so AUC = 3/4.
+    p1 = torch.tensor([0.1, 0.4, 0.35, 0.8])
+    logits = torch.stack([torch.zeros(4), torch.log(p1 / (1 - p1))], 1)  # softmax(...)[:, 1] == p1
+    metrics, _ = classification_metrics(logits, torch.tensor([0, 0, 1, 1]), None, detailed=False)
+    assert metrics["roc_auc"] == pytest.approx(0.75)
+
+
+def test_regression_metrics_by_hand() -> None:
+    y = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    out = torch.tensor([[1.5], [2.0], [2.0], [5.0]])
+    metrics = regression_metrics(out, y)
+    assert metrics["mse"] == pytest.approx((0.25 + 0 + 1 + 1) / 4)
+    assert metrics["mae"] == pytest.approx((0.5 + 0 + 1 + 1) / 4)
+    assert metrics["r2"] == pytest.approx(1 - 2.25 / 5.0)  # SST around mean 2.5 = 5
+
+
+def task(loss: str, kind: str = "classification", **kwargs) -> Supervised:
+    model = torch.nn.Linear(2, 3)
+    return Supervised(model, partial(torch.optim.SGD, lr=0.1), kind=kind, loss=loss, **kwargs)
+
+
+LOGITS = torch.tensor([[2.0, 0.5, -1.0], [0.0, 1.0, 0.2]])
+Y = torch.tensor([0, 2])
+
+
+def test_classification_losses_match_their_formulas() -> None:
+    ce = -torch.log_softmax(LOGITS, 1)[torch.arange(2), Y].mean()
+    assert task("cross_entropy").loss(LOGITS, Y) == pytest.approx(ce.item())
+    assert task("nll").loss(LOGITS, Y) == pytest.approx(ce.item())
+    # kl_div with a one-hot target equals cross-entropy (the target's entropy is 0).
+    assert task("kl_div").loss(LOGITS, Y) == pytest.approx(ce.item(), rel=1e-5)
+    # hinge: per sample sum_{j != y} max(0, 1 - z_y + z_j) / K
+    hinge = ((0 + 0) / 3 + (max(0, 1 - 0.2 + 0.0) + max(0, 1 - 0.2 + 1.0)) / 3) / 2
+    assert task("hinge").loss(LOGITS, Y) == pytest.approx(hinge)
+    # bce: one sigmoid per class against the one-hot target, averaged over all B*K entries.
+    target = F.one_hot(Y, 3).float()
+    sig = torch.sigmoid(LOGITS)
+    bce = -(target * torch.log(sig) + (1 - target) * torch.log(1 - sig)).mean()
+    assert task("bce").loss(LOGITS, Y) == pytest.approx(bce.item(), rel=1e-5)
+
+
+def test_label_smoothing_in_cross_entropy_and_kl() -> None:
+    eps, k = 0.1, 3
+    target = F.one_hot(Y, k).float() * (1 - eps) + eps / k
+    smoothed_ce = -(target * torch.log_softmax(LOGITS, 1)).sum(1).mean()
+    assert task("cross_entropy", label_smoothing=eps).loss(LOGITS, Y) == pytest.approx(smoothed_ce.item(), rel=1e-5)
+    entropy = -(target * torch.log(target)).sum(1).mean()
+    kl = task("kl_div", label_smoothing=eps).loss(LOGITS, Y)
+    assert kl == pytest.approx((smoothed_ce - entropy).item(), rel=1e-5)
+
+
+def test_regression_losses_match_their_formulas() -> None:
+    out, y = torch.tensor([[0.0], [3.0]]), torch.tensor([1.0, 0.5])
+    assert task("mse", "regression").loss(out, y) == pytest.approx((1 + 6.25) / 2)
+    assert task("mae", "regression").loss(out, y) == pytest.approx((1 + 2.5) / 2)
+    assert task("huber", "regression").loss(out, y) == pytest.approx((0.5 * 1 + (2.5 - 0.5)) / 2)
+
+
+def test_a_loss_of_the_other_kind_is_rejected() -> None:
+    with pytest.raises(ConfigValueError, match=r"task.loss.*regression.*Choose one of: mse, mae, huber"):
+        task("cross_entropy", "regression")
+    with pytest.raises(ConfigValueError, match="Did you mean 'hinge'"):
+        task("hinge_loss")
+
+
+def test_confusion_figure_draws_every_count() -> None:
+    matrix = np.array([[3, 1], [0, 4]])
+    fig = confusion_figure(matrix, ["no", "yes"])
+    texts = sorted(t.get_text() for t in fig.axes[0].texts)
+    assert texts == ["0", "1", "3", "4"]
+
+
+def test_run_logs_the_confusion_matrix(digits_run: Run) -> None:
+    """The test split's confusion matrix: a TensorBoard image and a PNG in the run folder."""
+    assert (digits_run.dir / "figures" / "confusion_matrix.png").stat().st_size > 1000
+    events = EventAccumulator(str(digits_run.dir / "tensorboard"), size_guidance={"images": 0})
+    events.Reload()
+    assert "test/confusion_matrix" in events.Tags()["images"]
+    image = events.Images("test/confusion_matrix")[-1]
+    assert image.width > 100 and image.height > 100
+    assert math.isfinite(digits_run.metrics["test/macro_f1"])
