@@ -9,6 +9,21 @@ from nnlab.data.arrays import ArrayDataset
 from nnlab.errors import check_range
 
 
+def blobs(n_samples: int = 500, num_classes: int = 2, spread: float = 0.5, seed: int = 0) -> ArrayDataset:
+    """Gaussian clusters of std `spread` around centres spaced 4 apart on a circle: linearly
+    separable (one-vs-rest) with overwhelming probability while spread <= 0.7."""
+    check_range("data.dataset.n_samples", n_samples, num_classes)
+    check_range("data.dataset.num_classes", num_classes, 2)
+    check_range("data.dataset.spread", spread, 0.0, low_inclusive=False)
+    rng = np.random.default_rng(seed)
+    y = np.arange(n_samples) % num_classes
+    angle = 2 * np.pi * np.arange(num_classes) / num_classes
+    radius = 2.0 / np.sin(np.pi / num_classes)  # neighbouring centres 4 apart
+    centres = radius * np.stack([np.cos(angle), np.sin(angle)], 1)
+    x = centres[y] + rng.normal(0.0, spread, (n_samples, 2))
+    return ArrayDataset(x, y, "classification")
+
+
 def moons(n_samples: int = 1000, noise: float = 0.1, seed: int = 0) -> ArrayDataset:
     """Two interleaving half circles (scikit-learn's make_moons), 2 classes."""
     from sklearn.datasets import make_moons

@@ -37,7 +37,9 @@ class Task(Protocol):
         `detailed` (the final test) asks for the full report, e.g. per-class metrics.
 
         A task may also define `figures() -> dict[str, matplotlib Figure]`: the engine logs them
-        to TensorBoard and saves them as PNGs in the run directory after testing."""
+        to TensorBoard and saves them as PNGs in the run directory after testing; and
+        `epoch_metrics() -> dict[str, float]`: totals over the epoch (not per-sample means),
+        read once after each epoch and logged as train/<name>."""
 
     def epoch_end(self, val_metrics: dict[str, float]) -> None:
         """Called after each validation: step per-epoch schedulers (plateau ones read val metrics)."""

@@ -182,6 +182,8 @@ class Trainer:
 
         val = task.evaluate(self._limit(data.eval_batches("val")))
         metrics = {f"train/{k}": v / max(seen, 1) for k, v in totals.items()}
+        # Optional: counts over the whole epoch, e.g. the perceptron's mistakes.
+        metrics.update({f"train/{k}": v for k, v in getattr(task, "epoch_metrics", dict)().items()})
         metrics.update({f"val/{k}": v for k, v in val.items()})
         task.epoch_end(metrics)
         self.epoch += 1
