@@ -103,7 +103,14 @@ def build_all(cfg: DictConfig) -> dict[str, Any]:
     data = instantiate(cfg.data)
     model = instantiate(cfg.model, input_shape=data.input_shape, num_outputs=data.num_outputs)
     scheduler = instantiate(cfg.scheduler) if cfg.scheduler else None
-    task = instantiate(cfg.task, model=model, optimizer=instantiate(cfg.optimizer), scheduler=scheduler, kind=data.kind)
+    task = instantiate(
+        cfg.task,
+        model=model,
+        optimizer=instantiate(cfg.optimizer),
+        scheduler=scheduler,
+        kind=data.kind,
+        class_names=data.class_names,
+    )
     callbacks = {f"callbacks.{name}": instantiate(c) for name, c in cfg.callbacks.items() if c}
     logger = instantiate(cfg.logger) if cfg.logger else None
     built = {"data": data, "model": model, "task": task, "logger": logger, **callbacks}
@@ -114,7 +121,9 @@ def build_all(cfg: DictConfig) -> dict[str, Any]:
             logger.close()
     # The optimizer and scheduler partials get their params/optimizer when the task is configured.
     task.configure(built["trainer"].device, built["trainer"].precision, total_steps=10)
-    built["optimizer"], built["scheduler"] = task.optim.optimizer, task.optim.scheduler
+    optim = getattr(task, "optim", None)  # a task without gradients (the perceptron rule) has none
+    if optim is not None:
+        built["optimizer"], built["scheduler"] = optim.optimizer, optim.scheduler
     return built
 
 
