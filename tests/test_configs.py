@@ -55,7 +55,12 @@ def overrides_for(path: Path) -> list[str]:
     if path == CONFIG_DIR / "train.yaml":
         return []
     group, option = path.parent.relative_to(CONFIG_DIR).as_posix(), path.stem
-    return [f"{group}={option}" if group in primary_groups() else f"+{group}={option}"]
+    return [f"{group}={option}" if group in primary_groups() else f"+{group}={option}", *PARTNERS.get(rel(path), [])]
+
+
+# Choices that only work with another choice, which normally selects them (model=perceptron
+# picks task=perceptron from its own YAML).
+PARTNERS = {"task/perceptron.yaml": ["model=perceptron"]}
 
 
 def package_of(path: Path) -> str:

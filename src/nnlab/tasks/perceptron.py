@@ -40,11 +40,15 @@ class PerceptronRule:
         class_names: list[str] | None = None,
         lr: float = 1.0,
     ) -> None:
-        if kind != "classification" or not isinstance(model, Perceptron):
+        if not isinstance(model, Perceptron):
             raise ConfigValueError(
-                f"task=perceptron trains model=perceptron on classification data, but got a "
-                f"{type(model).__name__} on {kind} data. Choose a classification dataset "
-                "(e.g. data=blobs, data=iris) or another model with task=supervised."
+                f"task=perceptron applies the perceptron rule to model=perceptron, but the model is a "
+                f"{type(model).__name__}. Use model=perceptron (it selects this task), or task=supervised."
+            )
+        if kind != "classification":
+            raise ConfigValueError(
+                f"model=perceptron is a classifier, but the dataset is {kind}. Choose a classification "
+                "dataset (e.g. data=blobs, data=iris, data=circles)."
             )
         check_range("task.lr", lr, 0.0, low_inclusive=False)
         self.model = model
