@@ -47,7 +47,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
     data = instantiate(cfg.data)
 
     log.info("Building model <%s>", cfg.model._target_)
-    model = instantiate(cfg.model, input_shape=data.input_shape, num_outputs=data.num_outputs)
+    try:
+        model = instantiate(cfg.model, input_shape=data.input_shape, num_outputs=data.num_outputs)
+    except InstantiationException as e:
+        if not isinstance(e.__cause__, UserError):
+            raise
+        raise UserError(f"{pairing()} do not fit together: {e.__cause__}") from e
 
     log.info("Building task <%s> with optimizer <%s>", cfg.task._target_, cfg.optimizer._target_)
     scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
@@ -80,6 +85,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
     print_metrics_table(metrics)
     log.info("Results in %s", output_dir)
     return metrics
+
+
+def pairing() -> str:
+    """'model=cnn and data=diabetes': the chosen model and data, for messages about the pair."""
+    choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
+    return f"model={choices.get('model', '?')} and data={choices.get('data', '?')}"
 
 
 def save_run_record(cfg: DictConfig, output_dir: Path) -> None:
