@@ -115,6 +115,7 @@ def build_all(cfg: DictConfig) -> dict[str, Any]:
         scheduler=scheduler,
         kind=data.kind,
         class_names=data.class_names,
+        class_counts=data.class_counts,
     )
     callbacks = {f"callbacks.{name}": instantiate(c) for name, c in cfg.callbacks.items() if c}
     logger = instantiate(cfg.logger) if cfg.logger else None

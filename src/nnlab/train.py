@@ -63,6 +63,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         scheduler=scheduler,
         kind=data.kind,
         class_names=data.class_names,
+        class_counts=data.class_counts,
     )
 
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]

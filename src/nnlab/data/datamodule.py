@@ -34,6 +34,11 @@ class DataModule:
     exactly those rows; `test_fraction` is then unused and `val_fraction` of the other rows
     becomes the validation split.
 
+    Imbalance: `imbalance=r` keeps a fraction r^(c/(K-1)) of class c's *training* rows (the last
+    class keeps r), making a long-tailed variant of any classification set; val and test stay as
+    they are, so scores remain comparable. `sampler=weighted` then redraws each epoch with
+    replacement so that every class is equally likely (see also `task.class_weight`).
+
     Batching: a dataset that fits (`in_memory: auto` and under 1 GiB) lives on the training
     device as tensors, and each epoch slices a permutation drawn from a generator seeded with
     (seed, epoch): no DataLoader workers, no per-batch host copies, and the order of any epoch
@@ -55,6 +60,8 @@ class DataModule:
         drop_last: bool = False,
         in_memory: bool | str = "auto",
         num_workers: int = 0,
+        imbalance: float | None = None,
+        sampler: str = "shuffle",
         seed: int = 0,
     ) -> None:
         check_range("data.batch_size", batch_size, 1)
@@ -66,6 +73,14 @@ class DataModule:
             "data.val_fraction + data.test_fraction", val_fraction + test_fraction, 0.0, 1.0, high_inclusive=False
         )
         check_range("data.num_workers", num_workers, 0)
+        check_choice("data.sampler", sampler, ["shuffle", "weighted"])
+        if imbalance is not None:
+            check_range("data.imbalance", imbalance, 0.0, 1.0, low_inclusive=False)
+        if (imbalance is not None or sampler == "weighted") and dataset.kind != "classification":
+            raise ConfigValueError(
+                "data.imbalance and data.sampler=weighted need class labels, but this dataset is "
+                f"{dataset.kind}. Remove them, or choose a classification dataset."
+            )
         if in_memory != "auto":
             check_choice("data.in_memory", in_memory, [True, False, "auto"])
         self.batch_size = batch_size
@@ -73,6 +88,7 @@ class DataModule:
         self.shuffle = shuffle
         self.drop_last = drop_last
         self.num_workers = num_workers
+        self.sampler = sampler
         self.seed = seed
         self.kind = dataset.kind
         self.num_classes = dataset.num_classes
@@ -86,6 +102,8 @@ class DataModule:
             rest = np.flatnonzero(~dataset.test_mask)
             train, val, _ = split_indices(dataset.y[rest], val_fraction, 0.0, stratify, seed)
             idx = (rest[train], rest[val], np.flatnonzero(dataset.test_mask))
+        if imbalance is not None:
+            idx = (_imbalanced(idx[0], dataset.y, imbalance, seed), idx[1], idx[2])
         x = {name: dataset.x[i] for name, i in zip(("train", "val", "test"), idx)}
         y = {name: dataset.y[i] for name, i in zip(("train", "val", "test"), idx)}
         for name, fraction in (("train", None), ("val", val_fraction), ("test", test_fraction)):
@@ -107,6 +125,13 @@ class DataModule:
         self.in_memory = nbytes <= IN_MEMORY_LIMIT_BYTES if in_memory == "auto" else bool(in_memory)
         self.device = torch.device("cpu")
         self._tensors: dict[str, Batch] = {}
+
+    @property
+    def class_counts(self) -> list[int] | None:
+        """Rows per class in the training split (classification), e.g. for class-weighted losses."""
+        if self.kind != "classification":
+            return None
+        return np.bincount(self._arrays["train"][1], minlength=self.num_classes).tolist()
 
     @property
     def num_outputs(self) -> int:
@@ -147,9 +172,15 @@ class DataModule:
     def epoch_order(self, epoch: int) -> torch.Tensor:
         """The training rows of `epoch`, in the order they are visited (seeded by seed and epoch)."""
         n = self.size("train")
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        if self.sampler == "weighted":
+            # Draw n rows with replacement, each with probability proportional to 1 / (rows of its
+            # class): every class is equally likely per draw, so batches are balanced on average.
+            y = torch.from_numpy(self._arrays["train"][1])
+            weights = 1.0 / torch.bincount(y).double()[y]
+            return torch.multinomial(weights, n, replacement=True, generator=g)
         if not self.shuffle:
             return torch.arange(n)
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         return torch.randperm(n, generator=g)
 
     def train_batches(self, epoch: int) -> Iterator[Batch]:
@@ -210,3 +241,16 @@ class _OrderSampler(torch.utils.data.Sampler):
 
     def __iter__(self):
         return iter(self.data._train_order.tolist())
+
+
+def _imbalanced(train: np.ndarray, y: np.ndarray, ratio: float, seed: int) -> np.ndarray:
+    """Keep a fraction ratio^(c / (K - 1)) of each class c's training rows (class 0 keeps all,
+    the last class keeps `ratio`): an exponentially imbalanced variant of a balanced set."""
+    rng = np.random.default_rng(seed + 1)
+    classes = np.unique(y)
+    kept = []
+    for rank, c in enumerate(classes):
+        rows = train[y[train] == c]
+        share = ratio ** (rank / max(len(classes) - 1, 1))
+        kept.append(rng.permutation(rows)[: max(1, int(round(share * len(rows))))])
+    return np.sort(np.concatenate(kept))

@@ -28,7 +28,7 @@ class PerceptronRule:
     never settles. `train/mistakes` logs that count per epoch; `train/loss` is the perceptron
     criterion mean(max(0, -t * s)) measured before each update.
 
-    The rule needs no optimizer or scheduler: those config groups are accepted and ignored.
+    The rule needs no optimizer or scheduler (nor class counts): those are accepted and ignored.
     """
 
     def __init__(
@@ -38,6 +38,7 @@ class PerceptronRule:
         scheduler: Any = None,
         kind: str = "classification",
         class_names: list[str] | None = None,
+        class_counts: list[int] | None = None,
         lr: float = 1.0,
     ) -> None:
         if not isinstance(model, Perceptron):

@@ -11,7 +11,7 @@ from torch import nn
 
 from nnlab.engine.optim import Optimization, build_scheduler
 from nnlab.engine.precision import Precision
-from nnlab.errors import check_choice, check_range
+from nnlab.errors import ConfigValueError, check_choice, check_range
 from nnlab.tasks.metrics import classification_metrics, regression_metrics
 
 LOSSES = {
@@ -47,6 +47,9 @@ class Supervised:
         loss: auto or one of the losses above.
         label_smoothing: target smoothing in [0, 1) for cross_entropy and kl_div: the true
             class gets 1 - eps + eps/K, every other class eps/K.
+        class_counts: training rows per class, given by the dataset (for class weights).
+        class_weight: "none", or "balanced": weight class c by n / (K * n_c) in cross_entropy,
+            nll or hinge, so rare classes count as much as common ones in total.
     """
 
     def __init__(
@@ -56,14 +59,26 @@ class Supervised:
         scheduler: Callable[..., Any] | None = None,
         kind: str = "classification",
         class_names: list[str] | None = None,
+        class_counts: list[int] | None = None,
         loss: str = "auto",
         label_smoothing: float = 0.0,
+        class_weight: str = "none",
     ) -> None:
         check_choice("data kind", kind, LOSSES)
         if loss == "auto":
             loss = LOSSES[kind][0]
         check_choice(f"task.loss (for {kind})", loss, LOSSES[kind])
         check_range("task.label_smoothing", label_smoothing, 0.0, 1.0, high_inclusive=False)
+        check_choice("task.class_weight", class_weight, ["none", "balanced"])
+        self.class_weights: torch.Tensor | None = None
+        if class_weight == "balanced":
+            if kind != "classification" or loss not in ("cross_entropy", "nll", "hinge"):
+                raise ConfigValueError(
+                    f"task.class_weight=balanced weights the cross_entropy, nll or hinge loss of a "
+                    f"classification task, but this run uses loss={loss} on {kind} data."
+                )
+            counts = torch.tensor(class_counts, dtype=torch.float32).clamp_min(1)
+            self.class_weights = counts.sum() / (len(counts) * counts)  # n / (K * n_c)
         self.model = model
         self.kind = kind
         self.class_names = class_names
@@ -78,20 +93,23 @@ class Supervised:
     def configure(self, device: torch.device, precision: Precision, total_steps: int) -> None:
         self.model.to(device)
         self.precision = precision
+        if self.class_weights is not None:
+            self.class_weights = self.class_weights.to(device)
         optimizer = self._optimizer_factory(params=self.model.parameters())
         scheduler = build_scheduler(self._scheduler_factory, optimizer, total_steps)
         self.optim = Optimization(optimizer, scheduler, precision.grad_scaler())
 
     def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         name = self.loss_name
+        w = self.class_weights
         if name == "cross_entropy":
-            return F.cross_entropy(out, y, label_smoothing=self.label_smoothing)
+            return F.cross_entropy(out, y, weight=w, label_smoothing=self.label_smoothing)
         if name == "nll":
-            return F.nll_loss(F.log_softmax(out, 1), y)
+            return F.nll_loss(F.log_softmax(out, 1), y, weight=w)
         if name == "bce":
             return F.binary_cross_entropy_with_logits(out, F.one_hot(y, out.shape[1]).to(out.dtype))
         if name == "hinge":
-            return F.multi_margin_loss(out, y)
+            return F.multi_margin_loss(out, y, weight=w)
         if name == "kl_div":
             k = out.shape[1]
             target = F.one_hot(y, k).to(out.dtype) * (1 - self.label_smoothing) + self.label_smoothing / k
