@@ -44,7 +44,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     seed_everything(cfg.seed)
 
     log.info("Building data <%s>", cfg.data.dataset._target_)
-    data = instantiate(cfg.data)
+    augment = instantiate(cfg.augmentation) if cfg.get("augmentation") else None
+    data = instantiate(cfg.data, augment=augment)
 
     log.info("Building model <%s>", cfg.model._target_)
     try:

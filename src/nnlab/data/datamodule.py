@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Literal
 
 import numpy as np
@@ -62,6 +62,7 @@ class DataModule:
         num_workers: int = 0,
         imbalance: float | None = None,
         sampler: str = "shuffle",
+        augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
         seed: int = 0,
     ) -> None:
         check_range("data.batch_size", batch_size, 1)
@@ -89,6 +90,7 @@ class DataModule:
         self.drop_last = drop_last
         self.num_workers = num_workers
         self.sampler = sampler
+        self.augment = augment
         self.seed = seed
         self.kind = dataset.kind
         self.num_classes = dataset.num_classes
@@ -184,7 +186,17 @@ class DataModule:
         return torch.randperm(n, generator=g)
 
     def train_batches(self, epoch: int) -> Iterator[Batch]:
-        """Yield the (x, y) batches of one training epoch, already on the training device."""
+        """Yield the (x, y) batches of one training epoch, on the training device (augmented when
+        an augmentation is set, with a generator seeded by seed and epoch)."""
+        batches = self._train_batches(epoch)
+        if self.augment is None:
+            yield from batches
+            return
+        g = torch.Generator(device=self.device).manual_seed(self.seed * 1_000_003 + epoch + 1)
+        for x, y in batches:
+            yield self.augment(x, g), y
+
+    def _train_batches(self, epoch: int) -> Iterator[Batch]:
         order = self.epoch_order(epoch)
         if not self.in_memory:
             yield from self._loader("train", order)
