@@ -19,6 +19,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from datafiles import offline_data
 from helpers import CONFIG_DIR, options, run_cli
 from nnlab.errors import ConfigValueError
 from nnlab.validation import validate_config
@@ -32,7 +33,7 @@ EXPERIMENTS = sorted((CONFIG_DIR / "experiment").rglob("*.yaml"))
 COMMANDED = EXPERIMENTS + sorted((CONFIG_DIR / "debug").rglob("*.yaml"))
 
 # Parts train() builds, by config path; a `_target_` below one of them is built with it.
-BUILT_PARTS = ("data", "model", "optimizer", "scheduler", "task", "trainer", "logger", "callbacks.*")
+BUILT_PARTS = ("data", "augmentation", "model", "optimizer", "scheduler", "task", "trainer", "logger", "callbacks.*")
 
 
 def rel(path: Path) -> str:
@@ -105,7 +106,8 @@ def is_built(path: str) -> bool:
 def build_all(cfg: DictConfig) -> dict[str, Any]:
     """Build every part the way nnlab.train does, adding what only exists at run time: the model's
     sizes from the data, the task's model/optimizer/scheduler/kind, the trainer's callbacks."""
-    data = instantiate(cfg.data)
+    augment = instantiate(cfg.augmentation) if cfg.get("augmentation") else None
+    data = instantiate(cfg.data, augment=augment)
     model = instantiate(cfg.model, input_shape=data.input_shape, num_outputs=data.num_outputs)
     scheduler = instantiate(cfg.scheduler) if cfg.scheduler else None
     task = instantiate(
@@ -119,7 +121,7 @@ def build_all(cfg: DictConfig) -> dict[str, Any]:
     )
     callbacks = {f"callbacks.{name}": instantiate(c) for name, c in cfg.callbacks.items() if c}
     logger = instantiate(cfg.logger) if cfg.logger else None
-    built = {"data": data, "model": model, "task": task, "logger": logger, **callbacks}
+    built = {"data": data, "augmentation": augment, "model": model, "task": task, "logger": logger, **callbacks}
     try:
         built["trainer"] = instantiate(cfg.trainer, callbacks=list(callbacks.values()), logger=logger)
     finally:
@@ -179,8 +181,10 @@ def test_composes_with_the_values_it_sets(path: Path, compose_cfg, tmp_path: Pat
 
 
 @pytest.mark.parametrize("path", params(COMPOSABLE))
-def test_every_target_instantiates(path: Path, compose_cfg, tmp_path: Path) -> None:
-    cfg = compose_cfg(overrides_for(path), tmp_path)
+def test_every_target_instantiates(path: Path, compose_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A data config that reads files (MNIST, a CSV) is pointed at tiny stand-ins: no downloads in tests.
+    files = offline_data(path.stem, tmp_path / "data", monkeypatch) if path.parent.name == "data" else []
+    cfg = compose_cfg([*overrides_for(path), *files], tmp_path / "run")
     targets = target_paths(OmegaConf.to_container(cfg, resolve=False))
     assert not [t for t in targets if not is_built(t)], "a _target_ outside the parts train() builds"
 

@@ -14,6 +14,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
+from datafiles import offline_data
 from helpers import assert_finite_metrics, options
 from nnlab.train import train
 
@@ -32,15 +33,19 @@ def linear_weights(state: dict[str, torch.Tensor]) -> list[torch.Tensor]:
 
 
 @pytest.mark.parametrize("data", DATA)
-def test_mlp_on_every_dataset(data: str, train_run, tmp_path: Path) -> None:
-    run = train_run([f"data={data}", "model=mlp"], tmp_path)
+def test_mlp_on_every_dataset(data: str, train_run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    files = offline_data(data, tmp_path / "data", monkeypatch)  # stand-ins for sets a test machine lacks
+    run = train_run([f"data={data}", "model=mlp", *files], tmp_path / "run")
     dataset = instantiate(run.cfg.data.dataset)
     assert_finite_metrics(run.metrics, dataset.kind)
 
     # The model was sized from the data: one input per feature, one output per class (or target).
     weights = linear_weights(run.checkpoint()["model"])
     assert weights[0].shape[1] == math.prod(dataset.x.shape[1:])
-    expected_outputs = len(np.unique(dataset.y)) if dataset.kind == "classification" else 1
+    if dataset.kind == "classification":
+        expected_outputs = len(np.unique(dataset.y))
+    else:  # one output per target: (N,) -> 1, (N, horizon) -> horizon
+        expected_outputs = 1 if dataset.y.ndim == 1 else dataset.y.shape[1]
     assert weights[-1].shape[0] == expected_outputs
 
 

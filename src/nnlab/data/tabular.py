@@ -1,0 +1,331 @@
+"""Any CSV file as a tabular dataset: `nnlab-train data=csv data.dataset.path=f.csv data.dataset.target=y`.
+
+Read with the standard library's csv module rather than pandas, which keeps the dependency list
+short and lets every complaint name the exact line: pandas silently pads a short row with missing
+values, and a file that a user typed by hand deserves a message that says where it is broken.
+"""
+
+from __future__ import annotations
+
+import csv as _csv
+import logging
+import math
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from nnlab.data.arrays import ArrayDataset
+from nnlab.errors import ConfigValueError, UserError, check_choice, did_you_mean
+
+log = logging.getLogger(__name__)
+
+# Field values read as missing (compared case-insensitively, after stripping spaces). "?" is the
+# UCI repository's marker.
+MISSING = frozenset({"", "na", "n/a", "nan", "null", "none", "?", "#n/a", "<na>"})
+
+# kind=auto calls an integer target with at most this many distinct values a class label.
+MAX_AUTO_CLASSES = 20
+
+KINDS = ("auto", "classification", "regression")
+IMPUTE = ("mean", "median", "most_frequent", "drop")
+SCALE = ("none", "minmax")
+
+
+def csv(
+    path: str | None = None,
+    target: str | None = None,
+    kind: str = "auto",
+    impute: str = "mean",
+    scale: str = "none",
+    categorical: Sequence[str] | None = None,
+    drop: Sequence[str] | None = None,
+    delimiter: str = ",",
+) -> ArrayDataset:
+    """One example per line of a CSV file with a header line; one column is the target.
+
+    Features: every other column (except those in `drop`). A column whose values are all numbers
+    is used as it is; a column of text (or one listed in `categorical`) is one-hot encoded, one
+    feature `column=value` per distinct value, in sorted order. A column that holds mostly numbers
+    but some text is taken for a typo and reported with its line. x is (N, F) float32.
+
+    path: the CSV file; a relative path starts in the directory nnlab-train was started from.
+    target: the column to predict.
+    kind: auto, classification or regression. auto: a text target, or an integer one with at most
+        20 distinct values, is classification; any other number is regression. Class names are the
+        target's distinct values, sorted (numerically when they are numbers).
+    impute: what fills a missing feature value (an empty field, NA, N/A, NaN, null, None or ?):
+        mean, median or most_frequent of the column (categorical columns always take their most
+        frequent value), or drop to discard every row with a missing value. Rows whose target is
+        missing are always dropped.
+    scale: none, or minmax to map each numeric feature to [0, 1]. Z-scoring is not done here: it
+        is the DataModule's `standardize`, fitted on the training split only. With minmax, set
+        data.standardize=false, or the z-score undoes it.
+    categorical: columns to one-hot encode even though they hold numbers (codes, ZIP codes).
+    drop: columns to leave out (ids, free text, leaks of the target).
+    delimiter: the field separator: "," (default), ";", "|", or "tab".
+
+    The statistics of `impute` and `scale` are taken over all rows, test rows included, because
+    the split is made later by the DataModule; the leak is small for means, medians and ranges.
+    """
+    check_choice("data.dataset.kind", kind, KINDS)
+    check_choice("data.dataset.impute", impute, IMPUTE)
+    if scale == "standard":
+        raise ConfigValueError(
+            "data.dataset.scale=standard: z-scoring is done by the DataModule, with statistics of the "
+            "training split only. Set data.dataset.scale=none and data.standardize=true."
+        )
+    check_choice("data.dataset.scale", scale, SCALE)
+    delimiter = "\t" if delimiter in ("tab", "\\t") else delimiter
+    if len(delimiter) != 1:
+        raise ConfigValueError(f"data.dataset.delimiter={delimiter!r} must be one character, e.g. ',' ';' or 'tab'.")
+    if path is None:
+        raise UserError(
+            "data=csv needs a file and the column to predict: add data.dataset.path=<file.csv> "
+            "data.dataset.target=<column> to the command line."
+        )
+
+    categorical, drop = list(categorical or []), list(drop or [])
+    file = Path(path)
+    header, rows, lines = _read(file, delimiter)
+    name = str(file)  # as the user wrote it
+    target = _check_columns(name, header, target, categorical, drop)
+    columns = {c: [row[i] for row in rows] for i, c in enumerate(header)}
+    features = [c for c in header if c != target and c not in drop]
+    if not features:
+        raise UserError(f"{name} has no feature columns besides the target '{target}' (and data.dataset.drop).")
+
+    # Rows to keep: those with a target, and with every feature when impute=drop.
+    missing = {c: np.array([_is_missing(v) for v in columns[c]], dtype=bool) for c in [target, *features]}
+    keep = ~missing[target]
+    if impute == "drop":
+        keep &= ~np.any([missing[c] for c in features], axis=0)
+    if not keep.all():
+        dropped = [lines[i] for i in np.flatnonzero(~keep)]
+        why = "no target value" if impute != "drop" else "a missing value"
+        log.warning("%s: dropped %d row(s) with %s (lines %s)", name, len(dropped), why, _some(dropped))
+    if not keep.any():
+        fix = "set data.dataset.impute=mean to fill missing features" if impute == "drop" else "fill in the target"
+        raise UserError(f"{name}: no row is left once rows with {why} are dropped; {fix}.")
+    lines = [line for line, k in zip(lines, keep) if k]
+    columns = {c: [v for v, k in zip(values, keep) if k] for c, values in columns.items()}
+    missing = {c: m[keep] for c, m in missing.items()}
+
+    blocks, names = [], []
+    for c in features:
+        if missing[c].all():
+            log.warning("%s: column '%s' has no values; left out", name, c)
+            continue
+        block, block_names = _feature(name, c, columns[c], missing[c], lines, impute, scale, c in categorical)
+        blocks.append(block)
+        names += block_names
+    if not blocks:
+        raise UserError(f"{name}: every feature column is empty.")
+    x = np.concatenate(blocks, axis=1)
+    y, kind, class_names = _target(name, target, columns[target], lines, kind)
+    log.info(
+        "%s: %d rows, %d features (%s), target '%s': %s%s",
+        name,
+        len(x),
+        x.shape[1],
+        _some(names),
+        target,
+        kind,
+        f" with classes {_some(class_names)}" if class_names else "",
+    )
+    return ArrayDataset(x, y, kind, class_names)
+
+
+def _read(file: Path, delimiter: str) -> tuple[list[str], list[list[str]], list[int]]:
+    """Header, rows (fields stripped of spaces) and each row's line number (the header is line 1)."""
+    if not file.is_file():
+        what = "is a folder, not a file" if file.is_dir() else "does not exist"
+        raise UserError(
+            f"data.dataset.path={str(file)!r}: {file.resolve()} {what}. Relative paths start in the "
+            f"directory nnlab-train was started from ({Path.cwd()})."
+        )
+    header: list[str] | None = None
+    rows: list[list[str]] = []
+    lines: list[int] = []
+    line = 0
+    try:
+        # utf-8-sig: also reads the byte-order mark that spreadsheet programs put at the start.
+        with open(file, newline="", encoding="utf-8-sig") as f:
+            reader = _csv.reader(f, delimiter=delimiter)
+            for fields in reader:
+                line = reader.line_num
+                fields = [v.strip() for v in fields]
+                if len(fields) <= 1 and not "".join(fields):  # a blank line
+                    continue
+                if header is None:
+                    header = fields
+                    _check_header(str(file), header, line)
+                    continue
+                if len(fields) != len(header):
+                    raise UserError(
+                        f"{file}, line {line}: {len(fields)} fields, but the header names {len(header)} "
+                        f"columns ({', '.join(header)}). Quote a value that contains the delimiter "
+                        f'{delimiter!r} ("Smith, J"), and keep an empty field for a missing value.'
+                    )
+                rows.append(fields)
+                lines.append(line)
+    except UnicodeDecodeError:
+        raise UserError(f"{file} is not UTF-8 text (near line {line + 1}). Save it as UTF-8 CSV.") from None
+    except _csv.Error as e:
+        raise UserError(f"{file}, line {line + 1}: the CSV cannot be parsed ({e}).") from None
+    if header is None:
+        raise UserError(
+            f"{file.resolve()} is empty: a CSV needs a header line naming the columns, then one line per example."
+        )
+    if not rows:
+        raise UserError(f"{file.resolve()} has a header line but no data rows.")
+    return header, rows, lines
+
+
+def _check_header(name: str, header: list[str], line: int) -> None:
+    for i, column in enumerate(header):
+        if not column:
+            raise UserError(f"{name}, line {line}: column {i + 1} of the header has no name. Name every column.")
+    repeated = [c for c, n in Counter(header).items() if n > 1]
+    if repeated:
+        raise UserError(f"{name}, line {line}: the header names column '{repeated[0]}' twice. Rename one of them.")
+
+
+def _check_columns(name: str, header: list[str], target: str | None, categorical: Sequence[str], drop: Sequence[str]):
+    columns = ", ".join(header)
+    looks_like_data = all(_number(c) is not None for c in header)
+    no_header = " Its first line looks like data: add a header line naming the columns." if looks_like_data else ""
+    if target is None:
+        raise UserError(
+            f"data=csv needs the column to predict: set data.dataset.target to one of {columns}.{no_header}"
+        )
+    target = str(target)
+    if target not in header:
+        raise UserError(
+            f"{name} has no column '{target}' (data.dataset.target).{_did_you_mean(target, header)} "
+            f"Its columns: {columns}.{no_header}"
+        )
+    for key, listed in (("drop", drop), ("categorical", categorical)):
+        for c in listed:
+            if c not in header:
+                raise UserError(
+                    f"data.dataset.{key} names '{c}', which is not a column of {name}.{_did_you_mean(str(c), header)} "
+                    f"Its columns: {columns}."
+                )
+            if c == target:
+                raise UserError(f"data.dataset.{key} names the target '{c}'; take it out of the list.")
+    return target
+
+
+def _feature(
+    name: str,
+    column: str,
+    values: list[str],
+    missing: np.ndarray,
+    lines: list[int],
+    impute: str,
+    scale: str,
+    categorical: bool,
+) -> tuple[np.ndarray, list[str]]:
+    """One column as (N, 1) numbers or (N, K) one-hot indicators, missing values filled."""
+    numbers = [None if m else _number(v) for v, m in zip(values, missing)]
+    text = [i for i, (n, m) in enumerate(zip(numbers, missing)) if n is None and not m]
+    if not categorical and text and len(text) * 2 < (~missing).sum():
+        i = text[0]  # mostly numbers: a typo, not a category
+        more = f" (and {len(text) - 1} more rows: lines {_some([lines[j] for j in text[1:]])})" if len(text) > 1 else ""
+        raise UserError(
+            f"{name}, line {lines[i]}: column '{column}' holds numbers, but this row has {values[i]!r}{more}. "
+            "Fix the value, leave the field empty to mark it missing (filled as data.dataset.impute says), "
+            f"or add '{column}' to data.dataset.categorical to one-hot encode the column."
+        )
+    if categorical or text:
+        present = [v for v, m in zip(values, missing) if not m]
+        counts = Counter(present)
+        fill = max(sorted(counts), key=counts.__getitem__)  # the most frequent; ties go to the first in order
+        filled = [fill if m else v for v, m in zip(values, missing)]
+        categories = sorted(counts)
+        index = {c: k for k, c in enumerate(categories)}
+        onehot = np.zeros((len(values), len(categories)), dtype=np.float32)
+        onehot[np.arange(len(values)), [index[v] for v in filled]] = 1.0
+        return onehot, [f"{column}={c}" for c in categories]
+
+    col = np.array([np.nan if n is None else n for n in numbers], dtype=np.float64)
+    present = col[~missing]
+    if missing.any():
+        if impute == "mean":
+            fill = present.mean()
+        elif impute == "median":
+            fill = np.median(present)
+        else:  # most_frequent (impute=drop left no missing values)
+            uniques, counts = np.unique(present, return_counts=True)
+            fill = uniques[np.argmax(counts)]
+        col[missing] = fill
+    if scale == "minmax":
+        low, high = col.min(), col.max()
+        col = (col - low) / (high - low) if high > low else np.zeros_like(col)
+    return col[:, None].astype(np.float32), [column]
+
+
+def _target(name: str, column: str, values: list[str], lines: list[int], kind: str):
+    """y, the resolved kind and the class names."""
+    numbers = [_number(v) for v in values]
+    text = [i for i, n in enumerate(numbers) if n is None]
+    if kind == "regression" and text:
+        i = text[0]
+        raise UserError(
+            f"{name}, line {lines[i]}: target column '{column}' has {values[i]!r}, which is not a number, but "
+            "data.dataset.kind=regression. Fix the value, or set data.dataset.kind=classification."
+        )
+    if kind == "auto" and text and len(text) * 2 < len(values):
+        i = text[0]  # mostly numbers: a typo rather than class names
+        raise UserError(
+            f"{name}, line {lines[i]}: target column '{column}' holds numbers, but this row has {values[i]!r}. "
+            "Fix the value, or set data.dataset.kind=classification to take every value as a class name."
+        )
+    if kind == "auto":
+        integer = not text and all(float(n).is_integer() for n in numbers)
+        if text or (integer and len(set(numbers)) <= MAX_AUTO_CLASSES):
+            kind = "classification"
+        else:
+            kind = "regression"
+        log.info("%s: target '%s' taken for %s (set data.dataset.kind to change it)", name, column, kind)
+    if kind == "regression":
+        return np.array(numbers, dtype=np.float32), kind, None
+    keys = values if text else numbers  # numbers compare numerically: "1" and "1.0" are one class
+    classes = sorted(set(keys))
+    if len(classes) < 2:
+        raise UserError(f"{name}: target column '{column}' has the single value {values[0]!r}: nothing to classify.")
+    index = {c: k for k, c in enumerate(classes)}
+    y = np.array([index[k] for k in keys], dtype=np.int64)
+    class_names = [c if text else _format_number(c) for c in classes]
+    return y, kind, class_names
+
+
+def _did_you_mean(word: str, columns: list[str]) -> str:
+    """nnlab's "Did you mean" hint, which also catches a column spelled in another case (Y for y)."""
+    same = [c for c in columns if c.lower() == word.lower()]
+    return f" Did you mean '{same[0]}'?" if same else did_you_mean(word, columns)
+
+
+def _is_missing(value: str) -> bool:
+    return value.lower() in MISSING
+
+
+def _number(value: str) -> float | None:
+    """The value as a finite float, or None (text, inf)."""
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _format_number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def _some(items: Sequence[object], n: int = 5) -> str:
+    """The first few items, comma-separated, with an ellipsis when there are more."""
+    shown = ", ".join(str(i) for i in items[:n])
+    return shown + (f", ... ({len(items)} in all)" if len(items) > n else "")
