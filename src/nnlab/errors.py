@@ -18,6 +18,11 @@ class ConfigValueError(UserError, ValueError):
     """A config value out of its valid range or set of choices (raised by `check_*`)."""
 
 
+class DataMismatchError(ConfigValueError):
+    """A model that cannot take the dataset it was given (raised when the model is built);
+    `nnlab-train` names the model and data choices in front of the message."""
+
+
 def did_you_mean(word: str, choices: Iterable[str], prefix: str = "") -> str:
     """ " Did you mean '<prefix>x'?" for the closest choice x, or "" when nothing is close."""
     close = difflib.get_close_matches(word, [str(c) for c in choices], n=1, cutoff=0.6)

@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 import nnlab
 from nnlab.console import print_config_tree, print_metrics_table
 from nnlab.engine.rng import seed_everything
-from nnlab.errors import UserError, did_you_mean
+from nnlab.errors import DataMismatchError, UserError, did_you_mean
 from nnlab.overrides import explain
 from nnlab.runinfo import run_info, write_json
 from nnlab.validation import validate_config
@@ -51,7 +51,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     try:
         model = instantiate(cfg.model, input_shape=data.input_shape, num_outputs=data.num_outputs)
     except InstantiationException as e:
-        if not isinstance(e.__cause__, UserError):
+        if not isinstance(e.__cause__, DataMismatchError):
             raise
         raise UserError(f"{pairing()} do not fit together: {e.__cause__}") from e
 

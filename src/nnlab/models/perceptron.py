@@ -27,11 +27,11 @@ class Perceptron(nn.Module):
 
     def __init__(self, input_shape: Sequence[int], num_outputs: int, init: str = "zeros") -> None:
         super().__init__()
-        from nnlab.errors import ConfigValueError, check_choice
+        from nnlab.errors import DataMismatchError, check_choice
 
         if num_outputs < 2:
-            raise ConfigValueError(
-                f"model=perceptron is a classifier, but the dataset asks for {num_outputs} output(s): a "
+            raise DataMismatchError(
+                f"the perceptron is a classifier, but the dataset asks for {num_outputs} output(s): a "
                 "regression target. Choose a classification dataset (e.g. data=blobs, data=iris, "
                 "data=circles), or model=mlp for regression."
             )
