@@ -16,12 +16,13 @@ import torch
 import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
-from hydra.utils import get_object, instantiate
+from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
 from datafiles import offline_data
 from helpers import CONFIG_DIR, options, run_cli
 from nnlab.errors import ConfigValueError
+from nnlab.train import build
 from nnlab.validation import validate_config
 
 ALL_YAML = sorted(CONFIG_DIR.rglob("*.yaml"))
@@ -104,29 +105,21 @@ def is_built(path: str) -> bool:
 
 
 def build_all(cfg: DictConfig) -> dict[str, Any]:
-    """Build every part the way nnlab.train does, adding what only exists at run time: the model's
-    sizes from the data, the task's model/optimizer/scheduler/kind, the trainer's callbacks."""
-    augment = instantiate(cfg.augmentation) if cfg.get("augmentation") else None
-    data = instantiate(cfg.data, augment=augment)
-    model = instantiate(cfg.model, input_shape=data.input_shape, num_outputs=data.num_outputs)
-    scheduler = instantiate(cfg.scheduler) if cfg.scheduler else None
-    task = instantiate(
-        cfg.task,
-        model=model,
-        optimizer=instantiate(cfg.optimizer),
-        scheduler=scheduler,
-        kind=data.kind,
-        class_names=data.class_names,
-        class_counts=data.class_counts,
-    )
-    callbacks = {f"callbacks.{name}": instantiate(c) for name, c in cfg.callbacks.items() if c}
-    logger = instantiate(cfg.logger) if cfg.logger else None
-    built = {"data": data, "augmentation": augment, "model": model, "task": task, "logger": logger, **callbacks}
-    try:
-        built["trainer"] = instantiate(cfg.trainer, callbacks=list(callbacks.values()), logger=logger)
-    finally:
-        if logger is not None:
-            logger.close()
+    """Build every part with nnlab.train.build, as a run does, keyed by config path."""
+    parts = build(cfg)
+    if parts.logger is not None:
+        parts.logger.close()
+    callbacks = {f"callbacks.{name}": obj for name, obj in parts.callbacks.items()}
+    built = {
+        "data": parts.data,
+        "augmentation": parts.data.augment,
+        "model": parts.model,
+        "task": parts.task,
+        "logger": parts.logger,
+        "trainer": parts.trainer,
+        **callbacks,
+    }
+    task = parts.task
     # The optimizer and scheduler partials get their params/optimizer when the task is configured.
     task.configure(built["trainer"].device, built["trainer"].precision, total_steps=10)
     optim = getattr(task, "optim", None)  # a task without gradients (the perceptron rule) has none

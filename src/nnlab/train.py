@@ -12,6 +12,7 @@ import io
 import logging
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +37,50 @@ HPARAM_GROUPS = ("data", "model", "task", "optimizer", "scheduler", "trainer")
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Build every part the config names, train, test; return the final metrics."""
+    """Validate, build every part the config names, train, test; return the final metrics."""
     validate_config(cfg)
     if cfg.get("print_config"):
         print_config_tree(cfg)
     output_dir = Path(cfg.paths.output_dir)
     seed_everything(cfg.seed)
 
+    parts = build(cfg)
+    data, task, trainer, logger = parts.data, parts.task, parts.trainer, parts.logger
+    trainer.extra_state = {"config": OmegaConf.to_yaml(cfg, resolve=True), "nnlab_version": nnlab.__version__}
+    save_run_record(cfg, output_dir)
+
+    try:
+        trainer.fit(task, data)
+        metrics = {**trainer.metrics, **trainer.test(task, data)}
+        if logger is not None:
+            logger.log_hparams(hyperparameters(cfg), metrics)
+    finally:
+        if logger is not None:
+            logger.close()  # flushes event files, also on Ctrl-C or an error
+
+    metrics = dict(sorted(metrics.items()))
+    write_json(metrics, output_dir / "metrics.json")
+    print_metrics_table(metrics)
+    log.info("Results in %s", output_dir)
+    return metrics
+
+
+@dataclass
+class Parts:
+    """Everything a run is built from, by config group."""
+
+    data: Any
+    model: Any
+    task: Any
+    callbacks: dict[str, Any]
+    logger: Any
+    trainer: Any
+
+
+def build(cfg: DictConfig) -> Parts:
+    """Instantiate each part the config names, handing each what only the others know: the
+    model its sizes from the data, the task its model and the data's kind, the trainer its
+    callbacks and logger."""
     log.info("Building data <%s>", cfg.data.dataset._target_)
     augment = instantiate(cfg.augmentation) if cfg.get("augmentation") else None
     data = instantiate(cfg.data, augment=augment)
@@ -67,26 +105,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
         class_counts=data.class_counts,
     )
 
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    callbacks = {name: instantiate(c) for name, c in (cfg.get("callbacks") or {}).items() if c}
     logger = instantiate(cfg.logger) if cfg.get("logger") else None
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
-    trainer.extra_state = {"config": OmegaConf.to_yaml(cfg, resolve=True), "nnlab_version": nnlab.__version__}
-    save_run_record(cfg, output_dir)
-
-    try:
-        trainer.fit(task, data)
-        metrics = {**trainer.metrics, **trainer.test(task, data)}
-        if logger is not None:
-            logger.log_hparams(hyperparameters(cfg), metrics)
-    finally:
-        if logger is not None:
-            logger.close()  # flushes event files, also on Ctrl-C or an error
-
-    metrics = dict(sorted(metrics.items()))
-    write_json(metrics, output_dir / "metrics.json")
-    print_metrics_table(metrics)
-    log.info("Results in %s", output_dir)
-    return metrics
+    trainer = instantiate(cfg.trainer, callbacks=list(callbacks.values()), logger=logger)
+    return Parts(data, model, task, callbacks, logger, trainer)
 
 
 def pairing() -> str:
