@@ -210,12 +210,11 @@ class _StartupStderr(io.StringIO):
         return cls.active
 
     @classmethod
-    def release(cls) -> str:
-        held = cls.active.getvalue() if cls.active is not None else ""
+    def release(cls, replacement: str | None = None) -> None:
+        """Restore stderr and write what was held to it (or `replacement` instead); idempotent."""
         if cls.active is not None:
-            sys.stderr, cls.active = cls.real, None
-            sys.stderr.write(held)
-        return held
+            held, sys.stderr, cls.active = cls.active.getvalue(), cls.real, None
+            sys.stderr.write(held if replacement is None else replacement)
 
 
 def cli() -> None:
@@ -225,12 +224,9 @@ def cli() -> None:
         main()
     except SystemExit as e:
         if _StartupStderr.active is held and e.code == 1 and os.environ.get("HYDRA_FULL_ERROR") != "1":
-            message = held.getvalue()
-            _StartupStderr.active = None
-            sys.stderr = _StartupStderr.real
-            better = explain(message, sys.argv[1:])
-            sys.stderr.write(f"Error: {better}\n" if better else message)
+            better = explain(held.getvalue(), sys.argv[1:])
             if better:
+                _StartupStderr.release(replacement=f"Error: {better}\n")
                 raise SystemExit(2) from None
         raise
     finally:

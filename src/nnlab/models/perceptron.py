@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from nnlab.errors import DataMismatchError, check_choice
 from nnlab.models import layers as L
 
 
@@ -27,8 +28,6 @@ class Perceptron(nn.Module):
 
     def __init__(self, input_shape: Sequence[int], num_outputs: int, init: str = "zeros") -> None:
         super().__init__()
-        from nnlab.errors import DataMismatchError, check_choice
-
         if num_outputs < 2:
             raise DataMismatchError(
                 f"the perceptron is a classifier, but the dataset asks for {num_outputs} output(s): a "
