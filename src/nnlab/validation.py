@@ -17,7 +17,7 @@ from typing import Any, Literal, Union
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from nnlab.errors import ConfigValueError, check_range, did_you_mean
+from nnlab.errors import ConfigValueError, check_choice, check_range, did_you_mean
 
 # (low, high, low_inclusive) for torch optimizer hyperparameters.
 OPTIMIZER_RANGES: dict[str, tuple[float, float | None, bool]] = {
@@ -32,7 +32,7 @@ OPTIMIZER_RANGES: dict[str, tuple[float, float | None, bool]] = {
 
 
 # Plain values at the top of train.yaml (everything else lives in a `_target_` node).
-TOP_LEVEL: dict[str, Any] = {"seed": int, "optimized_metric": str | None, "print_config": bool}
+TOP_LEVEL: dict[str, Any] = {"seed": int, "optimized_metric": str | None, "optimized_mode": str, "print_config": bool}
 
 
 def validate_config(cfg: DictConfig, skip: Sequence[str] = ("hydra",)) -> None:
@@ -42,6 +42,8 @@ def validate_config(cfg: DictConfig, skip: Sequence[str] = ("hydra",)) -> None:
             raise ConfigValueError(f"{key}={cfg[key]!r} has the wrong type: expected {_describe(hint)}.")
     if "seed" in cfg:
         check_range("seed", cfg.seed, 0, 2**32 - 1)
+    if "optimized_mode" in cfg:
+        check_choice("optimized_mode", cfg.optimized_mode, ["min", "max"])
     for key in cfg:
         if key not in skip:
             _walk(cfg[key], str(key))

@@ -39,6 +39,10 @@ class DataModule:
     they are, so scores remain comparable. `sampler=weighted` then redraws each epoch with
     replacement so that every class is equally likely (see also `task.class_weight`).
 
+    Anomaly detection: `anomaly_classes=[9]` removes those classes from the *training* split, so
+    a model learns what "normal" looks like from the other classes only; validation and test keep
+    every class, and a task reads `anomaly_classes` to score normal against anomalous rows.
+
     Batching: a dataset that fits (`in_memory: auto` and under 1 GiB) lives on the training
     device as tensors, and each epoch slices a permutation drawn from a generator seeded with
     (seed, epoch): no DataLoader workers, no per-batch host copies, and the order of any epoch
@@ -62,6 +66,7 @@ class DataModule:
         num_workers: int = 0,
         imbalance: float | None = None,
         sampler: str = "shuffle",
+        anomaly_classes: list[int] | None = None,
         augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
         seed: int = 0,
     ) -> None:
@@ -82,6 +87,20 @@ class DataModule:
                 "data.imbalance and data.sampler=weighted need class labels, but this dataset is "
                 f"{dataset.kind}. Remove them, or choose a classification dataset."
             )
+        if anomaly_classes is not None:
+            if dataset.kind != "classification":
+                raise ConfigValueError(
+                    f"data.anomaly_classes={list(anomaly_classes)} names classes, but this dataset is "
+                    f"{dataset.kind}. Remove it, or choose a classification dataset."
+                )
+            anomaly_classes = [int(c) for c in anomaly_classes]
+            bad = [c for c in anomaly_classes if not 0 <= c < dataset.num_classes]
+            if bad or not anomaly_classes or len(set(anomaly_classes)) >= dataset.num_classes:
+                raise ConfigValueError(
+                    f"data.anomaly_classes={anomaly_classes} must list some, but not all, of the dataset's "
+                    f"class indices 0-{dataset.num_classes - 1}, e.g. data.anomaly_classes=[9]."
+                )
+        self.anomaly_classes = anomaly_classes
         if in_memory != "auto":
             check_choice("data.in_memory", in_memory, [True, False, "auto"])
         self.batch_size = batch_size
@@ -106,6 +125,8 @@ class DataModule:
             idx = (rest[train], rest[val], np.flatnonzero(dataset.test_mask))
         if imbalance is not None:
             idx = (_imbalanced(idx[0], dataset.y, imbalance, seed), idx[1], idx[2])
+        if anomaly_classes is not None:  # train on normal rows only
+            idx = (idx[0][~np.isin(dataset.y[idx[0]], anomaly_classes)], idx[1], idx[2])
         x = {name: dataset.x[i] for name, i in zip(("train", "val", "test"), idx)}
         y = {name: dataset.y[i] for name, i in zip(("train", "val", "test"), idx)}
         for name, fraction in (("train", None), ("val", val_fraction), ("test", test_fraction)):

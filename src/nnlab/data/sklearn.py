@@ -9,11 +9,13 @@ from nnlab.data.arrays import ArrayDataset
 
 
 def digits() -> ArrayDataset:
-    """1797 handwritten digits as 8x8 grey images (values 0-16), 10 classes. Shape (N, 1, 8, 8)."""
+    """1797 handwritten digits as 8x8 grey images, 10 classes. Shape (N, 1, 8, 8).
+
+    The 17 grey levels (0-16) are scaled to [0, 1], like the pixels of the torchvision sets."""
     from sklearn.datasets import load_digits
 
     d = load_digits()
-    return ArrayDataset(d.images[:, None], d.target, "classification", [str(c) for c in d.target_names])
+    return ArrayDataset(d.images[:, None] / 16.0, d.target, "classification", [str(c) for c in d.target_names])
 
 
 def iris() -> ArrayDataset:

@@ -5,6 +5,20 @@ owns *what* one step means: which losses, which optimizers, which updates. A cla
 one optimizer on cross-entropy; a GAN steps a discriminator then a generator; a self-organizing
 map updates its weights with no gradients at all. All of them fit this Protocol, so the loop in
 `nnlab.engine.trainer` never branches on the kind of model.
+
+Optional methods, called when a task defines them:
+
+    prepare(data)       once, after `configure`: initialisation that needs the training data
+                        (a SOM's PCA init, the judge classifier that scores a GAN's samples)
+    epoch_metrics()     after each epoch: totals over it (not per-sample means), logged as
+                        train/<name>, e.g. the perceptron's mistakes
+    epoch_images()      after each validation: {tag: (C, H, W) tensor in [0, 1] or matplotlib
+                        figure}, logged at step = epoch and saved as figures/<name>.png, e.g.
+                        reconstructions, or a GAN's samples from a fixed noise batch
+    figures()           after testing: {name: matplotlib figure}, logged as test/<name> and saved
+                        as figures/<name>.png, e.g. a confusion matrix or a U-matrix
+    embeddings()        after testing: {tag: (vectors (N, D), labels or None, thumbnails
+                        (N, C, H, W) in [0, 1] or None)} for TensorBoard's Projector tab
 """
 
 from __future__ import annotations
@@ -34,12 +48,7 @@ class Task(Protocol):
 
     def evaluate(self, batches: Iterable[Any], detailed: bool = False) -> dict[str, float]:
         """Metrics over a whole split (no gradients, eval mode), e.g. {"loss": .., "acc": ..}.
-        `detailed` (the final test) asks for the full report, e.g. per-class metrics.
-
-        A task may also define `figures() -> dict[str, matplotlib Figure]`: the engine logs them
-        to TensorBoard and saves them as PNGs in the run directory after testing; and
-        `epoch_metrics() -> dict[str, float]`: totals over the epoch (not per-sample means),
-        read once after each epoch and logged as train/<name>."""
+        `detailed` (the final test) asks for the full report, e.g. per-class metrics."""
 
     def epoch_end(self, val_metrics: dict[str, float]) -> None:
         """Called after each validation: step per-epoch schedulers (plateau ones read val metrics)."""

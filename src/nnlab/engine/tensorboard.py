@@ -35,6 +35,15 @@ class TensorBoardLogger:
         """A matplotlib figure as an image (TensorBoard's Images tab); the figure is closed."""
         self.writer.add_figure(tag, figure, global_step=step, close=True)
 
+    def log_image(self, tag: str, image: Any, step: int) -> None:
+        """A (C, H, W) tensor with values in [0, 1] (TensorBoard's Images tab)."""
+        self.writer.add_image(tag, image, global_step=step, dataformats="CHW")
+
+    def log_embedding(self, tag: str, vectors: Any, labels: list[Any] | None, images: Any, step: int) -> None:
+        """Points for the Projector tab: `vectors` (N, D), with a label and a thumbnail
+        ((N, C, H, W) in [0, 1], or None) per point."""
+        self.writer.add_embedding(vectors, metadata=labels, label_img=images, global_step=step, tag=tag)
+
     def log_hparams(self, params: dict[str, Any], metrics: dict[str, float]) -> None:
         """Record `params` as this run's hyperparameters and `metrics` (already logged as
         scalars under the same tags) as the values the HParams tab shows."""

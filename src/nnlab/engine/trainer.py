@@ -122,6 +122,10 @@ class Trainer:
         data.setup(self.device)
         self.steps_per_epoch = min(data.steps_per_epoch, self.limit_train_batches or data.steps_per_epoch)
         task.configure(self.device, self.precision, total_steps=self.max_epochs * self.steps_per_epoch)
+        # Optional: initialisation that needs the data (a SOM's PCA init, a GAN's judge classifier).
+        prepare = getattr(task, "prepare", None)
+        if prepare is not None:
+            prepare(data)
         n_params = sum(p.numel() for p in task.model.parameters())
         log.info(
             "Training %s (%s parameters) on %s, precision %s, %d epochs of %d steps",
@@ -194,6 +198,9 @@ class Trainer:
             epoch_scalars["perf/epoch_s"] = train_time
             epoch_scalars["perf/samples_per_s_epoch"] = seen / max(train_time, 1e-9)
             self.logger.log_metrics(epoch_scalars, self.epoch)
+        # Optional: pictures of the model now (reconstructions, GAN samples), one per epoch.
+        for name, image in getattr(task, "epoch_images", dict)().items():
+            self._show(name, image, self.epoch)
         shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
         log.info(
             "epoch %d/%d  %s  (%.2fs, %.0f samples/s)",
@@ -217,13 +224,34 @@ class Trainer:
         if self.logger is not None:
             self.logger.log_metrics(metrics, self.epoch)
         for name, figure in getattr(task, "figures", dict)().items():
-            path = Path(self.output_dir) / "figures" / f"{name}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            figure.savefig(path)
-            if self.logger is not None:
-                self.logger.log_figure(f"test/{name}", figure, self.epoch)
-            log.info("Saved %s", path)
+            log.info("Saved %s", self._show(f"test/{name}", figure, self.epoch))
+        # Optional: vectors for TensorBoard's Projector tab (e.g. an autoencoder's latent codes).
+        if self.logger is not None:
+            for name, (vectors, labels, images) in getattr(task, "embeddings", dict)().items():
+                self.logger.log_embedding(name, vectors, labels, images, self.epoch)
         return metrics
+
+    def _show(self, tag: str, image: Any, step: int) -> Path:
+        """Log an image (a (C, H, W) tensor in [0, 1], or a matplotlib figure) to TensorBoard
+        under `tag`, and save it as figures/<name>.png (the latest one, for image series)."""
+        path = Path(self.output_dir) / "figures" / f"{tag.rsplit('/', 1)[-1]}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(image, torch.Tensor):
+            from matplotlib.image import imsave
+
+            pixels = image.detach().float().clamp(0, 1).cpu()
+            imsave(path, pixels[0].numpy() if len(pixels) == 1 else pixels.permute(1, 2, 0).numpy(), cmap="gray")
+            if self.logger is not None:
+                self.logger.log_image(tag, pixels, step)
+        else:
+            image.savefig(path)
+            if self.logger is not None:
+                self.logger.log_figure(tag, image, step)  # closes the figure
+            else:
+                import matplotlib.pyplot as plt
+
+                plt.close(image)
+        return path
 
     # ----------------------------------------------------------------------------------------
     def checkpoint_state(self) -> dict[str, Any]:
