@@ -62,7 +62,12 @@ def overrides_for(path: Path) -> list[str]:
 
 # Choices that only work with another choice, which normally selects them (model=perceptron
 # picks task=perceptron from its own YAML).
-PARTNERS = {"task/perceptron.yaml": ["model=perceptron"]}
+PARTNERS = {
+    "task/perceptron.yaml": ["model=perceptron"],
+    "task/reconstruction.yaml": ["model=autoencoder"],
+    "task/gan.yaml": ["model=gan"],
+    "task/som.yaml": ["model=som"],
+}
 
 
 def package_of(path: Path) -> str:
@@ -201,7 +206,12 @@ def test_every_target_instantiates(path: Path, compose_cfg, tmp_path: Path, monk
     x, _ = next(data.train_batches(0))
     model.to("cpu").eval()
     with torch.no_grad():
-        assert model(x).shape == (len(x), data.num_outputs)
+        if hasattr(model, "discriminator"):  # a GAN scores samples (one logit each) rather than predicting y
+            assert model.discriminator(x).shape == (len(x),)
+        elif hasattr(model, "decoder"):  # an autoencoder rebuilds x
+            assert model(x).recon.shape == x.shape
+        else:
+            assert model(x).shape == (len(x), data.num_outputs)
 
 
 @pytest.mark.parametrize("path", params(COMMANDED))

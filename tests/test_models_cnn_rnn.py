@@ -52,9 +52,16 @@ def build(path: Path, input_shape: tuple[int, ...], num_outputs: int, run_dir: P
         raise
 
 
+def model_node(path: Path):
+    """The model's keys in a model YAML: the file itself, or its `model:` node in a `# @package
+    _global_` file (model=gan and model=som also set the optimized metric)."""
+    cfg = OmegaConf.load(path)
+    return cfg.model if path.read_text().startswith("# @package _global_") else cfg
+
+
 def expected_ranks(path: Path) -> set[int] | None:
     """The sample ranks the config's model takes, or None for a family this file does not cover."""
-    target = OmegaConf.load(path)._target_
+    target = model_node(path)._target_
     return next((ranks for prefix, ranks in RANKS.items() if target.startswith(prefix)), None)
 
 
@@ -64,7 +71,11 @@ def assert_trains_one_step(model: nn.Module, input_shape: tuple[int, ...], num_o
     torch.manual_seed(0)
     x = torch.randn(4, *input_shape)
     out = model.train()(x)
-    assert out.shape == (4, num_outputs)
+    if hasattr(out, "recon"):  # an autoencoder rebuilds its input
+        out = out.recon
+        assert out.shape == x.shape
+    else:
+        assert out.shape == (4, num_outputs)
     assert torch.isfinite(out).all()
     trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
     if not trainable:
@@ -107,6 +118,10 @@ def test_every_model_config_fits_or_refuses_each_shape(path: Path, input_shape: 
                 assert str(input_shape) in message and "the dataset" in message and "data=" in message, message
             return
         assert ranks is None or len(input_shape) in ranks, f"model={model_name(path)} took {input_shape}"
+        if hasattr(model, "generator"):  # a GAN: G maps noise to samples, D samples to logits
+            fake = model.generator(torch.randn(4, model.latent_dim))
+            assert fake.shape == (4, *input_shape) and model.discriminator(fake).shape == (4,)
+            return
         assert_trains_one_step(model, input_shape, num_outputs)
 
 
@@ -118,7 +133,7 @@ def test_tabular_data_is_refused_with_a_clear_message(path: Path, tmp_path: Path
     # The message names the model family ("The CNN needs ...", "The LSTM needs ..."); nnlab-train
     # puts the model and data choices in front of it.
     named = message.removeprefix("The ").split(" ")[0].lower()
-    assert named in OmegaConf.load(path)._target_.lower() or named == OmegaConf.load(path).get("cell"), message
+    assert named in model_node(path)._target_.lower() or named == model_node(path).get("cell"), message
     assert "(10,) (tabular)" in message
     assert "model=mlp" in message and "model=linear" in message and "data=<name>" in message
 

@@ -67,3 +67,20 @@ def spirals(
     x = np.stack([r * np.cos(theta), r * np.sin(theta)], axis=1)
     x += rng.normal(0.0, 0.1 * noise, x.shape)
     return ArrayDataset(x, y, "classification")
+
+
+def ring(n_samples: int = 5000, modes: int = 8, radius: float = 2.0, std: float = 0.02, seed: int = 0) -> ArrayDataset:
+    """A ring of `modes` Gaussians of std `std`, centred evenly on a circle of `radius`; the label
+    is the mode index. The standard test of a GAN's mode collapse (Metz et al., 2017, "Unrolled
+    GANs", use 8 modes, radius 2, std 0.02): modes this narrow and far apart leave no path between
+    them, so a generator that settles on some of them rarely finds the others."""
+    check_range("data.dataset.n_samples", n_samples, modes)
+    check_range("data.dataset.modes", modes, 2)
+    check_range("data.dataset.radius", radius, 0.0, low_inclusive=False)
+    check_range("data.dataset.std", std, 0.0, low_inclusive=False)
+    rng = np.random.default_rng(seed)
+    y = np.arange(n_samples) % modes
+    angle = 2 * np.pi * np.arange(modes) / modes
+    centres = radius * np.stack([np.cos(angle), np.sin(angle)], 1)
+    x = centres[y] + rng.normal(0.0, std, (n_samples, 2))
+    return ArrayDataset(x, y, "classification")

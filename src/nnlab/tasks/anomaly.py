@@ -44,9 +44,7 @@ def anomaly_metrics(scores: np.ndarray, is_anomaly: np.ndarray, threshold: float
     from sklearn.metrics import average_precision_score, precision_recall_fscore_support, roc_auc_score
 
     flagged = scores >= threshold
-    p, r, f, _ = precision_recall_fscore_support(
-        is_anomaly, flagged, average="binary", pos_label=True, zero_division=0
-    )
+    p, r, f, _ = precision_recall_fscore_support(is_anomaly, flagged, average="binary", pos_label=True, zero_division=0)
     metrics = {"precision": float(p), "recall": float(r), "f1": float(f), "threshold": float(threshold)}
     if 0 < is_anomaly.sum() < len(is_anomaly):  # both kinds present: the rankings are defined
         metrics["roc_auc"] = float(roc_auc_score(is_anomaly, scores))
