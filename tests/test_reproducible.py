@@ -62,7 +62,9 @@ def test_main_rejects_an_unknown_optimized_metric(tmp_path: Path, capsys) -> Non
         main(cfg)
     assert info.value.code == 2
     err = capsys.readouterr().err
-    assert err.startswith("Error: optimized_metric='val/accuracy'")
+    # The best checkpoint follows optimized_metric, so the callback is the first to miss it.
+    assert err.startswith("Error: callbacks.model_checkpoint.monitor='val/accuracy'")
+    assert "optimized_metric" in err and "val/acc" in err
     assert "Did you mean 'val/acc'?" in err
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from nnlab.engine.checkpoint import save_checkpoint
-from nnlab.errors import ConfigValueError, check_choice
+from nnlab.errors import ConfigValueError, check_choice, did_you_mean
 
 if TYPE_CHECKING:
     from nnlab.engine.trainer import Trainer
@@ -60,8 +60,9 @@ class ModelCheckpoint:
     def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
         if self.monitor not in metrics:
             raise ConfigValueError(
-                f"callbacks.model_checkpoint.monitor='{self.monitor}' is not a metric of this run. "
-                f"Choose one of: {', '.join(sorted(metrics))}."
+                f"callbacks.model_checkpoint.monitor='{self.monitor}' is not a metric of this run (by default "
+                f"it is the run's optimized_metric).{did_you_mean(self.monitor, metrics)} Set optimized_metric "
+                f"(or callbacks.model_checkpoint.monitor) to one of: {', '.join(sorted(metrics))}."
             )
         state = trainer.checkpoint_state()
         if self.save_last:
