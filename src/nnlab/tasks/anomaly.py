@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from nnlab.errors import check_choice, check_range
-
 THRESHOLD_RULES = ("f1", "quantile")
 
 
@@ -28,8 +26,6 @@ def choose_threshold(scores: np.ndarray, is_anomaly: np.ndarray, rule: str = "f1
     - quantile: the `quantile` of the *normal* samples' scores, e.g. 0.95 flags about 5% of
       normal data (a chosen false-positive rate); needs no anomaly examples at all.
     """
-    check_choice("task.threshold", rule, THRESHOLD_RULES)
-    check_range("task.threshold_quantile", quantile, 0.0, 1.0, low_inclusive=False, high_inclusive=False)
     if rule == "quantile" or not is_anomaly.any():
         return float(np.quantile(scores[~is_anomaly], quantile))
     from sklearn.metrics import precision_recall_curve

@@ -14,7 +14,7 @@ from nnlab.engine.optim import Optimization, build_scheduler
 from nnlab.engine.precision import Precision
 from nnlab.errors import ConfigValueError, check_choice, check_range
 from nnlab.models.autoencoder import VAE, Autoencoder
-from nnlab.tasks.anomaly import anomaly_metrics, choose_threshold, score_histogram
+from nnlab.tasks.anomaly import THRESHOLD_RULES, anomaly_metrics, choose_threshold, score_histogram
 
 LOSSES = ("mse", "bce")
 
@@ -78,7 +78,8 @@ class Reconstruction:
         check_choice("task.loss", loss, LOSSES)
         check_range("task.beta", beta, 0.0)
         check_range("task.num_images", num_images, 1)
-        choose_threshold(np.zeros(2), np.array([False, True]), threshold, threshold_quantile)  # checks both
+        check_choice("task.threshold", threshold, THRESHOLD_RULES)
+        check_range("task.threshold_quantile", threshold_quantile, 0.0, 1.0, low_inclusive=False, high_inclusive=False)
         self.model = model
         self.loss_name = loss
         self.beta = beta
