@@ -28,13 +28,19 @@ from nnlab.validation import validate_config
 ALL_YAML = sorted(CONFIG_DIR.rglob("*.yaml"))
 # Hydra's own settings (run dirs, logging) are not options of train's groups: parsed, not composed.
 HYDRA_YAML = [p for p in ALL_YAML if p.relative_to(CONFIG_DIR).parts[0] == "hydra"]
-COMPOSABLE = [p for p in ALL_YAML if p not in HYDRA_YAML]
+# Primary configs other than train.yaml (lr_find.yaml = train.yaml + its own node) are apps, not choices.
+PRIMARY = [CONFIG_DIR / "lr_find.yaml"]
+COMPOSABLE = [p for p in ALL_YAML if p not in HYDRA_YAML and p not in PRIMARY]
 EXPERIMENTS = sorted((CONFIG_DIR / "experiment").rglob("*.yaml"))
 # Files that carry the command that runs them on their first line (after Hydra's header).
 COMMANDED = EXPERIMENTS + sorted((CONFIG_DIR / "debug").rglob("*.yaml"))
 
-# Parts train() builds, by config path; a `_target_` below one of them is built with it.
-BUILT_PARTS = ("data", "augmentation", "model", "optimizer", "scheduler", "task", "trainer", "logger", "callbacks.*")
+# Parts train() builds, by config path; a `_target_` below one of them is built with it (`init`
+# builds the Initializer that build() applies to the model).
+BUILT_PARTS = (
+    "data", "augmentation", "model", "init", "optimizer", "scheduler", "regularization", "task", "trainer", "logger",
+    "callbacks.*",
+)  # fmt: skip
 
 
 def rel(path: Path) -> str:
@@ -122,6 +128,7 @@ def build_all(cfg: DictConfig) -> dict[str, Any]:
         "task": parts.task,
         "logger": parts.logger,
         "trainer": parts.trainer,
+        "regularization": parts.trainer.regularization,
         **callbacks,
     }
     task = parts.task

@@ -260,7 +260,8 @@ def test_ring_gan_improves_on_the_ring(tmp_path: Path) -> None:
         ({"latent_dim": 0}, "model.latent_dim"),
         ({"widths": [64, 0]}, "model.widths"),
         ({"widths": []}, "model.widths"),
-        ({"init": "xavier"}, "model.init"),
+        ({"init": "xavier"}, "model.init"),  # GAN's own recipes only; xavier is the init group's
+        ({"d_dropout": 1.0}, "model.d_dropout"),
         ({"widths": [64, 32, 16]}, "model.widths"),  # 28 is not divisible by 2**3
     ],
 )

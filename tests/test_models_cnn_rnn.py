@@ -21,6 +21,7 @@ from torch import nn
 from helpers import CONFIG_DIR, compose_config, run_cli, train_tiny
 from nnlab.errors import ConfigValueError, DataMismatchError
 from nnlab.models.cnn import CNN, LeNet5
+from nnlab.models.init import Initializer
 from nnlab.models.mlp import MLP
 from nnlab.models.rnn import RNN
 
@@ -205,7 +206,8 @@ def test_cnn_head_options() -> None:
 
 
 def test_cnn_init_reaches_the_convolutions() -> None:
-    model = CNN((1, 8, 8), 10, init="kaiming", batch_norm=False)
+    model = CNN((1, 8, 8), 10, batch_norm=False)
+    assert Initializer("kaiming_normal", bias="zeros")(model) == 4  # 3 convs and the head's Linear
     assert all(torch.all(m.bias == 0) for m in layers(model, (nn.Conv2d, nn.Linear)))
 
 
@@ -223,7 +225,6 @@ def test_cnn_init_reaches_the_convolutions() -> None:
         ({"fc_hidden": 0}, "model.fc_hidden"),
         ({"dropout": 1.0}, "model.dropout"),
         ({"activation": "rleu"}, "model.activation"),
-        ({"init": "xaveir"}, "model.init"),
         ({"kernel_size": 9, "padding": "valid"}, "model.kernel_size"),  # larger than the 8x8 map
     ],
 )

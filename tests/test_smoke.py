@@ -89,6 +89,9 @@ SCHEDULES = {
     # patience 0 every epoch halves the lr. (That the monitored val/loss is read is in test_optim.)
     "plateau": (["scheduler.patience=0", "+scheduler.threshold=1e9"], LR * 0.5**2, 2),
     "onecycle": ([], None, 4),  # the final lr is checked below
+    "multistep": (["scheduler.milestones=[1]"], LR * 0.1, 2),
+    "exponential": ([], LR * 0.9**2, 2),
+    "cosine_warmup": (["scheduler.warmup_steps=1"], 0.0, 4),  # per step: 2 epochs x 2 steps
 }
 
 

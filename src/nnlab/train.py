@@ -33,7 +33,7 @@ from nnlab.validation import validate_config
 log = logging.getLogger(__name__)
 
 # Config groups whose values are the run's hyperparameters in TensorBoard's HParams tab.
-HPARAM_GROUPS = ("data", "model", "task", "optimizer", "scheduler", "trainer")
+HPARAM_GROUPS = ("data", "model", "init", "task", "optimizer", "scheduler", "regularization", "trainer")
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -41,16 +41,17 @@ def train(cfg: DictConfig) -> dict[str, float]:
     validate_config(cfg)
     if cfg.get("print_config"):
         print_config_tree(cfg)
-    output_dir = Path(cfg.paths.output_dir)
+    output_dir = continue_in_run_folder(cfg)
     seed_everything(cfg.seed)
 
     parts = build(cfg)
     data, task, trainer, logger = parts.data, parts.task, parts.trainer, parts.logger
     trainer.extra_state = {"config": OmegaConf.to_yaml(cfg, resolve=True), "nnlab_version": nnlab.__version__}
-    save_run_record(cfg, output_dir)
+    resuming = bool(cfg.get("ckpt_path")) or (cfg.trainer.get("resume") == "auto" and trainer.last_checkpoint())
+    save_run_record(cfg, output_dir, resuming=bool(resuming))
 
     try:
-        trainer.fit(task, data)
+        trainer.fit(task, data, ckpt_path=cfg.get("ckpt_path"))
         metrics = {**trainer.metrics, **trainer.test(task, data)}
         if logger is not None:
             logger.log_hparams(hyperparameters(cfg), metrics)
@@ -63,6 +64,27 @@ def train(cfg: DictConfig) -> dict[str, float]:
     print_metrics_table(metrics)
     log.info("Results in %s", output_dir)
     return metrics
+
+
+def continue_in_run_folder(cfg: DictConfig) -> Path:
+    """The run's folder. With `ckpt_path=<run>/checkpoints/x.ckpt` from an earlier nnlab run,
+    that run's folder: the resumed run keeps writing its TensorBoard run and checkpoints."""
+    output_dir = Path(cfg.paths.output_dir)
+    ckpt_path = cfg.get("ckpt_path")
+    if not ckpt_path:
+        return output_dir
+    ckpt = Path(ckpt_path)
+    if not ckpt.is_file():
+        raise UserError(
+            f"ckpt_path={ckpt_path}: no such file. Point it at a checkpoint, e.g. "
+            "outputs/runs/<run>/checkpoints/last.ckpt, or use trainer.resume=auto hydra.run.dir=<run folder>."
+        )
+    run_dir = ckpt.resolve().parent.parent
+    if (run_dir / ".hydra").is_dir() and run_dir != output_dir.resolve():
+        log.info("Continuing the run in %s (the folder %s belongs to)", run_dir, ckpt)
+        cfg.paths.output_dir = str(run_dir)  # the logger's and the checkpoints' folders follow it
+        return run_dir
+    return output_dir
 
 
 @dataclass
@@ -92,6 +114,10 @@ def build(cfg: DictConfig) -> Parts:
         if not isinstance(e.__cause__, DataMismatchError):
             raise
         raise UserError(f"{pairing()} do not fit together: {e.__cause__}") from e
+    if cfg.get("init"):
+        initialized = instantiate(cfg.init)(model)
+        if initialized:
+            log.info("Initialized %d weight tensors with init=%s", initialized, cfg.init.scheme)
 
     log.info("Building task <%s> with optimizer <%s>", cfg.task._target_, cfg.optimizer._target_)
     scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
@@ -107,7 +133,8 @@ def build(cfg: DictConfig) -> Parts:
 
     callbacks = {name: instantiate(c) for name, c in (cfg.get("callbacks") or {}).items() if c}
     logger = instantiate(cfg.logger) if cfg.get("logger") else None
-    trainer = instantiate(cfg.trainer, callbacks=list(callbacks.values()), logger=logger)
+    regularization = instantiate(cfg.regularization) if cfg.get("regularization") else None
+    trainer = instantiate(cfg.trainer, callbacks=list(callbacks.values()), logger=logger, regularization=regularization)
     return Parts(data, model, task, callbacks, logger, trainer)
 
 
@@ -117,15 +144,18 @@ def pairing() -> str:
     return f"model={choices.get('model', '?')} and data={choices.get('data', '?')}"
 
 
-def save_run_record(cfg: DictConfig, output_dir: Path) -> None:
+def save_run_record(cfg: DictConfig, output_dir: Path, resuming: bool = False) -> None:
     """Write .hydra/{config,hydra,overrides}.yaml (config resolved) and run_info.json: what the run
-    was built from.
+    was built from. A resumed run keeps the record of the run it continues and adds its own as
+    .hydra/resume/{config,overrides}.yaml (the latest resume).
 
     Hydra would write .hydra/ before the config is checked (`hydra.output_subdir: null` turns that
     off); writing it here, after every part was built, keeps a rejected run from overwriting the
     record of an earlier run in the same folder.
     """
     hydra_dir = output_dir / ".hydra"
+    if resuming and (hydra_dir / "config.yaml").is_file():
+        hydra_dir = hydra_dir / "resume"
     hydra_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, hydra_dir / "config.yaml", resolve=True)  # as run: no interpolations left
     if HydraConfig.initialized():

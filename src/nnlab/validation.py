@@ -32,7 +32,13 @@ OPTIMIZER_RANGES: dict[str, tuple[float, float | None, bool]] = {
 
 
 # Plain values at the top of train.yaml (everything else lives in a `_target_` node).
-TOP_LEVEL: dict[str, Any] = {"seed": int, "optimized_metric": str | None, "optimized_mode": str, "print_config": bool}
+TOP_LEVEL: dict[str, Any] = {
+    "seed": int,
+    "optimized_metric": str | None,
+    "optimized_mode": str,
+    "print_config": bool,
+    "ckpt_path": str | None,
+}
 
 
 def validate_config(cfg: DictConfig, skip: Sequence[str] = ("hydra",)) -> None:

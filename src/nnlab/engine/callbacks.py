@@ -2,22 +2,27 @@
 
 A callback defines only the hooks it needs; the engine calls a hook when the callback has it:
 
-    on_fit_start(trainer)                      before the first epoch
-    on_train_batch_end(trainer)                after every optimizer step (keep it cheap)
-    on_epoch_end(trainer, metrics)             after validation; metrics = {"train/..", "val/.."}
+    on_fit_start(trainer)                      before the first epoch (after a resume's restore)
+    on_train_batch_end(trainer)                after every training step (keep it cheap)
+    on_validation_end(trainer, metrics)        after validation: decide (e.g. trainer.should_stop)
+    on_epoch_end(trainer, metrics)             then act (checkpoints); metrics = {"train/..", "val/.."}
     on_interrupt(trainer)                      on Ctrl-C, before the run stops
     on_fit_end(trainer)                        always, last
+
+A callback with state that a resumed run needs (best score so far, patience used) defines
+`state_dict()` and `load_state_dict(state)`; the trainer saves it in every checkpoint.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from nnlab.engine.checkpoint import save_checkpoint
-from nnlab.errors import ConfigValueError, check_choice, did_you_mean
+from nnlab.errors import ConfigValueError, check_choice, check_range, did_you_mean
 
 if TYPE_CHECKING:
     from nnlab.engine.trainer import Trainer
@@ -26,14 +31,29 @@ log = logging.getLogger(__name__)
 
 
 class ModelCheckpoint:
-    """Keep `last.ckpt` (every epoch, and on Ctrl-C) and `best.ckpt` (best `monitor` so far).
+    """Checkpoint files: `last.ckpt`, `best.ckpt` and the top-k by `monitor`, and periodic ones.
+
+    - last.ckpt: after every epoch (and every `every_n_train_steps` steps, and on Ctrl-C):
+      where `trainer.resume=auto` continues from.
+    - best.ckpt: the best epoch so far by `monitor`; `trainer.test_ckpt=best` tests it.
+    - save_top_k = k > 1 also keeps the k best epochs as `epoch=E-<monitor>=V.ckpt`
+      (-1 keeps every epoch), deleting those that drop out of the top k.
+    - every_n_epochs / every_n_train_steps: keep `epoch=E.ckpt` / `step=S.ckpt` snapshots as well.
+      A step snapshot is taken mid-epoch and resumes mid-epoch, exactly.
+
+    Every file is written atomically (see `nnlab.engine.checkpoint.save_checkpoint`).
 
     Args:
         dirpath: folder for the files; default `<run dir>/checkpoints`.
         monitor: an epoch metric, e.g. val/loss or val/acc.
         mode: "min" if lower is better (losses), "max" if higher is (accuracy).
         save_last: write last.ckpt, from which a run can be continued.
-        save_best: write best.ckpt, which `trainer.test_ckpt=best` evaluates on the test split.
+        save_top_k: how many of the best epochs to keep: 0 none, 1 best.ckpt only, k > 1 the
+            k best as well, -1 all.
+        every_n_epochs: also keep a snapshot every n epochs (None: off).
+        every_n_train_steps: also keep a snapshot (and refresh last.ckpt) every n training
+            steps (None: off). With gradient accumulation a snapshot waits for the end of the
+            accumulation window.
     """
 
     def __init__(
@@ -42,20 +62,50 @@ class ModelCheckpoint:
         monitor: str = "val/loss",
         mode: str = "min",
         save_last: bool = True,
-        save_best: bool = True,
+        save_top_k: int = 1,
+        every_n_epochs: int | None = None,
+        every_n_train_steps: int | None = None,
     ) -> None:
         check_choice("callbacks.model_checkpoint.mode", mode, ["min", "max"])
+        check_range("callbacks.model_checkpoint.save_top_k", save_top_k, -1)
+        for key, n in (("every_n_epochs", every_n_epochs), ("every_n_train_steps", every_n_train_steps)):
+            if n is not None:
+                check_range(f"callbacks.model_checkpoint.{key}", n, 1)
         self.dirpath = dirpath
         self.monitor = monitor
         self.mode = mode
         self.save_last = save_last
-        self.save_best = save_best
+        self.save_top_k = save_top_k
+        self.every_n_epochs = every_n_epochs
+        self.every_n_train_steps = every_n_train_steps
         self.best_score = math.inf if mode == "min" else -math.inf
         self.best_path: Path | None = None
         self.last_path: Path | None = None
+        self.top_k: list[tuple[float, str]] = []  # (score, file) of the kept best epochs, best first
+        self._step_snapshot_due = False
 
-    def _dir(self, trainer: Trainer) -> Path:
+    def checkpoint_dir(self, trainer: Trainer) -> Path:
         return Path(self.dirpath) if self.dirpath else Path(trainer.output_dir) / "checkpoints"
+
+    def _better(self, a: float, b: float) -> bool:
+        return a < b if self.mode == "min" else a > b
+
+    def on_train_batch_end(self, trainer: Trainer) -> None:
+        n = self.every_n_train_steps
+        if n is None:
+            return
+        if trainer.global_step % n == 0:
+            self._step_snapshot_due = True
+        # Mid-epoch only (the epoch's end saves after validation), and never with gradients
+        # of an open accumulation window, which a checkpoint does not hold.
+        if not self._step_snapshot_due or trainer.pending_grads or trainer.epoch_step == trainer.steps_per_epoch:
+            return
+        self._step_snapshot_due = False
+        state = trainer.checkpoint_state()
+        folder = self.checkpoint_dir(trainer)
+        save_checkpoint(state, folder / f"step={trainer.global_step:06d}.ckpt")
+        if self.save_last:
+            self.last_path = save_checkpoint(state, folder / "last.ckpt")
 
     def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
         if self.monitor not in metrics:
@@ -64,16 +114,111 @@ class ModelCheckpoint:
                 f"it is the run's optimized_metric).{did_you_mean(self.monitor, metrics)} Set optimized_metric "
                 f"(or callbacks.model_checkpoint.monitor) to one of: {', '.join(sorted(metrics))}."
             )
-        state = trainer.checkpoint_state()
-        if self.save_last:
-            self.last_path = save_checkpoint(state, self._dir(trainer) / "last.ckpt")
+        self._step_snapshot_due = False
         score = metrics[self.monitor]
-        better = score < self.best_score if self.mode == "min" else score > self.best_score
-        if self.save_best and better:
+        folder = self.checkpoint_dir(trainer)
+        improved = self._better(score, self.best_score)
+        if improved:
             self.best_score = score
-            self.best_path = save_checkpoint(state, self._dir(trainer) / "best.ckpt")
+        ranked = self.save_top_k != 0 and not math.isnan(score) and self._ranks(score)
+        state = trainer.checkpoint_state()  # after the update above, so a resume knows the best
+        if self.save_last:
+            self.last_path = save_checkpoint(state, folder / "last.ckpt")
+        if self.save_top_k != 0 and improved:
+            self.best_path = save_checkpoint(state, folder / "best.ckpt")
+        if ranked and self.save_top_k != 1:
+            name = f"epoch={trainer.epoch:03d}-{_slug(self.monitor)}={score:.4f}.ckpt"
+            save_checkpoint(state, folder / name)
+            self.top_k = sorted([*self.top_k, (score, name)], key=lambda t: t[0], reverse=self.mode == "max")
+            if self.save_top_k > 0:
+                for _, dropped in self.top_k[self.save_top_k :]:
+                    (folder / dropped).unlink(missing_ok=True)
+                self.top_k = self.top_k[: self.save_top_k]
+        if self.every_n_epochs and trainer.epoch % self.every_n_epochs == 0:
+            save_checkpoint(state, folder / f"epoch={trainer.epoch:03d}.ckpt")
+
+    def _ranks(self, score: float) -> bool:
+        """Whether `score` enters the kept top k."""
+        if self.save_top_k < 0 or len(self.top_k) < self.save_top_k:
+            return True
+        return self._better(score, self.top_k[-1][0])
 
     def on_interrupt(self, trainer: Trainer) -> None:
         if self.save_last:
-            self.last_path = save_checkpoint(trainer.checkpoint_state(), self._dir(trainer) / "last.ckpt")
+            self.last_path = save_checkpoint(trainer.checkpoint_state(), self.checkpoint_dir(trainer) / "last.ckpt")
             log.warning("Saved the interrupted run's state to %s", self.last_path)
+
+    def state_dict(self) -> dict[str, object]:
+        return {
+            "best_score": self.best_score,
+            "best_path": str(self.best_path) if self.best_path else None,
+            "top_k": [[score, name] for score, name in self.top_k],
+        }
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        self.best_score = float(state["best_score"])
+        self.best_path = Path(state["best_path"]) if state.get("best_path") else None
+        self.top_k = [(float(score), str(name)) for score, name in state.get("top_k", [])]
+
+
+class EarlyStopping:
+    """Stop training when `monitor` has not improved by more than `min_delta` for `patience`
+    epochs in a row, and say so.
+
+    Counted in epochs (each epoch ends with one validation), so `patience=5` means five epochs
+    without improvement. The decision is taken before the epoch's checkpoints are written, so
+    last.ckpt records it and a resumed run does not train past the stop.
+
+    Args:
+        monitor: an epoch metric, e.g. val/loss or val/acc.
+        mode: "min" if lower is better, "max" if higher is.
+        patience: epochs without improvement before stopping (>= 1).
+        min_delta: the smallest change that counts as an improvement (>= 0).
+    """
+
+    def __init__(self, monitor: str = "val/loss", mode: str = "min", patience: int = 5, min_delta: float = 0.0) -> None:
+        check_choice("callbacks.early_stopping.mode", mode, ["min", "max"])
+        check_range("callbacks.early_stopping.patience", patience, 1)
+        check_range("callbacks.early_stopping.min_delta", min_delta, 0.0)
+        self.monitor = monitor
+        self.mode = mode
+        self.patience = patience
+        self.min_delta = min_delta
+        self.best_score = math.inf if mode == "min" else -math.inf
+        self.best_epoch = 0
+        self.wait = 0
+
+    def on_validation_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        if self.monitor not in metrics:
+            raise ConfigValueError(
+                f"callbacks.early_stopping.monitor='{self.monitor}' is not a metric of this run."
+                f"{did_you_mean(self.monitor, metrics)} Choose one of: {', '.join(sorted(metrics))}."
+            )
+        score = metrics[self.monitor]
+        if self.mode == "min":
+            improved = score < self.best_score - self.min_delta
+        else:
+            improved = score > self.best_score + self.min_delta
+        if improved:
+            self.best_score, self.best_epoch, self.wait = score, trainer.epoch, 0
+            return
+        self.wait += 1
+        if self.wait >= self.patience:
+            trainer.should_stop = True
+            trainer.stop_reason = (
+                f"early stopping: {self.monitor} has not improved by more than {self.min_delta:g} for "
+                f"{self.wait} epochs (best {self.best_score:.4f} at epoch {self.best_epoch}; patience {self.patience})"
+            )
+
+    def state_dict(self) -> dict[str, object]:
+        return {"best_score": self.best_score, "best_epoch": self.best_epoch, "wait": self.wait}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        self.best_score = float(state["best_score"])
+        self.best_epoch = int(state["best_epoch"])
+        self.wait = int(state["wait"])
+
+
+def _slug(metric: str) -> str:
+    """val/loss -> val_loss, for file names."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", metric)

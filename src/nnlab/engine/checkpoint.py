@@ -14,14 +14,36 @@ from nnlab.errors import UserError
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
-    """Write `state` to `path` via a temporary file and an atomic rename, so a crash or Ctrl-C
-    mid-write leaves the previous checkpoint intact instead of a truncated one."""
+    """Write `state` to `path` atomically: to a temporary file in the same folder, flushed and
+    fsync'ed to disk, then renamed over `path` (a rename within one file system is atomic). A
+    crash, SIGKILL or power cut mid-write leaves the previous file intact, never a truncated one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)  # make the rename itself durable
     return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # e.g. Windows cannot open folders
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -33,13 +55,24 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
+        if "weights only" not in str(e).lower():  # not a pickle torch refused: not a checkpoint at all
+            raise _unreadable(path, e) from e
         raise UserError(
             f"Refused to load {path}: it holds objects other than tensors and plain containers "
-            f"({str(e).splitlines()[0]}). nnlab loads checkpoints with weights_only=True so that a file "
+            f"({_first_line(e)}). nnlab loads checkpoints with weights_only=True so that a file "
             "from elsewhere cannot run code; only use checkpoints written by nnlab."
         ) from e
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
-        raise UserError(
-            f"Could not read checkpoint {path}: it is truncated or not a PyTorch checkpoint "
-            f"({str(e).splitlines()[0]}). Use another checkpoint, e.g. the run's checkpoints/last.ckpt."
-        ) from e
+        raise _unreadable(path, e) from e
+
+
+def _unreadable(path: Path, error: BaseException) -> UserError:
+    return UserError(
+        f"Could not read checkpoint {path}: it is empty, truncated or not a PyTorch checkpoint "
+        f"({_first_line(error)}). Use another checkpoint, e.g. the run's checkpoints/last.ckpt."
+    )
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__

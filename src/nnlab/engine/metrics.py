@@ -30,3 +30,11 @@ class RunningMean:
         means = (torch.stack([self._sums[k].float() for k in keys]) / self.count).tolist()
         count, self._sums, self.count = self.count, {}, 0
         return dict(zip(keys, means)), count
+
+    def state_dict(self) -> dict[str, object]:
+        """The open interval's sums (device tensors) and count, for a mid-epoch checkpoint."""
+        return {"sums": dict(self._sums), "count": self.count}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        self._sums = {k: v.clone() for k, v in state["sums"].items()}
+        self.count = int(state["count"])

@@ -1,26 +1,36 @@
-"""One optimizer with its scheduler and grad scaler: the update a task calls with its loss."""
+"""One optimizer with its scheduler and grad scaler: the update a task calls with its loss.
+
+Every gradient-based task (supervised, reconstruction, GAN) updates its weights through
+`Optimization.step`, so the training toolkit applies to all of them in one place:
+
+    loss (+ L1/L2 penalty) -> backward (accumulated over k batches) -> non-finite check
+      -> gradient clipping -> optimizer step -> max-norm constraint -> per-step schedule
+"""
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import CyclicLR, LRScheduler, OneCycleLR, ReduceLROnPlateau
 
+from nnlab.engine.regularization import Regularization
+from nnlab.engine.schedules import WarmupCosineLR
 from nnlab.errors import ConfigValueError
 
 # Schedules designed to change the LR every optimizer step; all others step once per epoch.
-PER_STEP_SCHEDULERS = (OneCycleLR, CyclicLR)
+PER_STEP_SCHEDULERS = (OneCycleLR, CyclicLR, WarmupCosineLR)
 
 
 def build_scheduler(factory: Callable[..., Any] | None, optimizer: Optimizer, total_steps: int) -> Any:
     """Call a scheduler factory (a Hydra `_partial_`) with the optimizer.
 
     `total_steps` (optimizer steps in the whole run) is known only at run time; it is passed to
-    schedules that take it (OneCycleLR) unless the config set it.
+    schedules that take it (OneCycleLR, WarmupCosineLR) unless the config set it.
     """
     if factory is None:
         return None
@@ -32,11 +42,71 @@ def build_scheduler(factory: Callable[..., Any] | None, optimizer: Optimizer, to
     return factory(optimizer=optimizer, **kwargs)
 
 
-class Optimization:
-    """backward -> step -> zero_grad for one optimizer, with loss scaling and LR scheduling.
+@dataclass
+class UpdateRules:
+    """What every optimizer step of a task does besides the update itself; built by the trainer
+    from `trainer.*` and the `regularization` group, and shared by all of a task's optimizers.
 
-    Per-step schedules (OneCycleLR, CyclicLR) advance after every update; others advance in
-    `epoch_end`, and ReduceLROnPlateau reads the monitored validation metric there.
+    Attributes:
+        accumulate_grad_batches: k > 1 sums the gradients of k batches (each loss divided by k)
+            before one update: the gradient of a k-times larger batch, in the memory of one.
+        gradient_clip_val: clip the gradients before each update (None: no clipping) ...
+        gradient_clip_algorithm: ... "norm": rescale all gradients together so their global L2
+            norm is at most the value (direction kept); "value": clamp each entry to +-value.
+        regularization: L1/L2 penalties and the max-norm constraint (None: none).
+        check_finite: check the loss and the gradient norm before each update (one host sync
+            per update) and raise `NonFiniteStep` instead of stepping on NaN/inf.
+        update_now: set by the trainer before each batch: False while an accumulation window
+            is still open (backward only), True on the batch that completes it (update).
+    """
+
+    accumulate_grad_batches: int = 1
+    gradient_clip_val: float | None = None
+    gradient_clip_algorithm: str = "norm"
+    regularization: Regularization | None = None
+    check_finite: bool = True
+    update_now: bool = True
+
+    def gradient_free_conflicts(self) -> list[str]:
+        """The options set here that need gradients (for tasks that learn without them)."""
+        found = []
+        if self.accumulate_grad_batches > 1:
+            found.append(f"trainer.accumulate_grad_batches={self.accumulate_grad_batches}")
+        if self.gradient_clip_val is not None:
+            found.append(f"trainer.gradient_clip_val={self.gradient_clip_val}")
+        if self.regularization is not None:
+            found += self.regularization.gradient_options()
+        return found
+
+
+def require_no_gradient_rules(rules: UpdateRules | None, task: str) -> None:
+    """For tasks that learn without gradients: reject options that would silently do nothing."""
+    conflicts = rules.gradient_free_conflicts() if rules is not None else []
+    if conflicts:
+        raise ConfigValueError(
+            f"{', '.join(conflicts)} {'act' if len(conflicts) > 1 else 'acts'} on gradient updates, but "
+            f"task={task} learns without gradients, "
+            "so they would do nothing. Remove them from the command line (or the experiment)."
+        )
+
+
+class NonFiniteStep(Exception):
+    """Raised by `Optimization.step` instead of an update whose loss or gradients are NaN/inf.
+    The gradients are cleared and the weights are untouched; the trainer decides what follows
+    (`trainer.nonfinite`: stop the run, or skip the step)."""
+
+    def __init__(self, loss_finite: bool, bad_grads: list[torch.nn.Parameter]) -> None:
+        self.loss_finite = loss_finite
+        self.bad_grads = bad_grads  # parameters whose gradient holds NaN/inf, in model order
+        super().__init__("non-finite loss" if not loss_finite else "non-finite gradient")
+
+
+class Optimization:
+    """backward -> step -> zero_grad for one optimizer, with loss scaling, LR scheduling and the
+    update rules (accumulation, clipping, penalties, constraints, the non-finite check).
+
+    Per-step schedules (OneCycleLR, CyclicLR, WarmupCosineLR) advance after every update; others
+    advance in `epoch_end`, and ReduceLROnPlateau reads the monitored validation metric there.
     """
 
     def __init__(
@@ -45,25 +115,73 @@ class Optimization:
         scheduler: LRScheduler | ReduceLROnPlateau | None = None,
         scaler: torch.amp.GradScaler | None = None,
         monitor: str = "val/loss",
+        rules: UpdateRules | None = None,
     ) -> None:
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.scaler = scaler if scaler is not None and scaler.is_enabled() else None
         self.monitor = monitor
+        self.rules = rules or UpdateRules()
         self.per_step = isinstance(scheduler, PER_STEP_SCHEDULERS)
+        self.params = [p for group in optimizer.param_groups for p in group["params"]]
+        self._loss_finite: torch.Tensor | None = None  # all losses of the open window finite?
 
     def step(self, loss: torch.Tensor) -> None:
-        """Backpropagate `loss` and update the parameters."""
+        """Backpropagate `loss`; update the parameters when the accumulation window is complete."""
+        rules = self.rules
+        if rules.regularization is not None:
+            loss = loss + rules.regularization.penalty(self.params)
+        if rules.check_finite:
+            finite = torch.isfinite(loss.detach())
+            self._loss_finite = finite if self._loss_finite is None else self._loss_finite & finite
+        k = rules.accumulate_grad_batches
+        if k > 1:
+            loss = loss / k  # the window's gradient is the mean over its k batches
         if self.scaler is None:
             loss.backward()
-            self.optimizer.step()
         else:
             self.scaler.scale(loss).backward()
+        if rules.update_now:
+            self._update()
+
+    def _update(self) -> None:
+        rules = self.rules
+        if self.scaler is not None and (rules.gradient_clip_val is not None or rules.check_finite):
+            self.scaler.unscale_(self.optimizer)  # clip and check true gradients, not scaled ones
+        grads = [p.grad for p in self.params if p.grad is not None]
+        norm = None
+        if rules.gradient_clip_val is not None:
+            if rules.gradient_clip_algorithm == "norm":
+                norm = torch.nn.utils.clip_grad_norm_(self.params, rules.gradient_clip_val)
+            else:
+                torch.nn.utils.clip_grad_value_(self.params, rules.gradient_clip_val)
+        if rules.check_finite:
+            self._check_finite(grads, norm)
+        if self.scaler is None:
+            self.optimizer.step()
+        else:
             self.scaler.step(self.optimizer)  # skipped if the scaled grads overflowed
             self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
+        if rules.regularization is not None:
+            rules.regularization.constrain(self.params)
         if self.per_step:
             self.scheduler.step()
+
+    def _check_finite(self, grads: list[torch.Tensor], norm: torch.Tensor | None) -> None:
+        """One host sync: are the window's losses and (without a grad scaler, which handles
+        overflow itself by skipping the step) the gradients all finite?"""
+        loss_ok, self._loss_finite = self._loss_finite, None
+        ok = loss_ok
+        if self.scaler is None and grads:
+            if norm is None:
+                norm = torch.nn.utils.get_total_norm(grads)
+            ok = torch.isfinite(norm) if ok is None else ok & torch.isfinite(norm)
+        if ok is None or bool(ok):
+            return
+        bad = [p for p in self.params if p.grad is not None and not bool(torch.isfinite(p.grad).all())]
+        self.optimizer.zero_grad(set_to_none=True)
+        raise NonFiniteStep(loss_finite=loss_ok is None or bool(loss_ok), bad_grads=bad)
 
     def epoch_end(self, val_metrics: dict[str, float]) -> None:
         if self.scheduler is None or self.per_step:

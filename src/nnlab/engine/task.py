@@ -29,6 +29,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from nnlab.engine.optim import UpdateRules
 from nnlab.engine.precision import Precision
 
 
@@ -36,8 +37,13 @@ class Task(Protocol):
     model: nn.Module
     """Every trainable module of the task (a GAN's holds both networks); checkpointed as a whole."""
 
-    def configure(self, device: torch.device, precision: Precision, total_steps: int) -> None:
-        """Move to `device` and build optimizers/schedulers (`total_steps` = optimizer steps planned)."""
+    def configure(
+        self, device: torch.device, precision: Precision, total_steps: int, rules: UpdateRules | None = None
+    ) -> None:
+        """Move to `device` and build optimizers/schedulers (`total_steps` = optimizer steps
+        planned). Gradient-based tasks hand `rules` (accumulation, clipping, penalties, the
+        non-finite check) to each `Optimization`; tasks without gradients reject any rule that
+        would do nothing for them (`nnlab.engine.optim.require_no_gradient_rules`)."""
 
     def training_step(self, batch: Any) -> dict[str, torch.Tensor]:
         """Do one training update on `batch`; return detached 0-dim metric tensors (on device).

@@ -31,6 +31,10 @@ class TensorBoardLogger:
         for k, v in metrics.items():
             self.writer.add_scalar(k, v, global_step=step)
 
+    def log_histogram(self, tag: str, values: Any, step: int) -> None:
+        """The distribution of a tensor's values (TensorBoard's Histograms and Distributions tabs)."""
+        self.writer.add_histogram(tag, values, global_step=step)
+
     def log_figure(self, tag: str, figure: Any, step: int) -> None:
         """A matplotlib figure as an image (TensorBoard's Images tab); the figure is closed."""
         self.writer.add_figure(tag, figure, global_step=step, close=True)

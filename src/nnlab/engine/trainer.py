@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import os
 import re
+import signal
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +18,13 @@ import torch
 
 from nnlab.engine.checkpoint import load_checkpoint
 from nnlab.engine.metrics import RunningMean
+from nnlab.engine.nonfinite import TrainingDiverged, locate_nonfinite
+from nnlab.engine.optim import NonFiniteStep, UpdateRules
 from nnlab.engine.precision import Precision
-from nnlab.engine.rng import rng_state
+from nnlab.engine.regularization import Regularization
+from nnlab.engine.rng import rng_state, set_rng_state
 from nnlab.engine.task import Task
-from nnlab.errors import ConfigValueError, check_choice, check_range
+from nnlab.errors import ConfigValueError, UserError, check_choice, check_range
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +56,9 @@ class Trainer:
     """Runs a task over a data module: the engine every nnlab run goes through.
 
     Each epoch: `task.training_step` on every training batch, `task.evaluate` on the validation
-    split, then `task.epoch_end` (schedulers), logging and the callbacks (checkpoints).
-    Step metrics stay on the device and are averaged every `log_every_n_steps` steps, which is
-    the only point a step reads anything back to the host.
+    split, then `task.epoch_end` (schedulers), logging and the callbacks (checkpoints, early
+    stopping). Step metrics stay on the device and are averaged every `log_every_n_steps`
+    steps; besides that, each update reads back one flag (the non-finite check).
 
     Args:
         max_epochs: passes over the training split.
@@ -63,8 +70,17 @@ class Trainer:
         detect_anomaly: autograd anomaly detection, to find the op that made a NaN (slow).
         test_ckpt: weights the test split is scored with: "best" (best.ckpt from the
             checkpoint callback, when there is one) or "last" (the weights at the end).
+        gradient_clip_val: clip gradients before each update (None: off), by ...
+        gradient_clip_algorithm: ... "norm" (global L2 norm) or "value" (each entry).
+        accumulate_grad_batches: update once every k batches with their summed gradients.
+        nonfinite: what a NaN/inf loss or gradient does: "stop" the run (checkpoints kept) or
+            "skip" the update, counting skips and stopping after `max_consecutive_skips`.
+        max_consecutive_skips: skipped updates in a row that end a `nonfinite=skip` run.
+        resume: "auto" continues from `last.ckpt` in this run's checkpoint folder when there is
+            one (set `hydra.run.dir` to the run's folder); None starts afresh.
+        summary: log a table of the model's layers, shapes and parameter counts at the start.
         output_dir: the run directory (checkpoints go under it).
-        callbacks, logger: given at build time by `nnlab.train`.
+        callbacks, logger, regularization: given at build time by `nnlab.train`.
     """
 
     def __init__(
@@ -78,9 +94,17 @@ class Trainer:
         deterministic: bool = False,
         detect_anomaly: bool = False,
         test_ckpt: str = "best",
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str = "norm",
+        accumulate_grad_batches: int = 1,
+        nonfinite: str = "stop",
+        max_consecutive_skips: int = 10,
+        resume: str | None = None,
+        summary: bool = True,
         output_dir: str = ".",
         callbacks: list[Any] | None = None,
         logger: Any | None = None,
+        regularization: Regularization | None = None,
     ) -> None:
         check_range("trainer.max_epochs", max_epochs, 1)
         check_range("trainer.log_every_n_steps", log_every_n_steps, 1)
@@ -88,6 +112,14 @@ class Trainer:
             if limit is not None:
                 check_range(f"trainer.{key}", limit, 1)
         check_choice("trainer.test_ckpt", test_ckpt, ["best", "last"])
+        if gradient_clip_val is not None:
+            check_range("trainer.gradient_clip_val", gradient_clip_val, 0.0, low_inclusive=False)
+        check_choice("trainer.gradient_clip_algorithm", gradient_clip_algorithm, ["norm", "value"])
+        check_range("trainer.accumulate_grad_batches", accumulate_grad_batches, 1)
+        check_choice("trainer.nonfinite", nonfinite, ["stop", "skip"])
+        check_range("trainer.max_consecutive_skips", max_consecutive_skips, 1)
+        if resume is not None:
+            check_choice("trainer.resume", resume, ["auto"])
         self.max_epochs = max_epochs
         self.device = resolve_device(device)
         self.precision = Precision(precision, self.device)
@@ -97,22 +129,49 @@ class Trainer:
         self.deterministic = deterministic
         self.detect_anomaly = detect_anomaly
         self.test_ckpt = test_ckpt
+        self.nonfinite = nonfinite
+        self.max_consecutive_skips = max_consecutive_skips
+        self.resume = resume
+        self.summary = summary
         self.output_dir = output_dir
         self.callbacks = callbacks or []
         self.logger = logger
+        self.regularization = regularization
+        self.rules = UpdateRules(
+            accumulate_grad_batches=accumulate_grad_batches,
+            gradient_clip_val=gradient_clip_val,
+            gradient_clip_algorithm=gradient_clip_algorithm,
+            regularization=regularization,
+        )
         # Loop state: what a checkpoint records.
         self.epoch = 0  # completed epochs
-        self.global_step = 0  # optimizer steps taken
+        self.global_step = 0  # training steps (batches) taken
         self.epoch_step = 0  # steps taken in the current epoch
         self.steps_per_epoch = 0
+        self.skipped_steps = 0  # updates skipped for a non-finite loss or gradient (nonfinite=skip)
+        self.consecutive_skips = 0
+        self.should_stop = False  # set by a callback (early stopping) to end training
+        self.stop_reason = ""
         self.last_step_metrics: dict[str, float] = {}
         self.metrics: dict[str, float] = {}  # latest epoch metrics
         self.extra_state: dict[str, Any] = {}  # e.g. the resolved config, saved with checkpoints
         self.task: Task | None = None
+        self.ema: torch.optim.swa_utils.AveragedModel | None = None
+        self.resumed_from: Path | None = None
+        self._window = RunningMean()  # step metrics since the last log
+        self._totals: dict[str, float] = {}  # sample-weighted sums over the epoch so far
+        self._seen = 0
+        self._stop_requested = False  # Ctrl-C: stop at the next step boundary
+
+    @property
+    def pending_grads(self) -> bool:
+        """True while an accumulation window is open: the last batch was backward-only."""
+        return not self.rules.update_now
 
     # ----------------------------------------------------------------------------------------
-    def fit(self, task: Task, data: Any) -> dict[str, float]:
-        """Train for `max_epochs`; returns the last epoch's train/ and val/ metrics."""
+    def fit(self, task: Task, data: Any, ckpt_path: str | Path | None = None) -> dict[str, float]:
+        """Train for `max_epochs` (continuing from `ckpt_path`, or from `last.ckpt` with
+        `resume=auto`); returns the last epoch's train/ and val/ metrics."""
         if self.deterministic:
             # cuBLAS needs a fixed workspace to be deterministic; it must be set before its first use.
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -121,11 +180,19 @@ class Trainer:
         self.task = task
         data.setup(self.device)
         self.steps_per_epoch = min(data.steps_per_epoch, self.limit_train_batches or data.steps_per_epoch)
-        task.configure(self.device, self.precision, total_steps=self.max_epochs * self.steps_per_epoch)
+        updates_per_epoch = math.ceil(self.steps_per_epoch / self.rules.accumulate_grad_batches)
+        task.configure(self.device, self.precision, total_steps=self.max_epochs * updates_per_epoch, rules=self.rules)
         # Optional: initialisation that needs the data (a SOM's PCA init, a GAN's judge classifier).
         prepare = getattr(task, "prepare", None)
         if prepare is not None:
             prepare(data)
+        if self.regularization is not None and self.regularization.ema_decay is not None:
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+            decay = self.regularization.ema_decay
+            self.ema = AveragedModel(task.model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+        if self.summary:
+            self._log_summary(task, data)
         n_params = sum(p.numel() for p in task.model.parameters())
         log.info(
             "Training %s (%s parameters) on %s, precision %s, %d epochs of %d steps",
@@ -136,16 +203,23 @@ class Trainer:
             self.max_epochs,
             self.steps_per_epoch,
         )
+        path = Path(ckpt_path) if ckpt_path else self._auto_resume_path()
+        if path is not None:
+            self.restore(load_checkpoint(path, map_location=self.device), path)
         self._call("on_fit_start")
+        previous_handler = _install_sigint(self)
         try:
             with torch.autograd.set_detect_anomaly(self.detect_anomaly):
-                while self.epoch < self.max_epochs:
+                while self.epoch < self.max_epochs and not self.should_stop:
                     self._run_epoch(task, data)
+            if self.should_stop:
+                log.info("Stopped after epoch %d of %d: %s", self.epoch, self.max_epochs, self.stop_reason)
         except KeyboardInterrupt:
             log.warning("Interrupted during epoch %d (step %d).", self.epoch + 1, self.global_step)
             self._call("on_interrupt")
             raise
         finally:
+            _restore_sigint(previous_handler)
             self._call("on_fit_end")
             if self.logger is not None:
                 self.logger.flush()
@@ -153,42 +227,56 @@ class Trainer:
 
     def _run_epoch(self, task: Task, data: Any) -> None:
         task.model.train()
-        window = RunningMean()  # step metrics since the last log
-        totals: dict[str, float] = {}  # sample-weighted sums over the epoch
-        seen = 0
+        if self.epoch_step == 0:  # a fresh epoch (not one resumed mid-way)
+            self._window, self._totals, self._seen = RunningMean(), {}, 0
         t_start = t_log = time.perf_counter()
         samples_since_log = 0
-        self.epoch_step = 0
-        batches = itertools.islice(data.train_batches(self.epoch), self.steps_per_epoch)
+        k = self.rules.accumulate_grad_batches
+        # The epoch's order depends only on (seed, epoch), so a resumed epoch skips what was done.
+        batches = itertools.islice(data.train_batches(self.epoch), self.epoch_step, self.steps_per_epoch)
         for batch in batches:
-            out = task.training_step(batch)
+            # Update on the batch that completes a window of k (or ends the epoch); else backward only.
+            self.rules.update_now = (self.epoch_step + 1) % k == 0 or self.epoch_step + 1 == self.steps_per_epoch
+            try:
+                out = task.training_step(batch)
+                self.consecutive_skips = 0
+            except NonFiniteStep as e:
+                out = self._on_nonfinite(e, task, batch)
             n = len(batch[0])
-            window.update(out, n)
+            if out is not None:
+                self._window.update(out, n)
+                if self.ema is not None and self.rules.update_now:
+                    self.ema.update_parameters(task.model)
             samples_since_log += n
             self.global_step += 1
             self.epoch_step += 1
             last = self.epoch_step == self.steps_per_epoch
             if self.global_step % self.log_every_n_steps == 0 or last:
-                means, count = window.pop()  # the only host sync of the step loop
-                for k, v in means.items():
-                    totals[k] = totals.get(k, 0.0) + v * count
-                seen += count
-                self.last_step_metrics = means
+                means, count = self._window.pop()  # the only metric read-back of the step loop
+                for key, v in means.items():
+                    self._totals[key] = self._totals.get(key, 0.0) + v * count
+                self._seen += count
+                self.last_step_metrics = means or self.last_step_metrics
                 now = time.perf_counter()
                 if self.logger is not None and self.global_step % self.log_every_n_steps == 0:
-                    scalars = {f"train/{k}_step": v for k, v in means.items()}
+                    scalars = {f"train/{key}_step": v for key, v in means.items()}
                     scalars.update(task.learning_rates())
                     scalars["perf/samples_per_s"] = samples_since_log / max(now - t_log, 1e-9)
                     self.logger.log_metrics(scalars, self.global_step)
                 t_log, samples_since_log = now, 0
             self._call("on_train_batch_end")
+            if self._stop_requested and not self.pending_grads:
+                raise KeyboardInterrupt  # at a step boundary, so last.ckpt resumes exactly
         train_time = time.perf_counter() - t_start
 
-        val = task.evaluate(self._limit(data.eval_batches("val")))
-        metrics = {f"train/{k}": v / max(seen, 1) for k, v in totals.items()}
+        with self.eval_weights(task):
+            val = task.evaluate(self._limit(data.eval_batches("val")))
+        metrics = {f"train/{key}": v / max(self._seen, 1) for key, v in self._totals.items()}
         # Optional: counts over the whole epoch, e.g. the perceptron's mistakes.
-        metrics.update({f"train/{k}": v for k, v in getattr(task, "epoch_metrics", dict)().items()})
-        metrics.update({f"val/{k}": v for k, v in val.items()})
+        metrics.update({f"train/{key}": v for key, v in getattr(task, "epoch_metrics", dict)().items()})
+        if self.skipped_steps:
+            metrics["train/skipped_steps"] = float(self.skipped_steps)
+        metrics.update({f"val/{key}": v for key, v in val.items()})
         task.epoch_end(metrics)
         self.epoch += 1
         self.epoch_step = 0  # (epoch, epoch_step) = where a checkpoint taken now resumes
@@ -196,21 +284,49 @@ class Trainer:
         if self.logger is not None:
             epoch_scalars = dict(metrics)  # (lr is logged on the step axis only)
             epoch_scalars["perf/epoch_s"] = train_time
-            epoch_scalars["perf/samples_per_s_epoch"] = seen / max(train_time, 1e-9)
+            epoch_scalars["perf/samples_per_s_epoch"] = self._seen / max(train_time, 1e-9)
             self.logger.log_metrics(epoch_scalars, self.epoch)
         # Optional: pictures of the model now (reconstructions, GAN samples), one per epoch.
-        for name, image in getattr(task, "epoch_images", dict)().items():
-            self._show(name, image, self.epoch)
-        shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+        with self.eval_weights(task):
+            for name, image in getattr(task, "epoch_images", dict)().items():
+                self._show(name, image, self.epoch)
+        shown = "  ".join(f"{key} {v:.4f}" for key, v in metrics.items())
         log.info(
             "epoch %d/%d  %s  (%.2fs, %.0f samples/s)",
             self.epoch,
             self.max_epochs,
             shown,
             train_time,
-            seen / max(train_time, 1e-9),
+            self._seen / max(train_time, 1e-9),
         )
-        self._call("on_epoch_end", metrics)
+        self._call("on_validation_end", metrics)  # decisions first (early stopping) ...
+        self._call("on_epoch_end", metrics)  # ... so the checkpoints taken here record them
+        if self._stop_requested:
+            raise KeyboardInterrupt
+
+    def _on_nonfinite(self, error: NonFiniteStep, task: Task, batch: Any) -> None:
+        """A step's loss or gradient was NaN/inf and its update was not applied: say where it
+        came from, then stop the run (`nonfinite=stop`) or skip the step (`nonfinite=skip`)."""
+        what = "gradient" if error.loss_finite else "loss"
+        where = locate_nonfinite(task.model, batch, error, self.precision)
+        at = f"step {self.global_step + 1} of epoch {self.epoch + 1}"
+        if self.nonfinite == "skip":
+            self.skipped_steps += 1
+            self.consecutive_skips += 1
+            log.warning("Skipped the update of %s: the %s is not finite; %s", at, what, where)
+            if self.consecutive_skips < self.max_consecutive_skips:
+                return None
+            cause = f"{self.consecutive_skips} updates in a row had a non-finite {what} (the last at {at}); {where}"
+        else:
+            cause = f"at {at} the {what} became non-finite; {where}"
+        saved = next((cb.last_path for cb in self.callbacks if getattr(cb, "last_path", None)), None)
+        kept = f"The checkpoints written before it are kept ({saved.parent})" if saved else "No checkpoint was written"
+        raise TrainingDiverged(
+            f"Training stopped: {cause}. {kept}, and no update with NaN/inf was applied. Try a lower "
+            "optimizer.lr, gradient clipping (trainer.gradient_clip_val=1.0), a smaller initialization "
+            "(init=xavier_uniform or init=kaiming_normal) or normalization (model.batch_norm=true)"
+            + ("." if self.nonfinite == "skip" else ", or trainer.nonfinite=skip to skip such steps.")
+        )
 
     def test(self, task: Task, data: Any) -> dict[str, float]:
         """Score the test split with the weights `test_ckpt` names; returns test/ metrics."""
@@ -218,18 +334,42 @@ class Trainer:
         if self.test_ckpt == "best" and best is not None:
             state = load_checkpoint(best, map_location=self.device)
             task.model.load_state_dict(state["model"])
+            if self.ema is not None and state.get("ema") is not None:
+                self.ema.load_state_dict(state["ema"])
             log.info("Testing the best checkpoint (epoch %d): %s", state["epoch"], best)
-        results = task.evaluate(self._limit(data.eval_batches("test")), detailed=True)
-        metrics = {f"test/{k}": v for k, v in results.items()}
-        if self.logger is not None:
-            self.logger.log_metrics(metrics, self.epoch)
-        for name, figure in getattr(task, "figures", dict)().items():
-            log.info("Saved %s", self._show(f"test/{name}", figure, self.epoch))
-        # Optional: vectors for TensorBoard's Projector tab (e.g. an autoencoder's latent codes).
-        if self.logger is not None:
-            for name, (vectors, labels, images) in getattr(task, "embeddings", dict)().items():
-                self.logger.log_embedding(name, vectors, labels, images, self.epoch)
+        with self.eval_weights(task):
+            results = task.evaluate(self._limit(data.eval_batches("test")), detailed=True)
+            metrics = {f"test/{k}": v for k, v in results.items()}
+            if self.logger is not None:
+                self.logger.log_metrics(metrics, self.epoch)
+            for name, figure in getattr(task, "figures", dict)().items():
+                log.info("Saved %s", self._show(f"test/{name}", figure, self.epoch))
+            # Optional: vectors for TensorBoard's Projector tab (e.g. an autoencoder's latent codes).
+            if self.logger is not None:
+                for name, (vectors, labels, images) in getattr(task, "embeddings", dict)().items():
+                    self.logger.log_embedding(name, vectors, labels, images, self.epoch)
         return metrics
+
+    @contextmanager
+    def eval_weights(self, task: Task) -> Iterator[None]:
+        """Evaluate with the EMA of the weights when `regularization.ema_decay` is set; the
+        training weights are back afterwards. Buffers the evaluation itself sets (an anomaly
+        threshold) are kept in both."""
+        if self.ema is None:
+            yield
+            return
+        model = task.model
+        backup = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        averaged = self.ema.module.state_dict()
+        model.load_state_dict(averaged)
+        try:
+            yield
+        finally:
+            for name, buf in model.named_buffers():
+                if name in averaged and not torch.equal(buf, averaged[name]):  # (non-persistent ones are not saved)
+                    backup[name] = buf.detach().clone()
+                    averaged[name].copy_(buf)
+            model.load_state_dict(backup)
 
     def _show(self, tag: str, image: Any, step: int) -> Path:
         """Log an image (a (C, H, W) tensor in [0, 1], or a matplotlib figure) to TensorBoard
@@ -253,19 +393,101 @@ class Trainer:
                 plt.close(image)
         return path
 
+    def _log_summary(self, task: Task, data: Any) -> None:
+        from nnlab.engine.summary import model_summary
+
+        example = next(iter(data.eval_batches("val")), None)
+        log.info("Model:\n%s", model_summary(task.model, None if example is None else example[0][:2]))
+
     # ----------------------------------------------------------------------------------------
     def checkpoint_state(self) -> dict[str, Any]:
-        """Everything needed to rebuild or continue the run from a file."""
+        """Everything needed to rebuild or continue the run from a file: tensors and plain
+        values only, so it loads with `torch.load(weights_only=True)`."""
         return {
             "model": self.task.model.state_dict(),
             "task": self.task.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
             "epoch": self.epoch,
             "global_step": self.global_step,
             "epoch_step": self.epoch_step,
             "metrics": dict(self.metrics),
+            # Averages of the epoch so far, so a run resumed mid-epoch reports the same epoch metrics.
+            "loop": {"totals": dict(self._totals), "seen": self._seen, "window": self._window.state_dict()},
+            "skipped_steps": self.skipped_steps,
+            "consecutive_skips": self.consecutive_skips,
+            "should_stop": self.should_stop,
+            "stop_reason": self.stop_reason,
+            "callbacks": {name: cb.state_dict() for name, cb in self._stateful_callbacks()},
             "rng": rng_state(),
             **self.extra_state,
         }
+
+    def restore(self, state: dict[str, Any], path: Path) -> None:
+        """Continue from a checkpoint: weights, optimizer/scheduler/scaler, EMA, counters,
+        callback state, and last the random generators, so the run goes on exactly as it would
+        have. (The data order needs no state: it is a function of (seed, epoch).)"""
+        try:
+            self.task.model.load_state_dict(state["model"])
+        except RuntimeError as e:
+            detail = " ".join(line.strip() for line in str(e).splitlines()[:3])
+            raise UserError(
+                f"Checkpoint {path} does not fit this model ({detail}). "
+                "It was written by a run with another model or data config: resume with the config of "
+                "the run that wrote it (see .hydra/config.yaml in that run's folder)."
+            ) from e
+        self.task.load_state_dict(state["task"])
+        if self.ema is not None:
+            if state.get("ema") is not None:
+                self.ema.load_state_dict(state["ema"])
+            else:
+                log.warning("%s has no EMA weights; the EMA starts from the restored weights.", path)
+                self.ema.module.load_state_dict(self.task.model.state_dict())
+        self.epoch = state["epoch"]
+        self.global_step = state["global_step"]
+        self.epoch_step = state["epoch_step"]
+        self.metrics = dict(state.get("metrics", {}))
+        loop = state.get("loop") or {}
+        self._totals = dict(loop.get("totals", {}))
+        self._seen = loop.get("seen", 0)
+        self._window = RunningMean()
+        if loop.get("window"):
+            self._window.load_state_dict(loop["window"])
+        self.skipped_steps = state.get("skipped_steps", 0)
+        self.consecutive_skips = state.get("consecutive_skips", 0)
+        self.should_stop = state.get("should_stop", False)
+        self.stop_reason = state.get("stop_reason", "")
+        saved = state.get("callbacks", {})
+        for name, cb in self._stateful_callbacks():
+            if name in saved:
+                cb.load_state_dict(saved[name])
+        set_rng_state(state["rng"])
+        self.resumed_from = path
+        log.info("Resumed from %s: epoch %d, step %d", path, self.epoch + (self.epoch_step > 0), self.global_step)
+
+    def last_checkpoint(self) -> Path | None:
+        """last.ckpt in this run's checkpoint folder, if there is one."""
+        folders = [cb.checkpoint_dir(self) for cb in self.callbacks if hasattr(cb, "checkpoint_dir")]
+        for folder in folders or [Path(self.output_dir) / "checkpoints"]:
+            if (folder / "last.ckpt").is_file():
+                return folder / "last.ckpt"
+        return None
+
+    def _auto_resume_path(self) -> Path | None:
+        """With resume=auto: last.ckpt, if a previous attempt of this run left one."""
+        if self.resume != "auto":
+            return None
+        path = self.last_checkpoint()
+        if path is None:
+            log.info("trainer.resume=auto: no last.ckpt in %s yet, so the run starts from scratch.", self.output_dir)
+        return path
+
+    def _stateful_callbacks(self) -> Iterator[tuple[str, Any]]:
+        seen: dict[str, int] = {}
+        for cb in self.callbacks:
+            if hasattr(cb, "state_dict"):
+                name = type(cb).__name__
+                seen[name] = seen.get(name, 0) + 1
+                yield (name if seen[name] == 1 else f"{name}_{seen[name]}"), cb
 
     def _limit(self, batches):
         return itertools.islice(batches, self.limit_eval_batches) if self.limit_eval_batches else batches
@@ -275,3 +497,23 @@ class Trainer:
             fn = getattr(cb, hook, None)
             if fn is not None:
                 fn(self, *args)
+
+
+def _install_sigint(trainer: Trainer) -> Any:
+    """First Ctrl-C: finish the current step, save last.ckpt, exit. Second Ctrl-C: stop now."""
+
+    def handler(signum: int, frame: Any) -> None:
+        if trainer._stop_requested:
+            raise KeyboardInterrupt
+        trainer._stop_requested = True
+        log.warning("Ctrl-C: stopping after this step (press again to stop at once).")
+
+    try:
+        return signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not the main thread (e.g. a thread-based launcher): keep the default
+        return None
+
+
+def _restore_sigint(previous: Any) -> None:
+    if previous is not None:
+        signal.signal(signal.SIGINT, previous)

@@ -33,26 +33,34 @@ def encoder_decoder(
     hidden_sizes: Sequence[int],
     channels: Sequence[int],
     activation: str,
+    dropout: float = 0.0,
 ) -> tuple[nn.Module, nn.Module]:
     """An encoder x -> (B, code_size) and a decoder (B, latent_dim) -> x, mirror images.
 
-    dense: Flatten -> [Linear -> act] per hidden size -> Linear(code); the decoder runs the
-    sizes backwards. conv: [Conv(stride 2) -> act] per channel count, halving the map each time
-    (8x8 -> 4x4 -> 2x2), then a Linear to the code; the decoder maps the code back to the last
-    feature map and alternates Upsample (to the exact size the encoder saw, so odd sides such as
-    7 come back as 7) with Conv, the last conv giving the input's channels.
+    dense: Flatten -> [Linear -> act -> (Dropout)] per hidden size -> Linear(code); the decoder
+    runs the sizes backwards. conv: [Conv(stride 2) -> act -> (Dropout)] per channel count,
+    halving the map each time (8x8 -> 4x4 -> 2x2), then a Linear to the code; the decoder maps
+    the code back to the last feature map and alternates Upsample (to the exact size the encoder
+    saw, so odd sides such as 7 come back as 7) with Conv, the last conv giving the input's
+    channels. Dropout follows every hidden activation of both halves (none when 0), never the
+    code nor the output.
     """
     shape = tuple(int(s) for s in input_shape)
     check_choice("model.variant", variant, VARIANTS)
+    check_range("model.dropout", dropout, 0.0, 1.0, high_inclusive=False)
+
+    def act() -> list[nn.Module]:  # a hidden activation and its dropout
+        return [L.activation(activation), *([nn.Dropout(dropout)] if dropout > 0 else [])]
+
     if variant == "dense":
         sizes = [math.prod(shape), *hidden_sizes]
         enc: list[nn.Module] = [nn.Flatten()]
         for a, b in zip(sizes[:-1], sizes[1:]):
-            enc += [nn.Linear(a, b), L.activation(activation)]
+            enc += [nn.Linear(a, b), *act()]
         dec: list[nn.Module] = []
         back = [latent_dim, *reversed(sizes[1:])]
         for a, b in zip(back[:-1], back[1:]):
-            dec += [nn.Linear(a, b), L.activation(activation)]
+            dec += [nn.Linear(a, b), *act()]
         dec += [nn.Linear(back[-1], sizes[0]), nn.Unflatten(1, shape)]
         return nn.Sequential(*enc, nn.Linear(sizes[-1], code_size)), nn.Sequential(*dec)
 
@@ -65,15 +73,15 @@ def encoder_decoder(
     enc = []
     chans = [shape[0], *channels]
     for a, b in zip(chans[:-1], chans[1:]):
-        enc += [conv(a, b, kernel_size=3, stride=2, padding=1), L.activation(activation)]
+        enc += [conv(a, b, kernel_size=3, stride=2, padding=1), *act()]
         sizes.append(tuple((s + 1) // 2 for s in sizes[-1]))  # stride 2, padding 1, kernel 3
     last = (chans[-1], *sizes[-1])
     enc += [nn.Flatten(), nn.Linear(math.prod(last), code_size)]
-    dec = [nn.Linear(latent_dim, math.prod(last)), L.activation(activation), nn.Unflatten(1, last)]
+    dec = [nn.Linear(latent_dim, math.prod(last)), *act(), nn.Unflatten(1, last)]
     for i in range(len(channels), 0, -1):  # back up through the sizes the encoder saw
         dec += [nn.Upsample(size=sizes[i - 1]), conv(chans[i], chans[i - 1], kernel_size=3, padding=1)]
         if i > 1:
-            dec.append(L.activation(activation))
+            dec += act()
     return nn.Sequential(*enc), nn.Sequential(*dec)
 
 
@@ -122,6 +130,9 @@ class Autoencoder(_Bottleneck):
         activation: relu, leaky_relu, tanh, sigmoid or gelu.
         noise: none, gaussian or masking: corrupt the input in training (a denoising autoencoder).
         noise_level: the Gaussian noise's std (in the data's units), or the fraction masked.
+        dropout: probability of zeroing a hidden activation of the encoder and the decoder in
+            training, in [0, 1). It corrupts the hidden features where `noise` corrupts the
+            input; a little (0.1) curbs overfitting of a wide network on little data.
     """
 
     variational = False
@@ -137,10 +148,11 @@ class Autoencoder(_Bottleneck):
         activation: str = "relu",
         noise: str = "none",
         noise_level: float = 0.0,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__(input_shape, latent_dim, noise, noise_level)
         self.encoder, self.decoder = encoder_decoder(
-            input_shape, latent_dim, latent_dim, variant, hidden_sizes, channels, activation
+            input_shape, latent_dim, latent_dim, variant, hidden_sizes, channels, activation, dropout
         )
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -167,7 +179,7 @@ class VAE(_Bottleneck):
     term packs the codes of all samples around the origin, so decoding z ~ N(0, I) generates new
     samples (`sample`). In eval mode z = mu: reconstructions and anomaly scores are deterministic.
 
-    Args: as `Autoencoder` (denoising noise included); latent_dim is the size of z.
+    Args: as `Autoencoder` (denoising noise and dropout included); latent_dim is the size of z.
     """
 
     variational = True
@@ -183,11 +195,12 @@ class VAE(_Bottleneck):
         activation: str = "relu",
         noise: str = "none",
         noise_level: float = 0.0,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__(input_shape, latent_dim, noise, noise_level)
         # One encoder output of 2 * latent_dim: mu and logvar side by side.
         self.encoder, self.decoder = encoder_decoder(
-            input_shape, 2 * latent_dim, latent_dim, variant, hidden_sizes, channels, activation
+            input_shape, 2 * latent_dim, latent_dim, variant, hidden_sizes, channels, activation, dropout
         )
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

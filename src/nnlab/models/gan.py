@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nnlab.errors import ConfigValueError, DataMismatchError, check_choice, check_range
+from nnlab.errors import ConfigValueError, DataMismatchError, check_choice, check_range, did_you_mean
 
 VARIANTS = ("auto", "dcgan", "mlp")
 OUTPUT_ACTIVATIONS = {"sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "none": nn.Identity}
@@ -73,9 +73,17 @@ class MLPGenerator(nn.Module):
 
 
 class MLPDiscriminator(nn.Module):
-    """x (flattened, + one-hot label) -> [Linear -> (BatchNorm) -> LeakyReLU] * len(widths) -> Linear -> logit."""
+    """x (flattened, + one-hot label) -> [Linear -> (BatchNorm) -> LeakyReLU -> (Dropout)] * len(widths)
+    -> Linear -> logit."""
 
-    def __init__(self, sample_shape: tuple[int, ...], widths: Sequence[int], num_classes: int, batch_norm: bool):
+    def __init__(
+        self,
+        sample_shape: tuple[int, ...],
+        widths: Sequence[int],
+        num_classes: int,
+        batch_norm: bool,
+        dropout: float = 0.0,
+    ) -> None:
         super().__init__()
         self.num_classes = num_classes
         layers: list[nn.Module] = []
@@ -83,7 +91,7 @@ class MLPDiscriminator(nn.Module):
         for i, w in enumerate(widths):
             norm = batch_norm and i > 0  # no batch norm on the input layer, as in DCGAN's D
             layers += [nn.Linear(width, w, bias=not norm), *([nn.BatchNorm1d(w)] if norm else [])]
-            layers.append(nn.LeakyReLU(LEAKY_SLOPE))
+            layers += [nn.LeakyReLU(LEAKY_SLOPE), *([nn.Dropout(dropout)] if dropout > 0 else [])]
             width = w
         layers.append(nn.Linear(width, 1))
         self.net = nn.Sequential(*layers)
@@ -134,23 +142,33 @@ class DCGenerator(nn.Module):
 class DCDiscriminator(nn.Module):
     """DCGAN's discriminator: G's layers mirrored. One stride-2 convolution per width (reversed),
     each halving the side, then a convolution as large as the remaining map gives one logit.
+    With `dropout` > 0, a Dropout follows each LeakyReLU.
 
     Conditional: the label enters as K extra input channels, the one-hot vector broadcast over
     the image, so every filter of the first layer sees which class the image claims to be.
     """
 
     def __init__(
-        self, image_shape: tuple[int, int, int], widths: Sequence[int], num_classes: int, batch_norm: bool
+        self,
+        image_shape: tuple[int, int, int],
+        widths: Sequence[int],
+        num_classes: int,
+        batch_norm: bool,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
         channels, height, width = image_shape
         self.num_classes = num_classes
         end = (height >> len(widths), width >> len(widths))
         widths = list(reversed(widths))
-        layers: list[nn.Module] = [nn.Conv2d(channels + num_classes, widths[0], 4, 2, 1), nn.LeakyReLU(LEAKY_SLOPE)]
+
+        def act() -> list[nn.Module]:
+            return [nn.LeakyReLU(LEAKY_SLOPE), *([nn.Dropout(dropout)] if dropout > 0 else [])]
+
+        layers: list[nn.Module] = [nn.Conv2d(channels + num_classes, widths[0], 4, 2, 1), *act()]
         for w_in, w_out in zip(widths[:-1], widths[1:]):
             layers += [nn.Conv2d(w_in, w_out, 4, 2, 1, bias=not batch_norm)]
-            layers += [*([nn.BatchNorm2d(w_out)] if batch_norm else []), nn.LeakyReLU(LEAKY_SLOPE)]
+            layers += [*([nn.BatchNorm2d(w_out)] if batch_norm else []), *act()]
         layers.append(nn.Conv2d(widths[-1], 1, end))  # (B, 1, 1, 1)
         self.net = nn.Sequential(*layers)
 
@@ -186,7 +204,13 @@ class GAN(nn.Module):
             steadies DCGAN training, and its per-batch statistics are one reason D sees real
             and fake samples in separate batches.
         init: dcgan (weights ~ N(0, 0.02), batch norm scales ~ N(1, 0.02), as Radford et al.)
-            or default (PyTorch's).
+            or default (PyTorch's). The `init` config group (`nnlab.models.init`), when not
+            default, is applied after the model is built and re-draws the Linear and conv
+            weights over this (the batch norm scales keep DCGAN's N(1, 0.02)).
+        d_dropout: probability of zeroing an activation after each of D's hidden layers in
+            training, in [0, 1); G gets none. Goodfellow et al. (2014) trained their
+            discriminator with dropout: it keeps D from memorising the real samples of a small
+            data set and overpowering G, whose gradient then vanishes. Try 0.3.
     """
 
     def __init__(
@@ -200,12 +224,20 @@ class GAN(nn.Module):
         output_activation: str = "sigmoid",
         batch_norm: bool = True,
         init: str = "dcgan",
+        d_dropout: float = 0.0,
     ) -> None:
         super().__init__()
         check_choice("model.variant", variant, VARIANTS)
         check_range("model.latent_dim", latent_dim, 1)
         check_choice("model.output_activation", output_activation, OUTPUT_ACTIVATIONS)
-        check_choice("model.init", init, INITS)
+        if init not in INITS:
+            raise ConfigValueError(
+                f"model.init={init!r} is not a GAN initialisation.{did_you_mean(init, INITS)} Choose one of: "
+                f"{', '.join(INITS)}. Other schemes (xavier_uniform, kaiming_normal, ... in configs/init/) "
+                "are chosen with the init config group, e.g. init=kaiming_normal: it is applied after the "
+                "model is built, over model.init."
+            )
+        check_range("model.d_dropout", d_dropout, 0.0, 1.0, high_inclusive=False)
         if len(widths) == 0:
             raise ConfigValueError(
                 "model.widths=[] gives the networks no hidden layer: give at least one, e.g. [128, 64]."
@@ -223,10 +255,10 @@ class GAN(nn.Module):
         k = self.num_classes
         if variant == "dcgan":
             self.generator = DCGenerator(latent_dim, shape, widths, k, batch_norm, output_activation)
-            self.discriminator = DCDiscriminator(shape, widths, k, batch_norm)
+            self.discriminator = DCDiscriminator(shape, widths, k, batch_norm, d_dropout)
         else:
             self.generator = MLPGenerator(latent_dim, shape, widths, k, batch_norm, output_activation)
-            self.discriminator = MLPDiscriminator(shape, list(reversed(widths)), k, batch_norm)
+            self.discriminator = MLPDiscriminator(shape, list(reversed(widths)), k, batch_norm, d_dropout)
         if init == "dcgan":
             self.apply(_dcgan_init)
 

@@ -22,7 +22,9 @@ class MLP(nn.Module):
         activation: relu, leaky_relu, tanh, sigmoid or gelu.
         dropout: probability of zeroing a hidden unit during training, in [0, 1).
         batch_norm: normalize each hidden layer's pre-activations over the batch.
-        init: weight initialization, see `nnlab.models.layers.init_weights`.
+
+    Weights start from PyTorch's defaults; the `init` config group re-draws them (e.g.
+    `init=kaiming_normal`), see `nnlab.models.init`.
     """
 
     def __init__(
@@ -33,7 +35,6 @@ class MLP(nn.Module):
         activation: str = "relu",
         dropout: float = 0.0,
         batch_norm: bool = False,
-        init: str = "default",
     ) -> None:
         super().__init__()
         check_range("model.dropout", dropout, 0.0, 1.0, high_inclusive=False)
@@ -52,7 +53,6 @@ class MLP(nn.Module):
             width = h
         blocks.append(nn.Linear(width, num_outputs))
         self.net = nn.Sequential(*blocks)
-        L.init_weights(self, init, activation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)  # (B, *input_shape) -> (B, num_outputs)

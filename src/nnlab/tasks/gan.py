@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from nnlab.engine.optim import Optimization, build_scheduler
+from nnlab.engine.optim import Optimization, UpdateRules, build_scheduler
 from nnlab.engine.precision import Precision
 from nnlab.errors import ConfigValueError, check_range
 from nnlab.models.gan import GAN
@@ -130,7 +130,9 @@ class Adversarial:
         self.real_points: torch.Tensor | None = None  # training data behind the 2-D scatter
 
     # ---- setup ------------------------------------------------------------------------------
-    def configure(self, device: torch.device, precision: Precision, total_steps: int) -> None:
+    def configure(
+        self, device: torch.device, precision: Precision, total_steps: int, rules: UpdateRules | None = None
+    ) -> None:
         self.model.to(device)
         self.device = device
         self.precision = precision
@@ -138,7 +140,7 @@ class Adversarial:
         def optimization(network: torch.nn.Module) -> Optimization:
             optimizer = self._optimizer_factory(params=network.parameters())
             scheduler = build_scheduler(self._scheduler_factory, optimizer, total_steps)
-            return Optimization(optimizer, scheduler, precision.grad_scaler())
+            return Optimization(optimizer, scheduler, precision.grad_scaler(), rules=rules)
 
         self.optim_d = optimization(self.model.discriminator)
         self.optim_g = optimization(self.model.generator)

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from nnlab.engine.optim import UpdateRules, require_no_gradient_rules
 from nnlab.engine.precision import Precision
 from nnlab.errors import ConfigValueError, check_range
 from nnlab.models.perceptron import Perceptron
@@ -58,7 +59,10 @@ class PerceptronRule:
         self.precision: Precision | None = None
         self._mistakes: torch.Tensor | None = None
 
-    def configure(self, device: torch.device, precision: Precision, total_steps: int) -> None:
+    def configure(
+        self, device: torch.device, precision: Precision, total_steps: int, rules: UpdateRules | None = None
+    ) -> None:
+        require_no_gradient_rules(rules, "perceptron")
         self.model.to(device)
         self.precision = precision
         self._mistakes = torch.zeros((), device=device)

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from nnlab.engine.optim import Optimization, build_scheduler
+from nnlab.engine.optim import Optimization, UpdateRules, build_scheduler
 from nnlab.engine.precision import Precision
 from nnlab.errors import ConfigValueError, check_choice, check_range
 from nnlab.models.autoencoder import VAE, Autoencoder
@@ -96,11 +96,14 @@ class Reconstruction:
         self._grid: torch.Tensor | None = None  # the last validation's reconstruction grid
         self._test: dict[str, np.ndarray] = {}  # codes, labels, scores of the last test
 
-    def configure(self, device: torch.device, precision: Precision, total_steps: int) -> None:
+    def configure(
+        self, device: torch.device, precision: Precision, total_steps: int, rules: UpdateRules | None = None
+    ) -> None:
         self.model.to(device)
         self.precision = precision
         optimizer = self._optimizer_factory(params=self.model.parameters())
-        self.optim = Optimization(optimizer, build_scheduler(self._scheduler_factory, optimizer, total_steps))
+        scheduler = build_scheduler(self._scheduler_factory, optimizer, total_steps)
+        self.optim = Optimization(optimizer, scheduler, precision.grad_scaler(), rules=rules)
         if self.model.variational:  # a fixed batch of prior codes, so epochs show the same samples
             g = torch.Generator().manual_seed(0)
             self._prior_z = torch.randn(self.num_images * 2, self.model.latent_dim, generator=g).to(device)

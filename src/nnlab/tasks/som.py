@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from nnlab.engine.optim import UpdateRules, require_no_gradient_rules
 from nnlab.engine.precision import Precision
 from nnlab.errors import ConfigValueError, check_choice, check_range
 from nnlab.models.som import SOM
@@ -164,7 +165,10 @@ class SOMRule:
         self._grid = self.model.grid_distances()
         self.data: Any = None  # the DataModule, from prepare(): node labels and figures read its training split
 
-    def configure(self, device: torch.device, precision: Precision, total_steps: int) -> None:
+    def configure(
+        self, device: torch.device, precision: Precision, total_steps: int, rules: UpdateRules | None = None
+    ) -> None:
+        require_no_gradient_rules(rules, "som")
         self.model.to(device)
         self.total_steps = total_steps
         # (nodes, nodes) grid distances between all nodes, for the neighborhoods of every update.

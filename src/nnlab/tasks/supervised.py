@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nnlab.engine.optim import Optimization, build_scheduler
+from nnlab.engine.optim import Optimization, UpdateRules, build_scheduler
 from nnlab.engine.precision import Precision
 from nnlab.errors import ConfigValueError, check_choice, check_range
 from nnlab.tasks.metrics import classification_metrics, regression_metrics
@@ -90,14 +90,16 @@ class Supervised:
         self.precision: Precision | None = None
         self._confusion = None
 
-    def configure(self, device: torch.device, precision: Precision, total_steps: int) -> None:
+    def configure(
+        self, device: torch.device, precision: Precision, total_steps: int, rules: UpdateRules | None = None
+    ) -> None:
         self.model.to(device)
         self.precision = precision
         if self.class_weights is not None:
             self.class_weights = self.class_weights.to(device)
         optimizer = self._optimizer_factory(params=self.model.parameters())
         scheduler = build_scheduler(self._scheduler_factory, optimizer, total_steps)
-        self.optim = Optimization(optimizer, scheduler, precision.grad_scaler())
+        self.optim = Optimization(optimizer, scheduler, precision.grad_scaler(), rules=rules)
 
     def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         name = self.loss_name

@@ -1,0 +1,325 @@
+"""Checkpoint files: which ones ModelCheckpoint keeps (top-k, periodic, step snapshots), that a write
+is atomic (a SIGKILL mid-write never leaves a broken last.ckpt), and that a file holds only
+tensors and plain values, so it loads with weights_only=True and a crafted pickle is refused."""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import nnlab.train
+from helpers import Run, cli_env, train_tiny
+from nnlab.engine.checkpoint import load_checkpoint, save_checkpoint
+from nnlab.engine.precision import Precision
+from nnlab.errors import UserError
+
+CPU = torch.device("cpu")
+QUIET = ("trainer.device=cpu", "callbacks.health=null", "trainer.summary=false")
+# Plain SGD with a large step on 2 batches an epoch: val/loss falls, then rises again at epoch 6
+# (observed 1.51, 0.71, 0.59, 0.55, 0.58, 0.98), so the best epochs are not simply the last ones.
+NOISY = (*QUIET, "trainer.max_epochs=6", "optimizer=sgd", "optimizer.lr=0.5")
+EPOCH_FILE = re.compile(r"epoch=(\d{3})-val_loss=(\d+\.\d{4})\.ckpt")
+
+
+def val_losses(run: Run) -> dict[int, float]:
+    """{epoch: val/loss} as logged to TensorBoard."""
+    events = EventAccumulator(str(run.dir / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    return {e.step: e.value for e in events.Scalars("val/loss")}
+
+
+def ckpt_names(run: Run) -> list[str]:
+    return sorted(p.name for p in (run.dir / "checkpoints").iterdir())
+
+
+def evaluate_with(run: Run, weights: dict[str, torch.Tensor], split: str) -> dict[str, float]:
+    """Score `split` of the run's data with `weights`, outside the run."""
+    cfg = run.cfg.copy()
+    cfg.logger = None  # no second TensorBoard writer in the run's folder
+    parts = nnlab.train.build(cfg)
+    parts.data.setup(CPU)
+    parts.task.configure(CPU, Precision("32", CPU), total_steps=1)
+    parts.task.model.load_state_dict(weights)
+    return parts.task.evaluate(parts.data.eval_batches(split))
+
+
+def same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# --- which files are kept -----------------------------------------------------------------------------
+
+
+def test_save_top_k_keeps_the_k_best_epochs(tmp_path: Path) -> None:
+    run = train_tiny([*NOISY, "callbacks.model_checkpoint.save_top_k=3"], tmp_path)
+    losses = val_losses(run)
+    assert sorted(losses) == [1, 2, 3, 4, 5, 6]
+    kept = {int(m[1]): float(m[2]) for m in map(EPOCH_FILE.fullmatch, ckpt_names(run)) if m}
+    best3 = sorted(losses, key=losses.get)[:3]
+    assert sorted(kept) == sorted(best3)
+    for epoch, value in kept.items():
+        assert value == pytest.approx(losses[epoch], abs=1e-4)  # the name carries the score
+    assert len(ckpt_names(run)) == 3 + 2  # and best.ckpt, last.ckpt
+    best_epoch = best3[0]
+    assert best_epoch != 6, losses  # (the config was chosen so that the best is not the last)
+    best = run.checkpoint("best")
+    top = torch.load(
+        run.dir / "checkpoints" / f"epoch={best_epoch:03d}-val_loss={kept[best_epoch]:.4f}.ckpt", weights_only=True
+    )
+    assert best["epoch"] == top["epoch"] == best_epoch
+    assert same_weights(best["model"], top["model"])
+    assert not same_weights(best["model"], run.checkpoint("last")["model"])
+    # test_ckpt=best: the test split was scored with those weights
+    assert run.metrics["test/loss"] == pytest.approx(evaluate_with(run, best["model"], "test")["loss"], rel=1e-6)
+
+
+def test_save_top_k_minus_one_keeps_every_epoch(tmp_path: Path) -> None:
+    run = train_tiny([*NOISY, "callbacks.model_checkpoint.save_top_k=-1"], tmp_path)
+    losses = val_losses(run)
+    files = sorted(n for n in ckpt_names(run) if EPOCH_FILE.fullmatch(n))
+    assert files == [f"epoch={e:03d}-val_loss={losses[e]:.4f}.ckpt" for e in range(1, 7)]
+    for name in files:
+        state = torch.load(run.dir / "checkpoints" / name, weights_only=True)
+        assert state["metrics"]["val/loss"] == pytest.approx(losses[state["epoch"]])
+
+
+def test_save_top_k_zero_writes_no_best_and_tests_the_last_weights(tmp_path: Path) -> None:
+    run = train_tiny([*NOISY, "callbacks.model_checkpoint.save_top_k=0"], tmp_path)
+    assert ckpt_names(run) == ["last.ckpt"]
+    last = run.checkpoint("last")
+    assert last["epoch"] == 6
+    on_last = evaluate_with(run, last["model"], "test")["loss"]
+    assert run.metrics["test/loss"] == pytest.approx(on_last, rel=1e-6)
+
+
+def test_every_n_epochs_keeps_periodic_snapshots(tmp_path: Path) -> None:
+    run = train_tiny([*QUIET, "trainer.max_epochs=5", "callbacks.model_checkpoint.every_n_epochs=2"], tmp_path)
+    periodic = [n for n in ckpt_names(run) if re.fullmatch(r"epoch=\d{3}\.ckpt", n)]
+    assert periodic == ["epoch=002.ckpt", "epoch=004.ckpt"]
+    for name, epoch in zip(periodic, (2, 4)):
+        state = torch.load(run.dir / "checkpoints" / name, weights_only=True)
+        assert (state["epoch"], state["global_step"], state["epoch_step"]) == (epoch, 2 * epoch, 0)
+
+
+@pytest.mark.parametrize(
+    "every, steps",
+    [
+        (7, [7, 14, 21, 28, 35]),
+        (10, [10, 30]),  # 20 and 40 end an epoch: the epoch's own checkpoints cover them
+    ],
+)
+def test_every_n_train_steps_snapshots_mid_epoch(every: int, steps: list[int], tmp_path: Path) -> None:
+    """Digits: 2 epochs of 20 steps."""
+    run = train_tiny(
+        [
+            *QUIET,
+            "trainer.max_epochs=2",
+            "trainer.limit_train_batches=null",
+            f"callbacks.model_checkpoint.every_n_train_steps={every}",
+        ],
+        tmp_path,
+    )
+    snapshots = [n for n in ckpt_names(run) if n.startswith("step=")]
+    assert snapshots == [f"step={s:06d}.ckpt" for s in steps]
+    for name, step in zip(snapshots, steps):
+        state = load_checkpoint(run.dir / "checkpoints" / name)
+        assert state["global_step"] == step
+        assert state["global_step"] == 20 * state["epoch"] + state["epoch_step"]
+        assert 0 < state["epoch_step"] < 20  # mid-epoch
+
+
+def test_step_snapshots_wait_for_the_end_of_an_accumulation_window(tmp_path: Path) -> None:
+    """k = 2 and a snapshot due every 3 steps: one due at an odd step (inside a window, with
+    gradients no checkpoint holds) is taken at the next step, which completes the window."""
+    run = train_tiny(
+        [
+            *QUIET,
+            "trainer.limit_train_batches=null",
+            "trainer.accumulate_grad_batches=2",
+            "callbacks.model_checkpoint.every_n_train_steps=3",
+        ],
+        tmp_path,
+    )
+    snapshots = [n for n in ckpt_names(run) if n.startswith("step=")]
+    assert snapshots == [f"step={s:06d}.ckpt" for s in (4, 6, 10, 12, 16, 18)]
+    for name in snapshots:
+        state = load_checkpoint(run.dir / "checkpoints" / name)
+        assert state["epoch_step"] % 2 == 0 and state["epoch"] == 0
+
+
+# --- atomic writes ---------------------------------------------------------------------------------------
+
+# Forks writers that save `last.ckpt` in a loop, one per line read (the line is its counter base),
+# and reaps one when asked, printing how it ended. Forking from this small process (not pytest's)
+# keeps each writer single-threaded, and torch is imported once for all of them.
+WRITER = r"""
+import os, sys, torch
+from nnlab.engine.checkpoint import save_checkpoint
+path, n = sys.argv[1], int(sys.argv[2])
+pid = None
+for line in sys.stdin:
+    if line.strip() == "reap":
+        _, status = os.waitpid(pid, 0)
+        print(os.WTERMSIG(status) if os.WIFSIGNALED(status) else -1, flush=True)
+        continue
+    pid = os.fork()
+    if pid == 0:
+        counter = int(line)
+        while True:
+            counter += 1
+            save_checkpoint({"counter": counter, "values": torch.full((n,), float(counter))}, path)
+    print(pid, flush=True)
+"""
+BLOCK = 100_000  # counters of writer i are i * BLOCK + 1, 2, ... (exact in float32)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="fork and SIGKILL are POSIX")
+def test_a_write_killed_at_any_moment_leaves_a_complete_last_ckpt(tmp_path: Path) -> None:
+    n = 8_000_000  # 32 MB of float32: a write takes tens of milliseconds
+    path = tmp_path / "last.ckpt"
+    save_checkpoint({"counter": 0, "values": torch.zeros(n)}, path)
+    delays = [0.05 + 0.95 * i / 9 for i in range(10)]  # 0.05 ... 1 s
+    random.Random(0).shuffle(delays)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(path), str(n)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**cli_env(tmp_path), "OMP_NUM_THREADS": "1"},
+    )
+    previous, completed, interrupted = 0, 0, 0
+    try:
+        for i, delay in enumerate(delays, start=1):
+            proc.stdin.write(f"{i * BLOCK}\n")
+            proc.stdin.flush()
+            pid = int(proc.stdout.readline())
+            time.sleep(delay)
+            os.kill(pid, signal.SIGKILL)
+            proc.stdin.write("reap\n")
+            proc.stdin.flush()
+            assert int(proc.stdout.readline()) == signal.SIGKILL  # it was still writing
+
+            state = load_checkpoint(path)  # never truncated, never a mix of two writes
+            counter = state["counter"]
+            assert torch.equal(state["values"], torch.full((n,), float(counter))), counter
+            assert counter >= previous  # never an older state than one already seen
+            assert counter // BLOCK in (i, previous // BLOCK)  # this writer's, or the one before
+            completed += counter // BLOCK == i
+            leftovers = list(tmp_path.glob("*.tmp"))
+            assert [p.name for p in leftovers] in ([], [f"last.ckpt.{pid}.tmp"])  # only the killed write's
+            interrupted += bool(leftovers)
+            for p in leftovers:
+                p.unlink()
+            previous = counter
+    finally:
+        proc.stdin.close()
+        proc.kill()
+        proc.wait()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+    # The kills did land both between and in the middle of writes (each is ~80% of a writer's time).
+    assert completed >= 3 and interrupted >= 1, (completed, interrupted)
+
+
+# --- what a checkpoint holds --------------------------------------------------------------------------------
+
+
+def assert_plain(value: Any, where: str = "state") -> None:
+    """Only tensors, numbers, strings, None, and lists/tuples/dicts of them."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            assert isinstance(k, (str, int)), f"{where}: key {k!r}"
+            assert_plain(v, f"{where}.{k}")
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            assert_plain(v, f"{where}[{i}]")
+    else:
+        assert value is None or isinstance(value, (torch.Tensor, bool, int, float, str)), f"{where}: {type(value)}"
+
+
+@pytest.mark.parametrize("scheduler", ["onecycle", "cosine_warmup", "plateau", "multistep", "exponential", "step"])
+def test_every_checkpoint_loads_with_weights_only(scheduler: str, tmp_path: Path) -> None:
+    run = train_tiny(
+        [
+            *QUIET,
+            "trainer.max_epochs=2",
+            "trainer.precision=32",
+            f"scheduler={scheduler}",
+            "regularization.ema_decay=0.9",
+            "callbacks.model_checkpoint.save_top_k=-1",
+            "callbacks.model_checkpoint.every_n_epochs=1",
+            "callbacks.model_checkpoint.every_n_train_steps=1",
+        ],
+        tmp_path,
+    )
+    files = sorted((run.dir / "checkpoints").glob("*.ckpt"))
+    assert len(files) == 2 + 2 + 2 + 2  # last, best, 2 top-k, 2 epoch=, 2 step= (steps 1 and 3)
+    for path in files:
+        state = torch.load(path, weights_only=True)
+        assert_plain(state, path.name)
+        assert state["ema"] is not None and state["task"]["optim"]["scheduler"] is not None
+
+
+class Payload:
+    """Unpickling it creates `marker`: what a crafted checkpoint could do instead."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (self.marker.touch, ())
+
+
+def test_a_checkpoint_with_a_pickled_object_is_refused_without_running_it(tmp_path: Path) -> None:
+    marker = tmp_path / "code-ran"
+    path = tmp_path / "crafted.ckpt"
+    torch.save({"model": {"w": torch.zeros(2)}, "epoch": 1, "extra": Payload(marker)}, path)
+    with pytest.raises(UserError) as info:
+        load_checkpoint(path)
+    message = str(info.value)
+    assert message.startswith(f"Refused to load {path}: it holds objects other than tensors")
+    assert "weights_only=True" in message
+    assert not marker.exists()
+    torch.load(path, weights_only=False)  # the payload is real: a plain unpickle runs it
+    assert marker.exists()
+
+
+def test_a_missing_checkpoint_is_a_user_error(tmp_path: Path) -> None:
+    path = tmp_path / "last.ckpt"
+    with pytest.raises(UserError, match="Checkpoint not found") as info:
+        load_checkpoint(path)
+    assert str(path) in str(info.value)
+
+
+def test_an_empty_checkpoint_is_a_user_error(tmp_path: Path) -> None:
+    """A zero-byte file (a full disk, a copy gone wrong): torch raises EOFError('')."""
+    path = tmp_path / "last.ckpt"
+    path.write_bytes(b"")
+    with pytest.raises(UserError, match="Could not read checkpoint") as info:
+        load_checkpoint(path)
+    assert str(path) in str(info.value)
+
+
+def test_a_file_that_is_no_checkpoint_is_a_user_error(tmp_path: Path) -> None:
+    path = tmp_path / "last.ckpt"
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError) as info:
+        load_checkpoint(path)
+    assert str(path) in str(info.value)
+
+
+def test_a_truncated_checkpoint_is_a_user_error(tmp_path: Path) -> None:
+    path = save_checkpoint({"values": torch.arange(100_000.0)}, tmp_path / "last.ckpt")
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(UserError, match="truncated or not a PyTorch checkpoint"):
+        load_checkpoint(path)
