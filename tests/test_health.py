@@ -274,7 +274,7 @@ def test_dead_units_per_feature_and_per_conv_channel(tmp_path: Path) -> None:
 
 
 def test_the_config_node_and_its_checks(tmp_path: Path) -> None:
-    assert compose_config([], tmp_path).callbacks.health.every_n_steps == 50
+    assert compose_config([], tmp_path).callbacks.health.every_n_steps == 100
     assert compose_config(["callbacks.health=null"], tmp_path).callbacks.health is None
     with pytest.raises(ConfigValueError, match=r"callbacks.health.every_n_steps=0 is out of range"):
         HealthMonitor(every_n_steps=0)

@@ -289,3 +289,20 @@ def test_locating_leaves_no_trace_on_random_generators_and_batch_norm() -> None:
         assert torch.equal(b, buffers[key]), key
     assert int(buffers["1.num_batches_tracked"]) == 1
     assert model.training  # still in training mode
+
+
+def test_finite_gradients_whose_norm_overflows_are_an_explosion() -> None:
+    """Gradients of 1e30 are finite, but their L2 norm (sqrt of a sum of 1e60 squares)
+    overflows float32: the update is refused and the largest gradient is named."""
+    model = nn.Sequential(nn.Linear(4, 4, bias=False), nn.Linear(4, 1, bias=False))
+    optim = Optimization(torch.optim.SGD(model.parameters(), lr=0.1))
+    before = [p.detach().clone() for p in model.parameters()]
+    loss = model(torch.ones(2, 4)).sum() * 1e30
+    with pytest.raises(NonFiniteStep) as caught:
+        optim.step(loss)
+    error = caught.value
+    assert error.loss_finite and error.bad_grads == []
+    assert error.largest_grad is not None
+    assert all(torch.equal(b, p) for b, p in zip(before, model.parameters()))  # no update applied
+    where = locate_nonfinite(model, (torch.ones(2, 4),), error, Precision("32", torch.device("cpu")))
+    assert "total norm overflows" in where and re.search(r"largest in [01]\.weight", where)

@@ -101,7 +101,7 @@ class HealthMonitor:
 
     def __init__(
         self,
-        every_n_steps: int = 50,
+        every_n_steps: int = 100,
         histograms: bool = True,
         vanish_ratio: float = 1e-3,
         explode_norm: float = 1e3,

@@ -45,6 +45,11 @@ def locate_nonfinite(model: nn.Module, batch: Any, error: NonFiniteStep, precisi
             f"it first appeared in the gradient of {deepest} (the non-finite layer nearest the loss; "
             f"{len(error.bad_grads)} parameter tensor(s) affected): the gradients exploded"
         )
+    if error.largest_grad is not None:
+        return (
+            "every gradient is finite, but their total norm overflows (above 3.4e38 in float32): the "
+            f"gradients exploded, the largest in {names.get(id(error.largest_grad), '?')}"
+        )
     return "the location could not be determined"
 
 

@@ -95,9 +95,15 @@ class NonFiniteStep(Exception):
     The gradients are cleared and the weights are untouched; the trainer decides what follows
     (`trainer.nonfinite`: stop the run, or skip the step)."""
 
-    def __init__(self, loss_finite: bool, bad_grads: list[torch.nn.Parameter]) -> None:
+    def __init__(
+        self,
+        loss_finite: bool,
+        bad_grads: list[torch.nn.Parameter],
+        largest_grad: torch.nn.Parameter | None = None,
+    ) -> None:
         self.loss_finite = loss_finite
         self.bad_grads = bad_grads  # parameters whose gradient holds NaN/inf, in model order
+        self.largest_grad = largest_grad  # when all are finite but their norm overflowed: the largest
         super().__init__("non-finite loss" if not loss_finite else "non-finite gradient")
 
 
@@ -180,8 +186,11 @@ class Optimization:
         if ok is None or bool(ok):
             return
         bad = [p for p in self.params if p.grad is not None and not bool(torch.isfinite(p.grad).all())]
+        largest = None
+        if not bad and grads:  # every gradient finite, but so large that their norm overflows
+            largest = max((p for p in self.params if p.grad is not None), key=lambda p: p.grad.abs().max().item())
         self.optimizer.zero_grad(set_to_none=True)
-        raise NonFiniteStep(loss_finite=loss_ok is None or bool(loss_ok), bad_grads=bad)
+        raise NonFiniteStep(loss_finite=loss_ok is None or bool(loss_ok), bad_grads=bad, largest_grad=largest)
 
     def epoch_end(self, val_metrics: dict[str, float]) -> None:
         if self.scheduler is None or self.per_step:

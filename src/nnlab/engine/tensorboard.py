@@ -31,9 +31,29 @@ class TensorBoardLogger:
         for k, v in metrics.items():
             self.writer.add_scalar(k, v, global_step=step)
 
-    def log_histogram(self, tag: str, values: Any, step: int) -> None:
-        """The distribution of a tensor's values (TensorBoard's Histograms and Distributions tabs)."""
-        self.writer.add_histogram(tag, values, global_step=step)
+    def log_histogram(self, tag: str, values: Any, step: int, bins: int = 64) -> None:
+        """The distribution of a tensor's finite values (TensorBoard's Histograms and Distributions
+        tabs), in `bins` equal-width buckets between its min and max. Binned with `torch.histc` and
+        written raw: several times faster than `add_histogram`'s NumPy binning, which matters for
+        the health monitor's per-step cost."""
+        import torch
+
+        v = torch.as_tensor(values).detach().float().flatten().cpu()
+        lo, hi = v.min().item(), v.max().item()
+        if hi <= lo:  # a constant tensor: one bucket just above it
+            hi = lo + max(abs(lo) * 1e-6, 1e-12)
+        counts = torch.histc(v, bins=bins, min=lo, max=hi)
+        self.writer.add_histogram_raw(
+            tag,
+            min=lo,
+            max=hi,
+            num=v.numel(),
+            sum=v.sum().item(),
+            sum_squares=v.pow(2).sum().item(),
+            bucket_limits=torch.linspace(lo, hi, bins + 1)[1:].tolist(),
+            bucket_counts=counts.tolist(),
+            global_step=step,
+        )
 
     def log_figure(self, tag: str, figure: Any, step: int) -> None:
         """A matplotlib figure as an image (TensorBoard's Images tab); the figure is closed."""

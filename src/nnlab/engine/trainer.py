@@ -307,7 +307,7 @@ class Trainer:
     def _on_nonfinite(self, error: NonFiniteStep, task: Task, batch: Any) -> None:
         """A step's loss or gradient was NaN/inf and its update was not applied: say where it
         came from, then stop the run (`nonfinite=stop`) or skip the step (`nonfinite=skip`)."""
-        what = "gradient" if error.loss_finite else "loss"
+        what = "loss" if not error.loss_finite else "gradient norm" if error.largest_grad is not None else "gradient"
         where = locate_nonfinite(task.model, batch, error, self.precision)
         at = f"step {self.global_step + 1} of epoch {self.epoch + 1}"
         if self.nonfinite == "skip":
