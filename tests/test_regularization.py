@@ -16,10 +16,10 @@ from torch import nn
 
 import nnlab.train
 from helpers import TINY, Run, compose_config, run_cli, train_tiny
+from nnlab.app import user_error_message
 from nnlab.engine.optim import Optimization, UpdateRules
 from nnlab.engine.precision import Precision
 from nnlab.engine.regularization import Regularization
-from nnlab.train import user_error_message
 
 CPU = torch.device("cpu")
 

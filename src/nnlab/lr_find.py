@@ -17,10 +17,8 @@ import inspect
 import itertools
 import logging
 import math
-import os
 import re
 import shlex
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +31,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 from torch.optim import Optimizer
 
+from nnlab import app
+from nnlab.app import guarded
 from nnlab.console import print_config_tree
 from nnlab.engine.optim import NonFiniteStep
 from nnlab.engine.rng import seed_everything
@@ -40,7 +40,7 @@ from nnlab.engine.tensorboard import TensorBoardLogger
 from nnlab.errors import ConfigValueError, UserError, check_range, did_you_mean
 from nnlab.overrides import explain
 from nnlab.runinfo import write_json
-from nnlab.train import _StartupStderr, build, save_run_record, user_error_message
+from nnlab.train import build, save_run_record
 from nnlab.validation import validate_config
 
 log = logging.getLogger(__name__)
@@ -330,18 +330,7 @@ def rerun_command(lr: float) -> str:
 
 @hydra.main(version_base="1.3", config_path="pkg://nnlab.configs", config_name="lr_find")
 def main(cfg: DictConfig) -> None:
-    _StartupStderr.release()
-    try:
-        lr_find(cfg)
-    except KeyboardInterrupt:
-        log.warning("Stopped by Ctrl-C.")
-        sys.exit(130)
-    except Exception as e:
-        message = user_error_message(e)
-        if message is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print(f"Error: {message}", file=sys.stderr)
-        sys.exit(2)
+    guarded(lambda: lr_find(cfg))
 
 
 def explain_override(hydra_message: str, overrides: list[str]) -> str | None:
@@ -359,18 +348,7 @@ def explain_override(hydra_message: str, overrides: list[str]) -> str | None:
 
 def cli() -> None:
     """The `nnlab-lr-find` command: Hydra's `main`, with clearer composition errors (as nnlab-train)."""
-    held = _StartupStderr.capture()
-    try:
-        main()
-    except SystemExit as e:
-        if _StartupStderr.active is held and e.code == 1 and os.environ.get("HYDRA_FULL_ERROR") != "1":
-            better = explain_override(held.getvalue(), sys.argv[1:])
-            if better:
-                _StartupStderr.release(replacement=f"Error: {better}\n")
-                raise SystemExit(2) from None
-        raise
-    finally:
-        _StartupStderr.release()
+    app.cli(main, explain_override)
 
 
 if __name__ == "__main__":

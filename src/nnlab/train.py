@@ -8,10 +8,7 @@ runs with no extra code.
 
 from __future__ import annotations
 
-import io
 import logging
-import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +20,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import nnlab
+from nnlab import app
+from nnlab.app import guarded
 from nnlab.console import print_config_tree, print_metrics_table
 from nnlab.engine.rng import seed_everything
 from nnlab.errors import DataMismatchError, UserError, did_you_mean
@@ -188,15 +187,6 @@ def hyperparameters(cfg: DictConfig) -> dict[str, Any]:
     return params
 
 
-def user_error_message(error: BaseException) -> str | None:
-    """The message for a mistake of the user's, or None for a bug (which keeps its traceback)."""
-    if isinstance(error, UserError):
-        return str(error)
-    if isinstance(error, InstantiationException) and isinstance(error.__cause__, UserError):
-        return str(error.__cause__)
-    return None
-
-
 def optimized_value(metrics: dict[str, float], name: str) -> float:
     if name not in metrics:
         raise UserError(
@@ -208,59 +198,17 @@ def optimized_value(metrics: dict[str, float], name: str) -> float:
 
 @hydra.main(version_base="1.3", config_path="pkg://nnlab.configs", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    _StartupStderr.release()
-    try:
+    def run() -> float | None:
         metrics = train(cfg)
         return optimized_value(metrics, cfg.optimized_metric) if cfg.get("optimized_metric") else None
-    except KeyboardInterrupt:
-        log.warning("Stopped by Ctrl-C. The last checkpoint and the TensorBoard logs are in %s", cfg.paths.output_dir)
-        sys.exit(130)
-    except Exception as e:
-        message = user_error_message(e)
-        if message is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print(f"Error: {message}", file=sys.stderr)
-        sys.exit(2)
 
-
-class _StartupStderr(io.StringIO):
-    """Holds what Hydra writes to stderr before it hands `main` a config.
-
-    If composition fails, `cli` replaces Hydra's message for a misspelled key or an unknown
-    choice with a clearer one; once `main` starts, everything held is passed through as is.
-    """
-
-    real = sys.stderr
-    active: _StartupStderr | None = None
-
-    @classmethod
-    def capture(cls) -> _StartupStderr:
-        cls.real, cls.active = sys.stderr, cls()
-        sys.stderr = cls.active
-        return cls.active
-
-    @classmethod
-    def release(cls, replacement: str | None = None) -> None:
-        """Restore stderr and write what was held to it (or `replacement` instead); idempotent."""
-        if cls.active is not None:
-            held, sys.stderr, cls.active = cls.active.getvalue(), cls.real, None
-            sys.stderr.write(held if replacement is None else replacement)
+    stopped = f"Stopped by Ctrl-C. The last checkpoint and the TensorBoard logs are in {cfg.paths.output_dir}"
+    return guarded(run, interrupted=stopped)
 
 
 def cli() -> None:
     """The `nnlab-train` command: Hydra's `main`, with clearer composition errors."""
-    held = _StartupStderr.capture()
-    try:
-        main()
-    except SystemExit as e:
-        if _StartupStderr.active is held and e.code == 1 and os.environ.get("HYDRA_FULL_ERROR") != "1":
-            better = explain(held.getvalue(), sys.argv[1:])
-            if better:
-                _StartupStderr.release(replacement=f"Error: {better}\n")
-                raise SystemExit(2) from None
-        raise
-    finally:
-        _StartupStderr.release()
+    app.cli(main, explain)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,91 @@
+"""What every nnlab command shares around its Hydra app: one-paragraph errors, Ctrl-C, exit codes.
+
+    nnlab-train, nnlab-lr-find, ...  ->  cli(main, explain)  ->  @hydra.main main(cfg)  ->  guarded(body)
+
+A user's mistake (a `UserError`) ends with `Error: <message>` on stderr and exit code 2, a
+Ctrl-C with exit code 130, and a bug keeps its traceback. `HYDRA_FULL_ERROR=1` shows the
+traceback of everything.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import sys
+from collections.abc import Callable
+from typing import TypeVar
+
+from hydra.errors import InstantiationException
+
+from nnlab.errors import UserError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def user_error_message(error: BaseException) -> str | None:
+    """The message for a mistake of the user's, or None for a bug (which keeps its traceback)."""
+    if isinstance(error, UserError):
+        return str(error)
+    if isinstance(error, InstantiationException) and isinstance(error.__cause__, UserError):
+        return str(error.__cause__)
+    return None
+
+
+def guarded(body: Callable[[], T], interrupted: str = "Stopped by Ctrl-C.") -> T:
+    """Run a command's body inside its Hydra `main`: exit 2 with one paragraph for a user
+    error, exit 130 (after logging `interrupted`) on Ctrl-C."""
+    StartupStderr.release()
+    try:
+        return body()
+    except KeyboardInterrupt:
+        log.warning("%s", interrupted)
+        sys.exit(130)
+    except Exception as e:
+        message = user_error_message(e)
+        if message is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"Error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def cli(main: Callable[[], object], explain: Callable[[str, list[str]], str | None]) -> None:
+    """Call a `@hydra.main` function, replacing Hydra's message for a misspelled key or an
+    unknown choice with `explain(hydra's message, argv)` when it has a clearer one."""
+    held = StartupStderr.capture()
+    try:
+        main()
+    except SystemExit as e:
+        if StartupStderr.active is held and e.code == 1 and os.environ.get("HYDRA_FULL_ERROR") != "1":
+            better = explain(held.getvalue(), sys.argv[1:])
+            if better:
+                StartupStderr.release(replacement=f"Error: {better}\n")
+                raise SystemExit(2) from None
+        raise
+    finally:
+        StartupStderr.release()
+
+
+class StartupStderr(io.StringIO):
+    """Holds what Hydra writes to stderr before it hands `main` a config.
+
+    If composition fails, `cli` replaces Hydra's message for a misspelled key or an unknown
+    choice with a clearer one; once `main` starts, everything held is passed through as is.
+    """
+
+    real = sys.stderr
+    active: StartupStderr | None = None
+
+    @classmethod
+    def capture(cls) -> StartupStderr:
+        cls.real, cls.active = sys.stderr, cls()
+        sys.stderr = cls.active
+        return cls.active
+
+    @classmethod
+    def release(cls, replacement: str | None = None) -> None:
+        """Restore stderr and write what was held to it (or `replacement` instead); idempotent."""
+        if cls.active is not None:
+            held, sys.stderr, cls.active = cls.active.getvalue(), cls.real, None
+            sys.stderr.write(held if replacement is None else replacement)
