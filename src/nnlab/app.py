@@ -13,12 +13,14 @@ import io
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable
 from typing import TypeVar
 
 from hydra.errors import InstantiationException
 
 from nnlab.errors import UserError
+from nnlab.runinfo import write_status
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -33,21 +35,48 @@ def user_error_message(error: BaseException) -> str | None:
     return None
 
 
-def guarded(body: Callable[[], T], interrupted: str = "Stopped by Ctrl-C.") -> T:
+class TrialFailed(Exception):
+    """A sweep trial ended with a user error: raised (instead of exiting) so that Hydra records
+    the trial as failed and the sweep goes on with the others."""
+
+
+def guarded(body: Callable[[], T], interrupted: str = "Stopped by Ctrl-C.", output_dir: str | None = None) -> T:
     """Run a command's body inside its Hydra `main`: exit 2 with one paragraph for a user
-    error, exit 130 (after logging `interrupted`) on Ctrl-C."""
+    error, exit 130 (after logging `interrupted`) on Ctrl-C.
+
+    In a sweep (`-m`) a failing trial must not end the sweep: its error is printed and written
+    to the trial's `status.json` (with `output_dir`), then raised as `TrialFailed`, which Hydra's
+    sweepers record as a failed job before running the remaining trials.
+    """
     StartupStderr.release()
+    started = time.time()
     try:
         return body()
     except KeyboardInterrupt:
+        if output_dir is not None:
+            write_status(output_dir, "interrupted", started)
         log.warning("%s", interrupted)
         sys.exit(130)
     except Exception as e:
         message = user_error_message(e)
+        if output_dir is not None and in_sweep():
+            write_status(output_dir, "failed", started, error=message or f"{type(e).__name__}: {e}")
+            if message is not None and os.environ.get("HYDRA_FULL_ERROR") != "1":
+                print(f"Error: {message}", file=sys.stderr)
+                raise TrialFailed(message) from None
+            raise
         if message is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         print(f"Error: {message}", file=sys.stderr)
         sys.exit(2)
+
+
+def in_sweep() -> bool:
+    """True inside a trial of a Hydra multirun (`-m`)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def cli(main: Callable[[], object], explain: Callable[[str, list[str]], str | None]) -> None:

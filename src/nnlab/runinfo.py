@@ -56,3 +56,16 @@ def write_json(data: dict[str, Any], path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
     return path
+
+
+STATUSES = ("running", "completed", "failed", "interrupted")
+
+
+def write_status(output_dir: str | Path, status: str, started: float, **fields: Any) -> Path:
+    """`status.json`: how the run ended (one of STATUSES), its wall time so far, and e.g. the
+    error of a failed sweep trial. `nnlab-report` reads it for each trial of a sweep."""
+    import time
+
+    assert status in STATUSES, status
+    record = {"status": status, "wall_s": round(time.time() - started, 3), **fields}
+    return write_json(record, Path(output_dir) / "status.json")

@@ -9,6 +9,7 @@ runs with no extra code.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from nnlab.console import print_config_tree, print_metrics_table
 from nnlab.engine.rng import seed_everything
 from nnlab.errors import DataMismatchError, UserError, did_you_mean
 from nnlab.overrides import explain
-from nnlab.runinfo import run_info, write_json
+from nnlab.runinfo import run_info, write_json, write_status
 from nnlab.validation import validate_config
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer.extra_state = {"config": OmegaConf.to_yaml(cfg, resolve=True), "nnlab_version": nnlab.__version__}
     resuming = bool(cfg.get("ckpt_path")) or (cfg.trainer.get("resume") == "auto" and trainer.last_checkpoint())
     save_run_record(cfg, output_dir, resuming=bool(resuming))
+    started = time.time()
+    write_status(output_dir, "running", started)
 
     try:
         trainer.fit(task, data, ckpt_path=cfg.get("ckpt_path"))
@@ -60,6 +63,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     metrics = dict(sorted(metrics.items()))
     write_json(metrics, output_dir / "metrics.json")
+    write_status(output_dir, "completed", started)
     print_metrics_table(metrics)
     log.info("Results in %s", output_dir)
     return metrics
@@ -202,8 +206,9 @@ def main(cfg: DictConfig) -> float | None:
         metrics = train(cfg)
         return optimized_value(metrics, cfg.optimized_metric) if cfg.get("optimized_metric") else None
 
-    stopped = f"Stopped by Ctrl-C. The last checkpoint and the TensorBoard logs are in {cfg.paths.output_dir}"
-    return guarded(run, interrupted=stopped)
+    output_dir = cfg.paths.output_dir
+    stopped = f"Stopped by Ctrl-C. The last checkpoint and the TensorBoard logs are in {output_dir}"
+    return guarded(run, interrupted=stopped, output_dir=output_dir)
 
 
 def cli() -> None:
