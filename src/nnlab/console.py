@@ -36,10 +36,15 @@ def print_config_tree(
     CONSOLE.print(tree)
 
 
-def print_metrics_table(metrics: dict[str, float], title: str = "final metrics") -> None:
+def print_metrics_table(
+    metrics: dict[str, float], title: str = "final metrics", stds: dict[str, float] | None = None
+) -> None:
+    """A table of metric values, with a ± column when `stds` (e.g. over cross-validation folds) is given."""
     table = Table(title=title)
     table.add_column("metric")
     table.add_column("value", justify="right")
+    if stds is not None:
+        table.add_column("±", justify="right")
     for k, v in metrics.items():
-        table.add_row(k, f"{v:.4f}")
+        table.add_row(k, f"{v:.4f}", *([f"{stds[k]:.4f}"] if stds is not None else []))
     CONSOLE.print(table)

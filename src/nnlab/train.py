@@ -8,6 +8,7 @@ runs with no extra code.
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from dataclasses import dataclass
@@ -15,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 import nnlab
 from nnlab import app
@@ -37,7 +39,52 @@ HPARAM_GROUPS = ("data", "model", "init", "task", "optimizer", "scheduler", "reg
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Validate, build every part the config names, train, test; return the final metrics."""
+    """Validate, build every part the config names, train, test; return the final metrics.
+    With `data.cv_folds=k`, do that once per fold and return the folds' means."""
+    if cfg.data.get("cv_folds"):
+        return cross_validate(cfg)
+    return train_once(cfg)
+
+
+def cross_validate(cfg: DictConfig) -> dict[str, float]:
+    """k-fold cross-validation: one run per fold in `<run>/fold_<i>/` (each with its own
+    checkpoints, TensorBoard run and metrics.json), all tested on the same held-out test split.
+
+    The run's metrics.json holds each metric's mean over the folds under its own name (so
+    `optimized_metric: val/loss` is the cross-validated mean a sweeper optimizes), its standard
+    deviation as `<name>_std`, and every fold's value as `fold_<i>/<name>`.
+    """
+    validate_config(cfg)
+    root = Path(cfg.paths.output_dir)
+    k = int(cfg.data.cv_folds)
+    save_run_record(cfg, root)
+    started = time.time()
+    write_status(root, "running", started)
+    folds: list[dict[str, float]] = []
+    for i in range(k):
+        fold_cfg = copy.deepcopy(cfg)
+        with open_dict(fold_cfg):
+            fold_cfg.data.fold = i
+            fold_cfg.paths.output_dir = str(root / f"fold_{i}")
+        log.info("Cross-validation: fold %d of %d", i + 1, k)
+        folds.append(train_once(fold_cfg, show_table=False))
+    metrics: dict[str, float] = {}
+    for name in sorted(set.intersection(*(set(f) for f in folds))):
+        values = np.array([f[name] for f in folds], dtype=float)
+        metrics[name] = float(values.mean())
+        metrics[f"{name}_std"] = float(values.std(ddof=1))
+    for i, fold in enumerate(folds):
+        metrics.update({f"fold_{i}/{name}": v for name, v in fold.items()})
+    write_json(metrics, root / "metrics.json")
+    write_status(root, "completed", started)
+    shown = {name: v for name, v in metrics.items() if not name.startswith("fold_") and not name.endswith("_std")}
+    print_metrics_table(shown, stds={name: metrics[f"{name}_std"] for name in shown}, title=f"{k}-fold mean ± std")
+    log.info("Results in %s", root)
+    return metrics
+
+
+def train_once(cfg: DictConfig, show_table: bool = True) -> dict[str, float]:
+    """One run: validate, build, fit, test, write metrics.json."""
     validate_config(cfg)
     if cfg.get("print_config"):
         print_config_tree(cfg)
@@ -64,7 +111,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     metrics = dict(sorted(metrics.items()))
     write_json(metrics, output_dir / "metrics.json")
     write_status(output_dir, "completed", started)
-    print_metrics_table(metrics)
+    if show_table:
+        print_metrics_table(metrics)
     log.info("Results in %s", output_dir)
     return metrics
 

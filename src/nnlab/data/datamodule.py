@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from nnlab.data.arrays import ArrayDataset
-from nnlab.data.split import fit_standardizer, split_indices
+from nnlab.data.split import fit_standardizer, fold_indices, split_indices
 from nnlab.errors import ConfigValueError, check_choice, check_range
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,10 @@ class DataModule:
     a model learns what "normal" looks like from the other classes only; validation and test keep
     every class, and a task reads `anomaly_classes` to score normal against anomalous rows.
 
+    Cross-validation: with `cv_folds=k` the train and val rows are pooled and dealt into k
+    (stratified) folds; `fold=i` validates on fold i and trains on the others, and the test split
+    stays held out. `nnlab-train data.cv_folds=5` runs every fold (`nnlab.train.cross_validate`).
+
     Batching: a dataset that fits (`in_memory: auto` and under 1 GiB) lives on the training
     device as tensors, and each epoch slices a permutation drawn from a generator seeded with
     (seed, epoch): no DataLoader workers, no per-batch host copies, and the order of any epoch
@@ -67,6 +71,8 @@ class DataModule:
         imbalance: float | None = None,
         sampler: str = "shuffle",
         anomaly_classes: list[int] | None = None,
+        cv_folds: int | None = None,
+        fold: int = 0,
         augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
         seed: int = 0,
     ) -> None:
@@ -79,6 +85,9 @@ class DataModule:
             "data.val_fraction + data.test_fraction", val_fraction + test_fraction, 0.0, 1.0, high_inclusive=False
         )
         check_range("data.num_workers", num_workers, 0)
+        if cv_folds is not None:
+            check_range("data.cv_folds", cv_folds, 2)
+            check_range("data.fold", fold, 0, cv_folds - 1)
         check_choice("data.sampler", sampler, ["shuffle", "weighted"])
         if imbalance is not None:
             check_range("data.imbalance", imbalance, 0.0, 1.0, low_inclusive=False)
@@ -123,6 +132,9 @@ class DataModule:
             rest = np.flatnonzero(~dataset.test_mask)
             train, val, _ = split_indices(dataset.y[rest], val_fraction, 0.0, stratify, seed)
             idx = (rest[train], rest[val], np.flatnonzero(dataset.test_mask))
+        if cv_folds is not None:  # k-fold: train + val rows are re-dealt into folds; test stays out
+            train, val = fold_indices(dataset.y, np.concatenate(idx[:2]), cv_folds, fold, stratify, seed)
+            idx = (train, val, idx[2])
         if imbalance is not None:
             idx = (_imbalanced(idx[0], dataset.y, imbalance, seed), idx[1], idx[2])
         if anomaly_classes is not None:  # train on normal rows only

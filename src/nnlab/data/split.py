@@ -28,6 +28,21 @@ def split_indices(
     return train, val, test
 
 
+def fold_indices(
+    y: np.ndarray, rows: np.ndarray, folds: int, fold: int, stratify: bool, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(train, val) row indices of `fold` (0-based) of a `folds`-fold cross-validation of `rows`.
+
+    scikit-learn's (Stratified)KFold, shuffled with `seed`: every row of `rows` is in the
+    validation part of exactly one fold, and with `stratify` each fold keeps the class shares.
+    """
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    splitter = (StratifiedKFold if stratify else KFold)(n_splits=folds, shuffle=True, random_state=seed % 2**32)
+    train, val = list(splitter.split(rows, y[rows] if stratify else None))[fold]
+    return np.sort(rows[train]), np.sort(rows[val])
+
+
 def fit_standardizer(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-feature mean and std of `x` along axis 0; constant features get std 1 (left centred)."""
     mean = x.mean(axis=0)
