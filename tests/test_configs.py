@@ -33,7 +33,11 @@ PRIMARY = [CONFIG_DIR / "lr_find.yaml"]
 COMPOSABLE = [p for p in ALL_YAML if p not in HYDRA_YAML and p not in PRIMARY]
 EXPERIMENTS = sorted((CONFIG_DIR / "experiment").rglob("*.yaml"))
 # Files that carry the command that runs them on their first line (after Hydra's header).
-COMMANDED = EXPERIMENTS + sorted((CONFIG_DIR / "debug").rglob("*.yaml"))
+COMMANDED = (
+    EXPERIMENTS
+    + sorted((CONFIG_DIR / "debug").rglob("*.yaml"))
+    + sorted((CONFIG_DIR / "hparams_search").rglob("*.yaml"))
+)
 
 # Parts train() builds, by config path; a `_target_` below one of them is built with it (`init`
 # builds the Initializer that build() applies to the model).
@@ -233,7 +237,7 @@ def test_file_starts_with_its_command(path: Path) -> None:
     body = list(itertools.dropwhile(lambda line: re.match(r"\s*#\s*@", line), lines))
     group = path.parent.relative_to(CONFIG_DIR).as_posix()
     name = path.relative_to(CONFIG_DIR / group).with_suffix("").as_posix()
-    assert body and re.match(rf"# nnlab-train {group}={re.escape(name)}(\s|$)", body[0]), lines[:3]
+    assert body and re.match(rf"# nnlab-train (-m )?{group}={re.escape(name)}(\s|$)", body[0]), lines[:3]
 
 
 def test_there_are_experiments() -> None:

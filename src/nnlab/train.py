@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ import nnlab
 from nnlab import app
 from nnlab.app import guarded
 from nnlab.console import print_config_tree, print_metrics_table
+from nnlab.engine import distributed
 from nnlab.engine.rng import seed_everything
 from nnlab.errors import DataMismatchError, UserError, did_you_mean
 from nnlab.overrides import explain
@@ -41,9 +43,27 @@ HPARAM_GROUPS = ("data", "model", "init", "task", "optimizer", "scheduler", "reg
 def train(cfg: DictConfig) -> dict[str, float]:
     """Validate, build every part the config names, train, test; return the final metrics.
     With `data.cv_folds=k`, do that once per fold and return the folds' means."""
+    if cfg.trainer.get("strategy") == "ddp":
+        join_process_group(cfg)
     if cfg.data.get("cv_folds"):
         return cross_validate(cfg)
     return train_once(cfg)
+
+
+def join_process_group(cfg: DictConfig) -> None:
+    """Data-parallel run (started by torchrun): join the process group, and make every rank use
+    rank 0's run folder (each rank's Hydra picked its own timestamp). Ranks other than 0 write
+    nothing and log only errors."""
+    info = distributed.init_distributed(cfg.trainer.device, cfg.trainer.get("ddp_timeout_s", 300.0))
+    own = Path(cfg.paths.output_dir).resolve()
+    shared = Path(distributed.broadcast_object(str(own)))
+    if info.is_zero:
+        return
+    logging.getLogger().setLevel(logging.ERROR)
+    if own != shared and own.is_dir() and {p.name for p in own.iterdir()} <= {"train.log"}:
+        shutil.rmtree(own, ignore_errors=True)  # the folder Hydra made for this rank: one run, one folder
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(shared)
 
 
 def cross_validate(cfg: DictConfig) -> dict[str, float]:
@@ -95,12 +115,17 @@ def train_once(cfg: DictConfig, show_table: bool = True) -> dict[str, float]:
     data, task, trainer, logger = parts.data, parts.task, parts.trainer, parts.logger
     trainer.extra_state = {"config": OmegaConf.to_yaml(cfg, resolve=True), "nnlab_version": nnlab.__version__}
     resuming = bool(cfg.get("ckpt_path")) or (cfg.trainer.get("resume") == "auto" and trainer.last_checkpoint())
-    save_run_record(cfg, output_dir, resuming=bool(resuming))
+    rank_zero = distributed.current().is_zero
+    if rank_zero:
+        save_run_record(cfg, output_dir, resuming=bool(resuming))
     started = time.time()
-    write_status(output_dir, "running", started)
+    if rank_zero:
+        write_status(output_dir, "running", started)
 
     try:
         trainer.fit(task, data, ckpt_path=cfg.get("ckpt_path"))
+        if not rank_zero:  # data-parallel: rank 0 tests and writes the results
+            return trainer.metrics
         metrics = {**trainer.metrics, **trainer.test(task, data)}
         if logger is not None:
             logger.log_hparams(hyperparameters(cfg), metrics)
@@ -183,7 +208,10 @@ def build(cfg: DictConfig) -> Parts:
     )
 
     callbacks = {name: instantiate(c) for name, c in (cfg.get("callbacks") or {}).items() if c}
-    logger = instantiate(cfg.logger) if cfg.get("logger") else None
+    rank_zero = distributed.current().is_zero
+    if not rank_zero:  # other ranks of a data-parallel run keep only callbacks that decide (early stopping)
+        callbacks = {name: cb for name, cb in callbacks.items() if getattr(cb, "all_ranks", False)}
+    logger = instantiate(cfg.logger) if cfg.get("logger") and rank_zero else None
     regularization = instantiate(cfg.regularization) if cfg.get("regularization") else None
     trainer = instantiate(cfg.trainer, callbacks=list(callbacks.values()), logger=logger, regularization=regularization)
     return Parts(data, model, task, callbacks, logger, trainer)
@@ -256,7 +284,10 @@ def main(cfg: DictConfig) -> float | None:
 
     output_dir = cfg.paths.output_dir
     stopped = f"Stopped by Ctrl-C. The last checkpoint and the TensorBoard logs are in {output_dir}"
-    return guarded(run, interrupted=stopped, output_dir=output_dir)
+    try:
+        return guarded(run, interrupted=stopped, output_dir=output_dir)
+    finally:
+        distributed.shutdown()
 
 
 def cli() -> None:

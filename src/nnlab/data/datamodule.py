@@ -160,6 +160,7 @@ class DataModule:
         self.in_memory = nbytes <= IN_MEMORY_LIMIT_BYTES if in_memory == "auto" else bool(in_memory)
         self.device = torch.device("cpu")
         self._tensors: dict[str, Batch] = {}
+        self.rank, self.world_size = 0, 1  # data-parallel shard (see `shard`)
 
     @property
     def class_counts(self) -> list[int] | None:
@@ -182,7 +183,16 @@ class DataModule:
     @property
     def steps_per_epoch(self) -> int:
         n = self.size("train")
+        if self.world_size > 1:
+            return n // (self.batch_size * self.world_size)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def shard(self, rank: int, world_size: int) -> None:
+        """Data-parallel training: from now on each epoch is cut into global batches of
+        batch_size x world_size rows (in the seeded epoch order), and this rank trains on slice
+        `rank` of each, so the ranks' batches together make up the global batch. An epoch's last,
+        incomplete global batch is dropped: every rank takes the same number of steps."""
+        self.rank, self.world_size = rank, world_size
 
     def setup(self, device: torch.device) -> None:
         """Place the splits: on `device` when in memory, else as CPU tensors for a DataLoader."""
@@ -213,10 +223,13 @@ class DataModule:
             # class): every class is equally likely per draw, so batches are balanced on average.
             y = torch.from_numpy(self._arrays["train"][1])
             weights = 1.0 / torch.bincount(y).double()[y]
-            return torch.multinomial(weights, n, replacement=True, generator=g)
-        if not self.shuffle:
-            return torch.arange(n)
-        return torch.randperm(n, generator=g)
+            order = torch.multinomial(weights, n, replacement=True, generator=g)
+        else:
+            order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
+        if self.world_size > 1:  # this rank's slice of every global batch
+            steps, b = n // (self.batch_size * self.world_size), self.batch_size
+            order = order[: steps * b * self.world_size].view(steps, self.world_size, b)[:, self.rank].reshape(-1)
+        return order
 
     def train_batches(self, epoch: int) -> Iterator[Batch]:
         """Yield the (x, y) batches of one training epoch, on the training device (augmented when
@@ -225,7 +238,7 @@ class DataModule:
         if self.augment is None:
             yield from batches
             return
-        g = torch.Generator(device=self.device).manual_seed(self.seed * 1_000_003 + epoch + 1)
+        g = torch.Generator(device=self.device).manual_seed(self.seed * 1_000_003 + epoch + 1 + 7919 * self.rank)
         for x, y in batches:
             yield self.augment(x, g), y
 
@@ -282,7 +295,7 @@ class _OrderSampler(torch.utils.data.Sampler):
         self.data = data
 
     def __len__(self) -> int:
-        return self.data.size("train")
+        return self.data.steps_per_epoch * self.data.batch_size if self.data.world_size > 1 else self.data.size("train")
 
     def __iter__(self):
         return iter(self.data._train_order.tolist())

@@ -176,6 +176,8 @@ class EarlyStopping:
         min_delta: the smallest change that counts as an improvement (>= 0).
     """
 
+    all_ranks = True  # a data-parallel run's ranks must all stop at the same epoch
+
     def __init__(self, monitor: str = "val/loss", mode: str = "min", patience: int = 5, min_delta: float = 0.0) -> None:
         check_choice("callbacks.early_stopping.mode", mode, ["min", "max"])
         check_range("callbacks.early_stopping.patience", patience, 1)

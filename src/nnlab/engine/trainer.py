@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from nnlab.engine import distributed
 from nnlab.engine.checkpoint import load_checkpoint
 from nnlab.engine.metrics import RunningMean
 from nnlab.engine.nonfinite import TrainingDiverged, locate_nonfinite
@@ -79,6 +80,9 @@ class Trainer:
         resume: "auto" continues from `last.ckpt` in this run's checkpoint folder when there is
             one (set `hydra.run.dir` to the run's folder); None starts afresh.
         summary: log a table of the model's layers, shapes and parameter counts at the start.
+        strategy: "auto" (one process) or "ddp": DistributedDataParallel over the processes
+            torchrun started (see `nnlab.engine.distributed`); each rank trains on its shard.
+        ddp_timeout_s: longest wait in a collective before a rank gives up (a dead peer).
         output_dir: the run directory (checkpoints go under it).
         callbacks, logger, regularization: given at build time by `nnlab.train`.
     """
@@ -101,6 +105,8 @@ class Trainer:
         max_consecutive_skips: int = 10,
         resume: str | None = None,
         summary: bool = True,
+        strategy: str = "auto",
+        ddp_timeout_s: float = 300.0,
         output_dir: str = ".",
         callbacks: list[Any] | None = None,
         logger: Any | None = None,
@@ -120,6 +126,8 @@ class Trainer:
         check_range("trainer.max_consecutive_skips", max_consecutive_skips, 1)
         if resume is not None:
             check_choice("trainer.resume", resume, ["auto"])
+        check_choice("trainer.strategy", strategy, ["auto", "ddp"])
+        check_range("trainer.ddp_timeout_s", ddp_timeout_s, 0.0, low_inclusive=False)
         self.max_epochs = max_epochs
         self.device = resolve_device(device)
         self.precision = Precision(precision, self.device)
@@ -133,6 +141,8 @@ class Trainer:
         self.max_consecutive_skips = max_consecutive_skips
         self.resume = resume
         self.summary = summary
+        self.strategy = strategy
+        self.ddp_timeout_s = ddp_timeout_s
         self.output_dir = output_dir
         self.callbacks = callbacks or []
         self.logger = logger
@@ -156,6 +166,7 @@ class Trainer:
         self.metrics: dict[str, float] = {}  # latest epoch metrics
         self.extra_state: dict[str, Any] = {}  # e.g. the resolved config, saved with checkpoints
         self.task: Task | None = None
+        self.module: torch.nn.Module | None = None  # task.model, unwrapped from DDP when data-parallel
         self.ema: torch.optim.swa_utils.AveragedModel | None = None
         self.resumed_from: Path | None = None
         self._window = RunningMean()  # step metrics since the last log
@@ -178,6 +189,11 @@ class Trainer:
             torch.use_deterministic_algorithms(True)
             torch.backends.cudnn.benchmark = False
         self.task = task
+        self.module = task.model
+        dist_info = distributed.current()
+        if self.strategy == "ddp":
+            check_ddp_task(task)
+            data.shard(dist_info.rank, dist_info.world_size)
         data.setup(self.device)
         self.steps_per_epoch = min(data.steps_per_epoch, self.limit_train_batches or data.steps_per_epoch)
         updates_per_epoch = math.ceil(self.steps_per_epoch / self.rules.accumulate_grad_batches)
@@ -206,6 +222,14 @@ class Trainer:
         path = Path(ckpt_path) if ckpt_path else self._auto_resume_path()
         if path is not None:
             self.restore(load_checkpoint(path, map_location=self.device), path)
+        if self.strategy == "ddp" and dist_info.active:
+            from torch.nn.parallel import DistributedDataParallel
+
+            # Averages gradients across ranks during backward; rank 0's weights and buffers are
+            # broadcast at construction (and buffers at every forward), so all ranks stay identical.
+            ids = [self.device.index or 0] if self.device.type == "cuda" else None
+            task.model = DistributedDataParallel(self.module, device_ids=ids)
+            log.info("DistributedDataParallel: rank %d of %d", dist_info.rank, dist_info.world_size)
         self._call("on_fit_start")
         previous_handler = _install_sigint(self)
         try:
@@ -219,6 +243,7 @@ class Trainer:
             self._call("on_interrupt")
             raise
         finally:
+            task.model = self.module  # unwrapped: testing and saving need no peers
             _restore_sigint(previous_handler)
             self._call("on_fit_end")
             if self.logger is not None:
@@ -246,7 +271,7 @@ class Trainer:
             if out is not None:
                 self._window.update(out, n)
                 if self.ema is not None and self.rules.update_now:
-                    self.ema.update_parameters(task.model)
+                    self.ema.update_parameters(self.module)
             samples_since_log += n
             self.global_step += 1
             self.epoch_step += 1
@@ -269,9 +294,13 @@ class Trainer:
                 raise KeyboardInterrupt  # at a step boundary, so last.ckpt resumes exactly
         train_time = time.perf_counter() - t_start
 
+        totals, seen = self._totals, self._seen
+        if distributed.current().active:  # training metrics over every rank's shard
+            totals, seen = distributed.all_reduce_sums(totals, seen)
+            distributed.broadcast_buffers(self.module)  # every rank validates the same model
         with self.eval_weights(task):
             val = task.evaluate(self._limit(data.eval_batches("val")))
-        metrics = {f"train/{key}": v / max(self._seen, 1) for key, v in self._totals.items()}
+        metrics = {f"train/{key}": v / max(seen, 1) for key, v in totals.items()}
         # Optional: counts over the whole epoch, e.g. the perceptron's mistakes.
         metrics.update({f"train/{key}": v for key, v in getattr(task, "epoch_metrics", dict)().items()})
         if self.skipped_steps:
@@ -308,7 +337,7 @@ class Trainer:
         """A step's loss or gradient was NaN/inf and its update was not applied: say where it
         came from, then stop the run (`nonfinite=stop`) or skip the step (`nonfinite=skip`)."""
         what = "loss" if not error.loss_finite else "gradient norm" if error.largest_grad is not None else "gradient"
-        where = locate_nonfinite(task.model, batch, error, self.precision)
+        where = locate_nonfinite(self.module, batch, error, self.precision)
         at = f"step {self.global_step + 1} of epoch {self.epoch + 1}"
         if self.nonfinite == "skip":
             self.skipped_steps += 1
@@ -333,7 +362,7 @@ class Trainer:
         best = next((cb.best_path for cb in self.callbacks if getattr(cb, "best_path", None)), None)
         if self.test_ckpt == "best" and best is not None:
             state = load_checkpoint(best, map_location=self.device)
-            task.model.load_state_dict(state["model"])
+            self.module.load_state_dict(state["model"])
             if self.ema is not None and state.get("ema") is not None:
                 self.ema.load_state_dict(state["ema"])
             log.info("Testing the best checkpoint (epoch %d): %s", state["epoch"], best)
@@ -358,7 +387,7 @@ class Trainer:
         if self.ema is None:
             yield
             return
-        model = task.model
+        model = self.module
         backup = {k: v.detach().clone() for k, v in model.state_dict().items()}
         averaged = self.ema.module.state_dict()
         model.load_state_dict(averaged)
@@ -404,7 +433,7 @@ class Trainer:
         """Everything needed to rebuild or continue the run from a file: tensors and plain
         values only, so it loads with `torch.load(weights_only=True)`."""
         return {
-            "model": self.task.model.state_dict(),
+            "model": self.module.state_dict(),
             "task": self.task.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "epoch": self.epoch,
@@ -427,7 +456,7 @@ class Trainer:
         callback state, and last the random generators, so the run goes on exactly as it would
         have. (The data order needs no state: it is a function of (seed, epoch).)"""
         try:
-            self.task.model.load_state_dict(state["model"])
+            self.module.load_state_dict(state["model"])
         except RuntimeError as e:
             detail = " ".join(line.strip() for line in str(e).splitlines()[:3])
             raise UserError(
@@ -441,7 +470,7 @@ class Trainer:
                 self.ema.load_state_dict(state["ema"])
             else:
                 log.warning("%s has no EMA weights; the EMA starts from the restored weights.", path)
-                self.ema.module.load_state_dict(self.task.model.state_dict())
+                self.ema.module.load_state_dict(self.module.state_dict())
         self.epoch = state["epoch"]
         self.global_step = state["global_step"]
         self.epoch_step = state["epoch_step"]
@@ -517,3 +546,16 @@ def _install_sigint(trainer: Trainer) -> Any:
 def _restore_sigint(previous: Any) -> None:
     if previous is not None:
         signal.signal(signal.SIGINT, previous)
+
+
+def check_ddp_task(task: Task) -> None:
+    """DDP wraps `task.model` and runs its forward; tasks that call into the model's parts
+    (a GAN's generator and discriminator) or learn without gradients cannot use it."""
+    from nnlab.tasks.reconstruction import Reconstruction
+    from nnlab.tasks.supervised import Supervised
+
+    if not isinstance(task, (Supervised, Reconstruction)):
+        raise ConfigValueError(
+            f"trainer.strategy=ddp supports task=supervised and task=reconstruction, not {type(task).__name__}. "
+            "Train this model in one process (trainer.strategy=auto)."
+        )

@@ -1,0 +1,107 @@
+"""Data-parallel training with `torch.distributed`: one process per device, started by torchrun.
+
+    torchrun --nproc_per_node=2 -m nnlab.train trainer=ddp
+
+Each process (rank) holds a full copy of the model and trains on its own shard of every epoch's
+batches; DistributedDataParallel averages the gradients across ranks during backward, so every
+rank applies the same update and the weights stay identical. Rank 0 alone writes the run folder
+(TensorBoard, checkpoints, metrics.json) and talks to the console.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from nnlab.errors import ConfigValueError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_zero(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world_size > 1
+
+
+def launched_by_torchrun() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def init_distributed(device: str, timeout_s: float = 300.0) -> DistInfo:
+    """Join the process group torchrun set up (env:// rendezvous): NCCL on CUDA, gloo on CPU.
+    `timeout_s` bounds every collective, so a rank that died cannot hang the others forever."""
+    if not launched_by_torchrun():
+        raise ConfigValueError(
+            "trainer.strategy=ddp needs one process per rank, started by torchrun, e.g. "
+            "`torchrun --nproc_per_node=2 -m nnlab.train trainer=ddp`. Without torchrun use trainer.strategy=auto."
+        )
+    info = DistInfo(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)))
+    if dist.is_initialized():
+        return info
+    use_cuda = device != "cpu" and torch.cuda.is_available()
+    if use_cuda:
+        torch.cuda.set_device(info.local_rank)
+    dist.init_process_group(backend="nccl" if use_cuda else "gloo", timeout=datetime.timedelta(seconds=timeout_s))
+    return info
+
+
+def current() -> DistInfo:
+    """This process's rank and the world size (rank 0 of 1 outside a process group)."""
+    if dist.is_available() and dist.is_initialized():
+        return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+    return DistInfo()
+
+
+def broadcast_object(obj: Any) -> Any:
+    """Rank 0's `obj`, on every rank."""
+    if not current().active:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def all_reduce_sums(sums: dict[str, float], count: int) -> tuple[dict[str, float], int]:
+    """Sample-weighted metric sums and their sample count, summed over every rank."""
+    if not current().active:
+        return sums, count
+    keys = sorted(sums)
+    t = torch.tensor([sums[k] for k in keys] + [float(count)], dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        t = t.cuda()
+    dist.all_reduce(t)
+    values = t.tolist()
+    return dict(zip(keys, values[:-1])), int(values[-1])
+
+
+@torch.no_grad()
+def broadcast_buffers(module: torch.nn.Module) -> None:
+    """Copy rank 0's buffers (batch-norm statistics) to every rank."""
+    for buf in module.buffers():
+        dist.broadcast(buf, src=0)
+
+
+def barrier() -> None:
+    if current().active:
+        dist.barrier()
+
+
+def shutdown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
