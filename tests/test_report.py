@@ -210,3 +210,10 @@ def test_tensorboard_hparams_over_the_sweep_dir(grid: Path) -> None:
         assert set(SWEPT) <= {h.name for h in experiment.hparam_infos}
         assert "val/loss" in {m.name.tag for m in experiment.metric_infos}
     assert len(mux.PluginRunToTagToContent("hparams")) == 4
+
+
+def test_a_rejected_trial_records_its_own_overrides(failing: Path) -> None:
+    """Any sweeper's rejected trial (Optuna writes no multirun.yaml) can be reported: its
+    status.json names the overrides it ran with."""
+    status = json.loads((failing / "1" / "status.json").read_text())
+    assert status["status"] == "failed" and "optimizer.lr=-1" in status["overrides"]

@@ -60,7 +60,12 @@ def guarded(body: Callable[[], T], interrupted: str = "Stopped by Ctrl-C.", outp
     except Exception as e:
         message = user_error_message(e)
         if output_dir is not None and in_sweep():
-            write_status(output_dir, "failed", started, error=message or f"{type(e).__name__}: {e}")
+            from hydra.core.hydra_config import HydraConfig
+
+            overrides = list(HydraConfig.get().overrides.task)  # the trial's, for nnlab-report
+            write_status(
+                output_dir, "failed", started, error=message or f"{type(e).__name__}: {e}", overrides=overrides
+            )
             if message is not None and os.environ.get("HYDRA_FULL_ERROR") != "1":
                 print(f"Error: {message}", file=sys.stderr)
                 raise TrialFailed(message) from None

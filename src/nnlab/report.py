@@ -105,6 +105,8 @@ def read_trial(folder: Path, sweep: Path, recovered: dict[str, list[str]]) -> Tr
         status = read_json(folder / "status.json")
         trial.status = status.get("status", "unknown")
         trial.wall_s, trial.error = status.get("wall_s"), status.get("error")
+        if not trial.overrides and status.get("overrides"):  # a rejected trial records its own
+            trial.overrides = [str(o) for o in status["overrides"]]
     return trial
 
 
