@@ -130,13 +130,17 @@ class Optimization:
         self.rules = rules or UpdateRules()
         self.per_step = isinstance(scheduler, PER_STEP_SCHEDULERS)
         self.params = [p for group in optimizer.param_groups for p in group["params"]]
+        # Resolved once, so the default config (every regularizer off) adds nothing to a step.
+        reg = self.rules.regularization
+        self._penalty = reg if reg is not None and reg.penalizes else None
+        self._constraint = reg if reg is not None and reg.constrains else None
         self._loss_finite: torch.Tensor | None = None  # all losses of the open window finite?
 
     def step(self, loss: torch.Tensor) -> None:
         """Backpropagate `loss`; update the parameters when the accumulation window is complete."""
         rules = self.rules
-        if rules.regularization is not None:
-            loss = loss + rules.regularization.penalty(self.params)
+        if self._penalty is not None:
+            loss = loss + self._penalty.penalty(self.params)
         if rules.check_finite:
             finite = torch.isfinite(loss.detach())
             self._loss_finite = finite if self._loss_finite is None else self._loss_finite & finite
@@ -169,8 +173,8 @@ class Optimization:
             self.scaler.step(self.optimizer)  # skipped if the scaled grads overflowed
             self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        if rules.regularization is not None:
-            rules.regularization.constrain(self.params)
+        if self._constraint is not None:
+            self._constraint.constrain(self.params)
         if self.per_step:
             self.scheduler.step()
 

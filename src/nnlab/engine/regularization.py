@@ -63,6 +63,16 @@ class Regularization:
         self.max_norm = max_norm
         self.ema_decay = ema_decay
 
+    @property
+    def penalizes(self) -> bool:
+        """Whether `penalty` adds anything to the loss."""
+        return bool(self.l1 or self.l2)
+
+    @property
+    def constrains(self) -> bool:
+        """Whether `constrain` changes anything after an update."""
+        return self.max_norm is not None
+
     def gradient_options(self) -> list[str]:
         """The options set that act on gradient updates (for tasks without gradients)."""
         found = [f"regularization.{k}={v}" for k, v in (("l1", self.l1), ("l2", self.l2)) if v]

@@ -17,6 +17,8 @@ Optional methods, called when a task defines them:
                         reconstructions, or a GAN's samples from a fixed noise batch
     figures()           after testing: {name: matplotlib figure}, logged as test/<name> and saved
                         as figures/<name>.png, e.g. a confusion matrix or a U-matrix
+    data_parallel       a class attribute: True when the task trains only through model(x), so
+                        trainer.strategy=ddp may wrap the model in DistributedDataParallel
     embeddings()        after testing: {tag: (vectors (N, D), labels or None, thumbnails
                         (N, C, H, W) in [0, 1] or None)} for TensorBoard's Projector tab
 """

@@ -549,12 +549,10 @@ def _restore_sigint(previous: Any) -> None:
 
 
 def check_ddp_task(task: Task) -> None:
-    """DDP wraps `task.model` and runs its forward; tasks that call into the model's parts
-    (a GAN's generator and discriminator) or learn without gradients cannot use it."""
-    from nnlab.tasks.reconstruction import Reconstruction
-    from nnlab.tasks.supervised import Supervised
-
-    if not isinstance(task, (Supervised, Reconstruction)):
+    """DDP wraps `task.model` and runs its forward, so a task must say it trains only through
+    that forward (`data_parallel = True`); a GAN calls into the model's parts, a SOM learns
+    without gradients."""
+    if not getattr(task, "data_parallel", False):
         raise ConfigValueError(
             f"trainer.strategy=ddp supports task=supervised and task=reconstruction, not {type(task).__name__}. "
             "Train this model in one process (trainer.strategy=auto)."

@@ -56,6 +56,8 @@ class Reconstruction:
         num_images: samples in the per-epoch reconstruction grid.
     """
 
+    data_parallel = True  # trains only through model(x): DistributedDataParallel can wrap it
+
     def __init__(
         self,
         model: Autoencoder | VAE,

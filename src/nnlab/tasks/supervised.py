@@ -52,6 +52,8 @@ class Supervised:
             nll or hinge, so rare classes count as much as common ones in total.
     """
 
+    data_parallel = True  # trains only through model(x): DistributedDataParallel can wrap it
+
     def __init__(
         self,
         model: nn.Module,
