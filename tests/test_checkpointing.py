@@ -29,7 +29,7 @@ QUIET = ("trainer.device=cpu", "callbacks.health=null", "trainer.summary=false")
 # Plain SGD with a large step on 2 batches an epoch: val/loss falls, then rises again at epoch 6
 # (observed 1.51, 0.71, 0.59, 0.55, 0.58, 0.98), so the best epochs are not simply the last ones.
 NOISY = (*QUIET, "trainer.max_epochs=6", "optimizer=sgd", "optimizer.lr=0.5")
-EPOCH_FILE = re.compile(r"epoch=(\d{3})-val_loss=(\d+\.\d{4})\.ckpt")
+EPOCH_FILE = re.compile(r"epoch-(\d{3})-val_loss-(\d+\.\d{4})\.ckpt")
 
 
 def val_losses(run: Run) -> dict[int, float]:
@@ -75,7 +75,7 @@ def test_save_top_k_keeps_the_k_best_epochs(tmp_path: Path) -> None:
     assert best_epoch != 6, losses  # (the config was chosen so that the best is not the last)
     best = run.checkpoint("best")
     top = torch.load(
-        run.dir / "checkpoints" / f"epoch={best_epoch:03d}-val_loss={kept[best_epoch]:.4f}.ckpt", weights_only=True
+        run.dir / "checkpoints" / f"epoch-{best_epoch:03d}-val_loss-{kept[best_epoch]:.4f}.ckpt", weights_only=True
     )
     assert best["epoch"] == top["epoch"] == best_epoch
     assert same_weights(best["model"], top["model"])
@@ -88,7 +88,7 @@ def test_save_top_k_minus_one_keeps_every_epoch(tmp_path: Path) -> None:
     run = train_tiny([*NOISY, "callbacks.model_checkpoint.save_top_k=-1"], tmp_path)
     losses = val_losses(run)
     files = sorted(n for n in ckpt_names(run) if EPOCH_FILE.fullmatch(n))
-    assert files == [f"epoch={e:03d}-val_loss={losses[e]:.4f}.ckpt" for e in range(1, 7)]
+    assert files == [f"epoch-{e:03d}-val_loss-{losses[e]:.4f}.ckpt" for e in range(1, 7)]
     for name in files:
         state = torch.load(run.dir / "checkpoints" / name, weights_only=True)
         assert state["metrics"]["val/loss"] == pytest.approx(losses[state["epoch"]])
@@ -105,8 +105,8 @@ def test_save_top_k_zero_writes_no_best_and_tests_the_last_weights(tmp_path: Pat
 
 def test_every_n_epochs_keeps_periodic_snapshots(tmp_path: Path) -> None:
     run = train_tiny([*QUIET, "trainer.max_epochs=5", "callbacks.model_checkpoint.every_n_epochs=2"], tmp_path)
-    periodic = [n for n in ckpt_names(run) if re.fullmatch(r"epoch=\d{3}\.ckpt", n)]
-    assert periodic == ["epoch=002.ckpt", "epoch=004.ckpt"]
+    periodic = [n for n in ckpt_names(run) if re.fullmatch(r"epoch-\d{3}\.ckpt", n)]
+    assert periodic == ["epoch-002.ckpt", "epoch-004.ckpt"]
     for name, epoch in zip(periodic, (2, 4)):
         state = torch.load(run.dir / "checkpoints" / name, weights_only=True)
         assert (state["epoch"], state["global_step"], state["epoch_step"]) == (epoch, 2 * epoch, 0)
@@ -130,8 +130,8 @@ def test_every_n_train_steps_snapshots_mid_epoch(every: int, steps: list[int], t
         ],
         tmp_path,
     )
-    snapshots = [n for n in ckpt_names(run) if n.startswith("step=")]
-    assert snapshots == [f"step={s:06d}.ckpt" for s in steps]
+    snapshots = [n for n in ckpt_names(run) if n.startswith("step-")]
+    assert snapshots == [f"step-{s:06d}.ckpt" for s in steps]
     for name, step in zip(snapshots, steps):
         state = load_checkpoint(run.dir / "checkpoints" / name)
         assert state["global_step"] == step
@@ -151,8 +151,8 @@ def test_step_snapshots_wait_for_the_end_of_an_accumulation_window(tmp_path: Pat
         ],
         tmp_path,
     )
-    snapshots = [n for n in ckpt_names(run) if n.startswith("step=")]
-    assert snapshots == [f"step={s:06d}.ckpt" for s in (4, 6, 10, 12, 16, 18)]
+    snapshots = [n for n in ckpt_names(run) if n.startswith("step-")]
+    assert snapshots == [f"step-{s:06d}.ckpt" for s in (4, 6, 10, 12, 16, 18)]
     for name in snapshots:
         state = load_checkpoint(run.dir / "checkpoints" / name)
         assert state["epoch_step"] % 2 == 0 and state["epoch"] == 0
@@ -263,7 +263,7 @@ def test_every_checkpoint_loads_with_weights_only(scheduler: str, tmp_path: Path
         tmp_path,
     )
     files = sorted((run.dir / "checkpoints").glob("*.ckpt"))
-    assert len(files) == 2 + 2 + 2 + 2  # last, best, 2 top-k, 2 epoch=, 2 step= (steps 1 and 3)
+    assert len(files) == 2 + 2 + 2 + 2  # last, best, 2 top-k, 2 epoch-, 2 step- (steps 1 and 3)
     for path in files:
         state = torch.load(path, weights_only=True)
         assert_plain(state, path.name)

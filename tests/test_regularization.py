@@ -199,7 +199,7 @@ def test_clipping_through_the_config_bounds_a_real_update(algorithm: str, tmp_pa
     common = [*PLAIN_SGD, "optimizer.lr=1.0", "callbacks.model_checkpoint.every_n_train_steps=1"]
 
     def step2_update(run: Run) -> list[torch.Tensor]:
-        first, last = run.checkpoint("step=000001"), run.checkpoint("last")
+        first, last = run.checkpoint("step-000001"), run.checkpoint("last")
         assert last["global_step"] == 2
         return [last["model"][k] - first["model"][k] for k in last["model"]]
 
@@ -323,7 +323,7 @@ def test_ema_is_checkpointed_and_used_for_validation(tmp_path: Path, monkeypatch
         tmp_path / "run",
     )
     monkeypatch.setattr(nnlab.train, "build", build)
-    w1, last = run.checkpoint("step=000001")["model"], run.checkpoint("last")
+    w1, last = run.checkpoint("step-000001")["model"], run.checkpoint("last")
     w2, ema = last["model"], last["ema"]
     assert int(ema["n_averaged"]) == 2
     averaged = {k[len("module.") :]: v for k, v in ema.items() if k.startswith("module.")}

@@ -66,9 +66,9 @@ def resume_from(snapshot: Path, run_dir: Path) -> Run:
 @pytest.mark.parametrize(
     "snapshot",
     [
-        "epoch=001.ckpt",  # an epoch boundary
-        "step=000007.ckpt",  # mid-epoch, in the first epoch
-        "step=000028.ckpt",  # mid-epoch, in the second epoch (step 8 of 20)
+        "epoch-001.ckpt",  # an epoch boundary
+        "step-000007.ckpt",  # mid-epoch, in the first epoch
+        "step-000028.ckpt",  # mid-epoch, in the second epoch (step 8 of 20)
     ],
 )
 def test_resumed_run_ends_bitwise_identical(reference: Run, snapshot: str, tmp_path: Path) -> None:

@@ -36,9 +36,10 @@ class ModelCheckpoint:
     - last.ckpt: after every epoch (and every `every_n_train_steps` steps, and on Ctrl-C):
       where `trainer.resume=auto` continues from.
     - best.ckpt: the best epoch so far by `monitor`; `trainer.test_ckpt=best` tests it.
-    - save_top_k = k > 1 also keeps the k best epochs as `epoch=E-<monitor>=V.ckpt`
+    - save_top_k = k > 1 also keeps the k best epochs as `epoch-E-<monitor>-V.ckpt`
       (-1 keeps every epoch), deleting those that drop out of the top k.
-    - every_n_epochs / every_n_train_steps: keep `epoch=E.ckpt` / `step=S.ckpt` snapshots as well.
+    - every_n_epochs / every_n_train_steps: keep `epoch-E.ckpt` / `step-S.ckpt` snapshots as well
+      (no `=` in the names, so a path is a plain `ckpt_path=...` override for Hydra).
       A step snapshot is taken mid-epoch and resumes mid-epoch, exactly.
 
     Every file is written atomically (see `nnlab.engine.checkpoint.save_checkpoint`).
@@ -103,7 +104,7 @@ class ModelCheckpoint:
         self._step_snapshot_due = False
         state = trainer.checkpoint_state()
         folder = self.checkpoint_dir(trainer)
-        save_checkpoint(state, folder / f"step={trainer.global_step:06d}.ckpt")
+        save_checkpoint(state, folder / f"step-{trainer.global_step:06d}.ckpt")
         if self.save_last:
             self.last_path = save_checkpoint(state, folder / "last.ckpt")
 
@@ -127,7 +128,7 @@ class ModelCheckpoint:
         if self.save_top_k != 0 and improved:
             self.best_path = save_checkpoint(state, folder / "best.ckpt")
         if ranked and self.save_top_k != 1:
-            name = f"epoch={trainer.epoch:03d}-{_slug(self.monitor)}={score:.4f}.ckpt"
+            name = f"epoch-{trainer.epoch:03d}-{_slug(self.monitor)}-{score:.4f}.ckpt"
             save_checkpoint(state, folder / name)
             self.top_k = sorted([*self.top_k, (score, name)], key=lambda t: t[0], reverse=self.mode == "max")
             if self.save_top_k > 0:
@@ -135,7 +136,7 @@ class ModelCheckpoint:
                     (folder / dropped).unlink(missing_ok=True)
                 self.top_k = self.top_k[: self.save_top_k]
         if self.every_n_epochs and trainer.epoch % self.every_n_epochs == 0:
-            save_checkpoint(state, folder / f"epoch={trainer.epoch:03d}.ckpt")
+            save_checkpoint(state, folder / f"epoch-{trainer.epoch:03d}.ckpt")
 
     def _ranks(self, score: float) -> bool:
         """Whether `score` enters the kept top k."""
