@@ -1,6 +1,6 @@
 """Measure how much faster a sweep runs with parallel local trials, and what a trial costs to start.
 
-    python scripts/bench_sweep.py --trials 8 --epochs 10 100 --out sweep_bench.json
+    python scripts/bench_sweep.py --trials 8 --epochs 10 100 --repeats 3 --out sweep_bench.json
 
 For each trial length in `--epochs`, runs `python -m nnlab.train -m seed=0,...,<trials-1>` (the
 default experiment on CPU) once per launcher variant:
@@ -26,8 +26,10 @@ trial's first step is its "Training ..." line, logged just before the loop start
     loop_s     "Training ..." -> the last "epoch N/N" line: the training loop with validation
     finish_s   the last epoch -> "Results in": test, figures, metrics.json
 
-Prints a table and writes every trial's times and the summary as JSON to `--out`. The variants of
-one trial length run back to back; run it on an otherwise idle machine.
+Prints a table and writes every trial's times and the summary as JSON to `--out`. A warm-up
+imports the heavy packages once (so the first variant does not pay for a cold file cache); then
+the variants of one trial length run back to back, `--repeats` times in turn, and each row is the
+repeat with the median wall time. Run it on an otherwise idle machine.
 """
 
 from __future__ import annotations
@@ -144,18 +146,28 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=8, help="trials per sweep (seed=0,1,...)")
     parser.add_argument("--epochs", type=int, nargs="+", default=[10], help="trainer.max_epochs; one sweep set each")
     parser.add_argument("--n-jobs", type=int, default=2, help="hydra.launcher.n_jobs of the joblib variants")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each variant; the median is reported")
     parser.add_argument("--out", type=Path, help="write the sweeps and the summary here as JSON")
     parser.add_argument("overrides", nargs="*", help="extra nnlab-train overrides for every sweep")
     args = parser.parse_args()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
+    warm_up = "import torch, torch._dynamo, sklearn.metrics, matplotlib.pyplot, hydra, nnlab.pipeline"
+    subprocess.run([sys.executable, "-c", warm_up], check=True)
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         for epochs in args.epochs:
-            for name, (launcher, env) in variants(args.n_jobs, cores).items():
-                result = run_sweep(Path(tmp), name, args.trials, epochs, launcher, env, args.overrides)
-                results.append(result)
-                print(f"epochs={epochs:<4} {name:<22} wall {result['wall_s']:6.1f} s", flush=True)
+            runs: dict[str, list[dict[str, Any]]] = {}
+            for repeat in range(args.repeats):
+                for name, (launcher, env) in variants(args.n_jobs, cores).items():
+                    workdir = Path(tmp) / f"r{repeat}"
+                    workdir.mkdir(exist_ok=True)
+                    result = run_sweep(workdir, name, args.trials, epochs, launcher, env, args.overrides)
+                    runs.setdefault(name, []).append(result)
+                    print(f"epochs={epochs:<4} {name:<22} wall {result['wall_s']:6.1f} s", flush=True)
+            for repeats in runs.values():
+                median = sorted(repeats, key=lambda r: r["wall_s"])[(len(repeats) - 1) // 2]
+                results.append({**median, "walls_s": [r["wall_s"] for r in repeats]})
 
     for result in results:
         reference = next(r for r in results if r["epochs"] == result["epochs"] and r["variant"] == "sequential")
@@ -178,7 +190,8 @@ def main() -> None:
         print(f"epochs={epochs}: joblib speed-up {speedup:.2f}x {verdict} the {TARGET_SPEEDUP}x target")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        record = {"trials": args.trials, "cores": cores, "n_jobs": args.n_jobs, "overrides": args.overrides}
+        record = {"trials": args.trials, "cores": cores, "n_jobs": args.n_jobs, "repeats": args.repeats}
+        record["overrides"] = args.overrides
         args.out.write_text(json.dumps({**record, "sweeps": results}, indent=2) + "\n")
         print(f"Wrote {args.out}")
 

@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).parent))  # tests/helpers.py
 from helpers import compose_config  # noqa: E402
 from nnlab.engine import distributed  # noqa: E402
 from nnlab.engine.rng import seed_everything  # noqa: E402
-from nnlab.train import build, join_process_group  # noqa: E402
+from nnlab.pipeline import build, join_process_group  # noqa: E402
 
 
 def main(out_dir: str, run_dir: str, overrides: list[str]) -> None:

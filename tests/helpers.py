@@ -23,7 +23,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 import nnlab.configs
-from nnlab.train import train
+from nnlab.pipeline import train
 
 CONFIG_DIR = Path(nnlab.configs.__file__).parent
 

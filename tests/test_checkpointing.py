@@ -18,7 +18,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-import nnlab.train
+import nnlab.pipeline
 from helpers import Run, cli_env, train_tiny
 from nnlab.engine.checkpoint import load_checkpoint, save_checkpoint
 from nnlab.engine.precision import Precision
@@ -47,7 +47,7 @@ def evaluate_with(run: Run, weights: dict[str, torch.Tensor], split: str) -> dic
     """Score `split` of the run's data with `weights`, outside the run."""
     cfg = run.cfg.copy()
     cfg.logger = None  # no second TensorBoard writer in the run's folder
-    parts = nnlab.train.build(cfg)
+    parts = nnlab.pipeline.build(cfg)
     parts.data.setup(CPU)
     parts.task.configure(CPU, Precision("32", CPU), total_steps=1)
     parts.task.model.load_state_dict(weights)

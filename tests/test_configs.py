@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from datafiles import offline_data
 from helpers import CONFIG_DIR, options, run_cli
 from nnlab.errors import ConfigValueError
-from nnlab.train import build
+from nnlab.pipeline import build
 from nnlab.validation import validate_config
 
 ALL_YAML = sorted(CONFIG_DIR.rglob("*.yaml"))
@@ -120,7 +120,7 @@ def is_built(path: str) -> bool:
 
 
 def build_all(cfg: DictConfig) -> dict[str, Any]:
-    """Build every part with nnlab.train.build, as a run does, keyed by config path."""
+    """Build every part with nnlab.pipeline.build, as a run does, keyed by config path."""
     parts = build(cfg)
     if parts.logger is not None:
         parts.logger.close()

@@ -14,7 +14,7 @@ from nnlab.data.datamodule import DataModule
 from nnlab.data.sklearn import digits
 from nnlab.data.split import fold_indices
 from nnlab.errors import ConfigValueError
-from nnlab.train import optimized_value
+from nnlab.pipeline import optimized_value
 
 
 def test_folds_partition_the_rows_and_keep_class_shares() -> None:

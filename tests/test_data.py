@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -22,6 +25,28 @@ def digits():
 def collect(batches) -> tuple[torch.Tensor, torch.Tensor]:
     xs, ys = zip(*batches)
     return torch.cat(xs), torch.cat(ys)
+
+
+# -------------------------------------------------------------------------------------- digits
+
+
+def test_digits_read_from_the_shipped_file_equal_scikit_learns_loader(digits, monkeypatch) -> None:
+    from sklearn.datasets import load_digits
+
+    reference = load_digits()
+    assert digits.x.shape == (1797, 1, 8, 8) and digits.class_names == [str(c) for c in range(10)]
+    assert np.array_equal(digits.x, (reference.images[:, None] / 16.0).astype(np.float32))
+    assert np.array_equal(digits.y, reference.target)
+
+    monkeypatch.setattr(sklearn, "bundled_file", lambda name: None)  # a scikit-learn that moved the file
+    fallback = sklearn.digits()
+    assert np.array_equal(fallback.x, digits.x) and np.array_equal(fallback.y, digits.y)
+
+
+def test_loading_digits_does_not_import_scikit_learn() -> None:
+    code = "import sys; from nnlab.data import sklearn; sklearn.digits(); print('sklearn' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
 
 
 # ---------------------------------------------------------------------------------------- split

@@ -14,7 +14,7 @@ import torch
 
 from helpers import cli_env, compose_config
 from nnlab.engine.rng import seed_everything
-from nnlab.train import build
+from nnlab.pipeline import build
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="torchrun with gloo on POSIX")
 

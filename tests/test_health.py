@@ -28,8 +28,8 @@ from nnlab.engine.tensorboard import TensorBoardLogger
 from nnlab.engine.trainer import Trainer
 from nnlab.errors import ConfigValueError
 from nnlab.models.mlp import MLP
+from nnlab.pipeline import build
 from nnlab.tasks.supervised import Supervised
-from nnlab.train import build
 
 EVERY = 5
 DIGITS_SHAPE = (1, 8, 8)

@@ -360,7 +360,7 @@ def test_command_line_values_reach_the_initializer(small_config_dir: Path) -> No
 def test_build_applies_the_init_group(tmp_path: Path) -> None:
     """End to end: `nnlab-train init=kaiming_normal` builds the model, then re-draws it (train.yaml
     lists `init: default`, and build() applies the Initializer right after the model)."""
-    from nnlab.train import build
+    from nnlab.pipeline import build
 
     torch.manual_seed(0)
     cfg = compose_config(["init=kaiming_normal", "model.batch_norm=false"], tmp_path)

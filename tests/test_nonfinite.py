@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
-import nnlab.train
+import nnlab.pipeline
 from helpers import run_cli, train_tiny
 from nnlab.engine.checkpoint import load_checkpoint
 from nnlab.engine.nonfinite import TrainingDiverged, locate_nonfinite
@@ -54,22 +54,22 @@ class InfGrad(nn.Module):
         return _InfGrad.apply(x)
 
 
-def with_parts(monkeypatch: pytest.MonkeyPatch, change: Callable[[nnlab.train.Parts], None]) -> None:
+def with_parts(monkeypatch: pytest.MonkeyPatch, change: Callable[[nnlab.pipeline.Parts], None]) -> None:
     """Let `change` edit the parts of the next run after they are built (add a callback, wrap the loss)."""
-    build = nnlab.train.build
+    build = nnlab.pipeline.build
 
     def build_and_change(cfg):
         parts = build(cfg)
         change(parts)
         return parts
 
-    monkeypatch.setattr(nnlab.train, "build", build_and_change)
+    monkeypatch.setattr(nnlab.pipeline, "build", build_and_change)
 
 
-def nan_loss_at(steps: set[int] | None) -> Callable[[nnlab.train.Parts], None]:
+def nan_loss_at(steps: set[int] | None) -> Callable[[nnlab.pipeline.Parts], None]:
     """Make the training loss NaN at the given global steps (1-based; None: at every step)."""
 
-    def change(parts: nnlab.train.Parts) -> None:
+    def change(parts: nnlab.pipeline.Parts) -> None:
         task, trainer = parts.task, parts.trainer
         loss = task.loss
 
@@ -158,7 +158,7 @@ def test_skip_leaves_the_weights_of_skipped_steps_untouched(
         def on_train_batch_end(self, trainer) -> None:
             snapshots[trainer.global_step] = [p.detach().clone() for p in trainer.task.model.parameters()]
 
-    def change(parts: nnlab.train.Parts) -> None:
+    def change(parts: nnlab.pipeline.Parts) -> None:
         nan_loss_at({3, 5})(parts)
         parts.trainer.callbacks.append(Snapshot())
 

@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 import nnlab
 from helpers import CLI_TIMEOUT_S, Run, cli_env, expected_metric_keys
 from nnlab.models.mlp import MLP
-from nnlab.train import train
+from nnlab.pipeline import train
 
 DIGITS = [str(c) for c in range(10)]
 

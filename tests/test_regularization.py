@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from torch import nn
 
-import nnlab.train
+import nnlab.pipeline
 from helpers import TINY, Run, compose_config, run_cli, train_tiny
 from nnlab.app import user_error_message
 from nnlab.engine.optim import Optimization, UpdateRules
@@ -300,7 +300,7 @@ def evaluate_with(run: Run, state: dict[str, torch.Tensor], split: str = "val") 
     """Score `split` of the run's data with the model weights `state`, outside the run."""
     cfg = run.cfg.copy()
     cfg.logger = None  # no second TensorBoard writer in the run's folder
-    parts = nnlab.train.build(cfg)
+    parts = nnlab.pipeline.build(cfg)
     parts.data.setup(CPU)
     parts.task.configure(CPU, Precision("32", CPU), total_steps=1)
     parts.task.model.load_state_dict(state)
@@ -310,19 +310,19 @@ def evaluate_with(run: Run, state: dict[str, torch.Tensor], split: str = "val") 
 def test_ema_is_checkpointed_and_used_for_validation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two updates with decay 0.5: the EMA is 0.5 * w1 + 0.5 * w2 (the first update copies w1).
     Validation scores the EMA weights, and the model holds the raw weights after the run."""
-    built: list[nnlab.train.Parts] = []
-    build = nnlab.train.build
+    built: list[nnlab.pipeline.Parts] = []
+    build = nnlab.pipeline.build
 
     def keep_parts(cfg):
         built.append(build(cfg))
         return built[-1]
 
-    monkeypatch.setattr(nnlab.train, "build", keep_parts)
+    monkeypatch.setattr(nnlab.pipeline, "build", keep_parts)
     run = train_tiny(
         ["trainer.device=cpu", "regularization.ema_decay=0.5", "callbacks.model_checkpoint.every_n_train_steps=1"],
         tmp_path / "run",
     )
-    monkeypatch.setattr(nnlab.train, "build", build)
+    monkeypatch.setattr(nnlab.pipeline, "build", build)
     w1, last = run.checkpoint("step-000001")["model"], run.checkpoint("last")
     w2, ema = last["model"], last["ema"]
     assert int(ema["n_averaged"]) == 2

@@ -11,7 +11,8 @@ import yaml
 
 from helpers import TINY, Run, compose_config, run_cli, train_tiny
 from nnlab.errors import UserError
-from nnlab.train import main, optimized_value
+from nnlab.pipeline import optimized_value
+from nnlab.train import main
 
 
 @pytest.fixture(scope="module")

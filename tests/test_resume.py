@@ -15,7 +15,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from helpers import Run, compose_config, train_tiny
-from nnlab.train import train
+from nnlab.pipeline import train
 
 STATEFUL = (
     "trainer.max_epochs=3",
@@ -103,21 +103,21 @@ def test_resume_auto_continues_the_interrupted_run_in_its_folder(tmp_path: Path)
             if trainer.global_step == stop_at:
                 trainer._stop_requested = True
 
-    import nnlab.train as nnlab_train
+    import nnlab.pipeline as nnlab_pipeline
 
-    build = nnlab_train.build
+    build = nnlab_pipeline.build
 
     def build_with_stop(cfg):
         parts = build(cfg)
         parts.trainer.callbacks.append(StopAt())
         return parts
 
-    nnlab_train.build = build_with_stop
+    nnlab_pipeline.build = build_with_stop
     try:
         with pytest.raises(KeyboardInterrupt):
             train(cfg)
     finally:
-        nnlab_train.build = build
+        nnlab_pipeline.build = build
     interrupted = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert interrupted["global_step"] == stop_at and interrupted["epoch_step"] == stop_at - STEPS_PER_EPOCH
 

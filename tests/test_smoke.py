@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 
 from datafiles import offline_data
 from helpers import assert_finite_metrics, options
-from nnlab.train import train
+from nnlab.pipeline import train
 
 DATA = options("data")
 

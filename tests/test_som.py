@@ -17,8 +17,8 @@ from nnlab.data.datamodule import DataModule
 from nnlab.engine.precision import Precision
 from nnlab.errors import ConfigValueError
 from nnlab.models.som import SOM, grid_coordinates
+from nnlab.pipeline import build
 from nnlab.tasks.som import SOMRule, decayed, neighborhood
-from nnlab.train import build
 
 CPU = torch.device("cpu")
 SQRT3_2 = math.sqrt(3) / 2

@@ -39,8 +39,8 @@ from nnlab.engine.rng import seed_everything
 from nnlab.engine.tensorboard import TensorBoardLogger
 from nnlab.errors import ConfigValueError, UserError, check_range, did_you_mean
 from nnlab.overrides import explain
+from nnlab.pipeline import build, save_run_record
 from nnlab.runinfo import write_json
-from nnlab.train import build, save_run_record
 from nnlab.validation import validate_config
 
 log = logging.getLogger(__name__)

@@ -45,7 +45,7 @@ class DataModule:
 
     Cross-validation: with `cv_folds=k` the train and val rows are pooled and dealt into k
     (stratified) folds; `fold=i` validates on fold i and trains on the others, and the test split
-    stays held out. `nnlab-train data.cv_folds=5` runs every fold (`nnlab.train.cross_validate`).
+    stays held out. `nnlab-train data.cv_folds=5` runs every fold (`nnlab.pipeline.cross_validate`).
 
     Batching: a dataset that fits (`in_memory: auto` and under 1 GiB) lives on the training
     device as tensors, and each epoch slices a permutation drawn from a generator seeded with
@@ -149,11 +149,14 @@ class DataModule:
                     else "lower data.val_fraction or data.test_fraction"
                 )
                 raise ConfigValueError(f"data: the {name} split of {len(dataset.x)} rows is empty; {fix}.")
+        # The train split's statistics, kept so that new inputs (nnlab-predict) get the same scaling.
+        self.x_scale: tuple[np.ndarray, np.ndarray] | None = None
+        self.y_scale: tuple[np.ndarray, np.ndarray] | None = None
         if standardize:
-            mean, std = fit_standardizer(x["train"])
-            x = {k: (v - mean) / std for k, v in x.items()}
+            self.x_scale = fit_standardizer(x["train"])
+            x = {k: self.transform(v) for k, v in x.items()}
         if standardize_target and self.kind == "regression":
-            mean, std = fit_standardizer(y["train"])
+            self.y_scale = mean, std = fit_standardizer(y["train"])
             y = {k: (v - mean) / std for k, v in y.items()}
         self._arrays = {k: (x[k], y[k]) for k in x}
         nbytes = sum(a.nbytes + b.nbytes for a, b in self._arrays.values())
@@ -161,6 +164,21 @@ class DataModule:
         self.device = torch.device("cpu")
         self._tensors: dict[str, Batch] = {}
         self.rank, self.world_size = 0, 1  # data-parallel shard (see `shard`)
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        """Inputs in the dataset's raw units -> what the model sees (z-scored with the train split's
+        mean and std when `standardize` is on)."""
+        if self.x_scale is None:
+            return x.astype(np.float32)
+        mean, std = self.x_scale
+        return ((x - mean) / std).astype(np.float32)
+
+    def untransform_target(self, y: np.ndarray) -> np.ndarray:
+        """Regression outputs -> the target's raw units (undoing `standardize_target`)."""
+        if self.y_scale is None:
+            return y
+        mean, std = self.y_scale
+        return y * std + mean
 
     @property
     def class_counts(self) -> list[int] | None:

@@ -84,7 +84,7 @@ class Trainer:
             torchrun started (see `nnlab.engine.distributed`); each rank trains on its shard.
         ddp_timeout_s: longest wait in a collective before a rank gives up (a dead peer).
         output_dir: the run directory (checkpoints go under it).
-        callbacks, logger, regularization: given at build time by `nnlab.train`.
+        callbacks, logger, regularization: given at build time by `nnlab.pipeline.build`.
     """
 
     def __init__(

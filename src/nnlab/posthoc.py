@@ -1,0 +1,121 @@
+"""What every command on a trained run (nnlab-eval, -predict, -explain, -attack, -export, ...)
+writes into its own run folder, the way nnlab-train does:
+
+    <run>/metrics.json          the command's numbers
+    <run>/figures/<name>.png    every figure; also an image in TensorBoard
+    <run>/tensorboard/          scalars and images (`tensorboard --logdir outputs`)
+    <run>/<name>.md, <name>.csv every table, also printed in the terminal
+    <run>/status.json           running / completed / failed, with times
+    <run>/.hydra/               the command's config and overrides
+
+Each command is a Hydra app with its own primary config (configs/<command>.yaml) that names
+`ckpt_path`, and runs its body inside `nnlab.app.guarded`.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from nnlab.runinfo import run_info, write_json, write_status
+
+log = logging.getLogger(__name__)
+
+
+class Report:
+    """The outputs of one command run in `output_dir` (see the module docstring)."""
+
+    def __init__(self, output_dir: str | Path, cfg: DictConfig | None = None) -> None:
+        from nnlab.engine.tensorboard import TensorBoardLogger
+
+        self.dir = Path(output_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.logger = TensorBoardLogger(str(self.dir / "tensorboard"))
+        self.started = time.time()
+        if cfg is not None:
+            save_record(cfg, self.dir)
+        write_status(self.dir, "running", self.started)
+
+    def figure(self, name: str, figure: Any, step: int = 0) -> Path:
+        """Save a matplotlib figure as figures/<name>.png and log it to TensorBoard (closed after)."""
+        path = self.dir / "figures" / f"{name}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(path, dpi=100, bbox_inches="tight")
+        self.logger.log_figure(name, figure, step)
+        log.info("Saved %s", path)
+        return path
+
+    def image(self, name: str, image: Any, step: int = 0) -> Path:
+        """Save a (C, H, W) tensor with values in [0, 1] as figures/<name>.png and log it."""
+        from matplotlib.image import imsave
+
+        pixels = image.detach().float().clamp(0, 1).cpu()
+        path = self.dir / "figures" / f"{name}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        imsave(path, pixels[0].numpy() if len(pixels) == 1 else pixels.permute(1, 2, 0).numpy(), cmap="gray")
+        self.logger.log_image(name, pixels, step)
+        return path
+
+    def scalars(self, metrics: dict[str, float], step: int = 0) -> None:
+        self.logger.log_metrics(metrics, step)
+
+    def table(self, name: str, rows: Sequence[dict[str, Any]], title: str | None = None) -> Path:
+        """Write rows (dicts with the same keys) as <name>.md and <name>.csv and print them."""
+        from rich.table import Table
+
+        from nnlab.console import console
+
+        columns = list(rows[0]) if rows else []
+        with open(self.dir / f"{name}.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(rows)
+        lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+        lines += ["| " + " | ".join(_cell(row[c]) for c in columns) + " |" for row in rows]
+        path = self.dir / f"{name}.md"
+        path.write_text((f"## {title}\n\n" if title else "") + "\n".join(lines) + "\n")
+        shown = Table(title=title)
+        for c in columns:
+            shown.add_column(c, justify="right")
+        for row in rows:
+            shown.add_row(*(_cell(row[c]) for c in columns))
+        console().print(shown)
+        return path
+
+    def finish(self, metrics: dict[str, float], show: bool = True) -> dict[str, float]:
+        """Write metrics.json (and the scalars to TensorBoard), mark the run completed, close."""
+        from nnlab.console import print_metrics_table
+
+        metrics = dict(sorted(metrics.items()))
+        self.scalars(metrics)
+        self.logger.close()
+        write_json(metrics, self.dir / "metrics.json")
+        write_status(self.dir, "completed", self.started)
+        if show and metrics:
+            print_metrics_table(metrics)
+        log.info("Results in %s", self.dir)
+        return metrics
+
+
+def save_record(cfg: DictConfig, output_dir: Path) -> None:
+    """The command's config (resolved) and overrides in .hydra/, and run_info.json."""
+    from hydra.core.hydra_config import HydraConfig
+
+    hydra_dir = output_dir / ".hydra"
+    hydra_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, hydra_dir / "config.yaml", resolve=True)
+    if HydraConfig.initialized():
+        OmegaConf.save(HydraConfig.get().overrides.task, hydra_dir / "overrides.yaml")
+    write_json(run_info(), output_dir / "run_info.json")
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)

@@ -1,0 +1,99 @@
+"""An earlier run, rebuilt from one of its checkpoints: the config it was trained with, its data,
+its model with the weights it was tested with, and its task.
+
+    ckpt -> the run's config (stored inside) -> data, model, task (nnlab.pipeline.build_model)
+         -> the weights (the EMA of the weights when the run kept one) -> eval mode
+
+Every command that works on a trained run starts here: nnlab-eval, nnlab-predict, nnlab-explain,
+nnlab-attack, nnlab-export. The checkpoint is read with `weights_only=True`
+(`nnlab.engine.checkpoint.load_checkpoint`), so a file from elsewhere cannot run code.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from nnlab.engine.checkpoint import load_checkpoint
+from nnlab.engine.precision import Precision
+from nnlab.engine.trainer import resolve_device
+from nnlab.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Restored:
+    """A trained run, ready to evaluate: `model` is on `device`, in eval mode."""
+
+    cfg: DictConfig  # the config the run was trained with (with `data` replaced when asked)
+    ckpt_path: Path
+    state: dict[str, Any]  # the checkpoint (epoch, metrics, ...)
+    data: Any  # the DataModule, set up on `device`
+    model: torch.nn.Module
+    task: Any
+    device: torch.device
+
+    @property
+    def classifier(self) -> bool:
+        return self.data.kind == "classification"
+
+
+def run_config(state: dict[str, Any], path: Path) -> DictConfig:
+    """The config stored in a checkpoint nnlab-train wrote."""
+    text = state.get("config")
+    if not isinstance(text, str):
+        raise UserError(
+            f"{path} holds no run config, so it was not written by nnlab-train (or by an older nnlab). "
+            "Point ckpt_path at a checkpoint in an nnlab run's checkpoints/ folder, e.g. "
+            "outputs/runs/<run>/checkpoints/best.ckpt."
+        )
+    return OmegaConf.create(text)
+
+
+def load_run(ckpt_path: str | Path, data: DictConfig | None = None, device: str = "auto") -> Restored:
+    """Rebuild the run that wrote `ckpt_path`. `data` replaces the run's data config (another
+    dataset of the same input shape and classes); `device` is auto, cpu, cuda or cuda:N."""
+    path = Path(ckpt_path)
+    if not str(ckpt_path):
+        raise UserError("ckpt_path is not set. Name a checkpoint: ckpt_path=outputs/runs/<run>/checkpoints/best.ckpt")
+    state = load_checkpoint(path, map_location="cpu")
+    cfg = run_config(state, path)
+    if data is not None:
+        with open_dict(cfg):
+            cfg.data = data
+    from nnlab.pipeline import build_model
+
+    dev = resolve_device(device)
+    built_data, model, task = build_model(cfg, augment=False)
+    weights = trained_weights(state)
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as e:
+        detail = " ".join(line.strip() for line in str(e).splitlines()[:2])
+        raise UserError(
+            f"The weights in {path} do not fit the model its config builds for data "
+            f"'{cfg.data.dataset._target_}' ({detail}). Evaluate on a dataset with the run's input shape "
+            "and number of outputs, or leave `data` unset to use the run's own."
+        ) from e
+    built_data.setup(dev)
+    task.configure(dev, Precision(cfg.trainer.get("precision", 32), dev), total_steps=1)
+    model.to(dev).eval()
+    log.info("Loaded %s (epoch %s) of a %s", path, state.get("epoch"), type(model).__name__)
+    return Restored(cfg, path, state, built_data, model, task, dev)
+
+
+def trained_weights(state: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The weights the run was tested with: the exponential moving average of the weights when
+    the run kept one (`regularization.ema_decay`), else the weights themselves."""
+    ema = state.get("ema")
+    if ema:
+        averaged = {k.removeprefix("module."): v for k, v in ema.items() if k.startswith("module.")}
+        if averaged:
+            return averaged
+    return state["model"]
