@@ -28,8 +28,9 @@ from nnlab.validation import validate_config
 ALL_YAML = sorted(CONFIG_DIR.rglob("*.yaml"))
 # Hydra's own settings (run dirs, logging) are not options of train's groups: parsed, not composed.
 HYDRA_YAML = [p for p in ALL_YAML if p.relative_to(CONFIG_DIR).parts[0] == "hydra"]
-# Primary configs other than train.yaml (lr_find.yaml = train.yaml + its own node) are apps, not choices.
-PRIMARY = [CONFIG_DIR / "lr_find.yaml"]
+# Primary configs other than train.yaml (lr_find.yaml, eval.yaml, ...: one per command) are apps,
+# not choices of train's groups; tests/test_commands.py composes each of them.
+PRIMARY = sorted(p for p in CONFIG_DIR.glob("*.yaml") if p.name != "train.yaml")
 COMPOSABLE = [p for p in ALL_YAML if p not in HYDRA_YAML and p not in PRIMARY]
 EXPERIMENTS = sorted((CONFIG_DIR / "experiment").rglob("*.yaml"))
 # Files that carry the command that runs them on their first line (after Hydra's header).

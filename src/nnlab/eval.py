@@ -30,10 +30,10 @@ SPLITS = ("train", "val", "test")
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Metrics of the checkpoint `cfg.ckpt_path` on `cfg.split` (of `cfg.data`, when set)."""
     from nnlab.posthoc import Report
-    from nnlab.restore import load_run
+    from nnlab.restore import checkpoint_of, load_run
 
     check_choice("split", cfg.split, SPLITS)
-    run = load_run(cfg.ckpt_path, data=cfg.get("data"), device=cfg.device)
+    run = load_run(checkpoint_of(cfg), data=cfg.get("data"), device=cfg.device)
     report = Report(cfg.paths.output_dir, cfg)
     log.info("Evaluating on the %s split (%d rows)", cfg.split, run.data.size(cfg.split))
     results = run.task.evaluate(run.data.eval_batches(cfg.split), detailed=True)

@@ -189,8 +189,12 @@ def build(cfg: DictConfig) -> Parts:
 
 
 def build_model(cfg: DictConfig, augment: bool = True) -> tuple[Any, Any, Any]:
-    """The data, the model (initialized) and the task a config names; `augment=False` leaves the
-    training augmentation out (for commands that only evaluate)."""
+    """The data, the model (initialized, then started from `transfer.init_from` when set) and the
+    task a config names. `augment=False` builds for commands that only evaluate a run: the
+    training augmentation is left out, and so is `transfer.init_from` (the weights come from the
+    run's own checkpoint)."""
+    from nnlab.models import transfer
+
     log.info("Building data <%s>", cfg.data.dataset._target_)
     augmentation = instantiate(cfg.augmentation) if augment and cfg.get("augmentation") else None
     data = instantiate(cfg.data, augment=augmentation)
@@ -206,6 +210,8 @@ def build_model(cfg: DictConfig, augment: bool = True) -> tuple[Any, Any, Any]:
         initialized = instantiate(cfg.init)(model)
         if initialized:
             log.info("Initialized %d weight tensors with init=%s", initialized, cfg.init.scheme)
+    if augment:
+        transfer.from_config(model, cfg.get("transfer"))
 
     log.info("Building task <%s> with optimizer <%s>", cfg.task._target_, cfg.optimizer._target_)
     scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
@@ -218,6 +224,7 @@ def build_model(cfg: DictConfig, augment: bool = True) -> tuple[Any, Any, Any]:
         class_names=data.class_names,
         class_counts=data.class_counts,
     )
+    transfer.check_task_support(task, cfg.get("transfer"))
     return data, model, task
 
 

@@ -95,11 +95,11 @@ def predict(cfg: DictConfig) -> dict[str, float]:
     import torch
 
     from nnlab.posthoc import Report
-    from nnlab.restore import load_run
+    from nnlab.restore import checkpoint_of, load_run
 
     if not cfg.get("input"):
         raise UserError("input is not set. Give the rows to predict: input=file.csv or input=file.npy.")
-    run = load_run(cfg.ckpt_path, device=cfg.device)
+    run = load_run(checkpoint_of(cfg), device=cfg.device)
     x_raw = read_inputs(Path(cfg.input), tuple(run.data.input_shape))
     x = torch.from_numpy(run.data.transform(x_raw)).to(run.device)
     report = Report(cfg.paths.output_dir, cfg)

@@ -56,12 +56,20 @@ def run_config(state: dict[str, Any], path: Path) -> DictConfig:
     return OmegaConf.create(text)
 
 
+def checkpoint_of(cfg: DictConfig) -> str:
+    """A command's `ckpt_path`, or a UserError that says how to set it."""
+    if OmegaConf.is_missing(cfg, "ckpt_path") or not cfg.get("ckpt_path"):
+        raise UserError(
+            "ckpt_path is not set. Name the checkpoint of a trained run, e.g. "
+            "ckpt_path=outputs/runs/<run>/checkpoints/best.ckpt"
+        )
+    return str(cfg.ckpt_path)
+
+
 def load_run(ckpt_path: str | Path, data: DictConfig | None = None, device: str = "auto") -> Restored:
     """Rebuild the run that wrote `ckpt_path`. `data` replaces the run's data config (another
     dataset of the same input shape and classes); `device` is auto, cpu, cuda or cuda:N."""
     path = Path(ckpt_path)
-    if not str(ckpt_path):
-        raise UserError("ckpt_path is not set. Name a checkpoint: ckpt_path=outputs/runs/<run>/checkpoints/best.ckpt")
     state = load_checkpoint(path, map_location="cpu")
     cfg = run_config(state, path)
     if data is not None:

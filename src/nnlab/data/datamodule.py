@@ -11,7 +11,7 @@ import torch
 
 from nnlab.data.arrays import ArrayDataset
 from nnlab.data.split import fit_standardizer, fold_indices, split_indices
-from nnlab.errors import ConfigValueError, check_choice, check_range
+from nnlab.errors import ConfigValueError, check_choice, check_range, did_you_mean
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,19 @@ class DataModule:
     (stratified) folds; `fold=i` validates on fold i and trains on the others, and the test split
     stays held out. `nnlab-train data.cv_folds=5` runs every fold (`nnlab.pipeline.cross_validate`).
 
+    Few-label transfer: `classes=[5, 6, 7, 8, 9]` keeps only the rows of those classes (before
+    splitting) and relabels them 0..k-1 in the listed order, so `class_names` become
+    ['5', ..., '9']; classes may be given as indices or as names. `labels_per_class=n` then keeps
+    n seeded training rows per class; val and test stay whole, so a run trained on 5 labels and
+    one trained on all of them are scored on the same rows.
+
+    Bagging: `bootstrap=true` replaces the training split by a bootstrap sample of itself: as
+    many rows, drawn with replacement, so about 1 - 1/e = 63% of the rows appear, some several
+    times. It is applied last, after every other train-split option; val and test are untouched.
+    The resample is seeded by `bootstrap_seed` (None: by `seed`); `seed` also draws the split, so
+    the members of a bagged ensemble (nnlab-ensemble ensemble.vary=bootstrap) keep one `seed` and
+    differ in `bootstrap_seed`: different resamples, scored on the same val and test rows.
+
     Batching: a dataset that fits (`in_memory: auto` and under 1 GiB) lives on the training
     device as tensors, and each epoch slices a permutation drawn from a generator seeded with
     (seed, epoch): no DataLoader workers, no per-batch host copies, and the order of any epoch
@@ -73,6 +86,10 @@ class DataModule:
         anomaly_classes: list[int] | None = None,
         cv_folds: int | None = None,
         fold: int = 0,
+        classes: list[int | str] | None = None,
+        labels_per_class: int | None = None,
+        bootstrap: bool = False,
+        bootstrap_seed: int | None = None,
         augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
         seed: int = 0,
     ) -> None:
@@ -96,6 +113,8 @@ class DataModule:
                 "data.imbalance and data.sampler=weighted need class labels, but this dataset is "
                 f"{dataset.kind}. Remove them, or choose a classification dataset."
             )
+        if classes is not None:  # first, so every later option speaks of the relabelled classes
+            dataset = select_classes(dataset, classes)
         if anomaly_classes is not None:
             if dataset.kind != "classification":
                 raise ConfigValueError(
@@ -110,6 +129,13 @@ class DataModule:
                     f"class indices 0-{dataset.num_classes - 1}, e.g. data.anomaly_classes=[9]."
                 )
         self.anomaly_classes = anomaly_classes
+        if labels_per_class is not None:
+            check_range("data.labels_per_class", labels_per_class, 1)
+            if dataset.kind != "classification":
+                raise ConfigValueError(
+                    f"data.labels_per_class={labels_per_class} counts rows per class, but this dataset is "
+                    f"{dataset.kind}. Remove it, or choose a classification dataset."
+                )
         if in_memory != "auto":
             check_choice("data.in_memory", in_memory, [True, False, "auto"])
         self.batch_size = batch_size
@@ -139,6 +165,11 @@ class DataModule:
             idx = (_imbalanced(idx[0], dataset.y, imbalance, seed), idx[1], idx[2])
         if anomaly_classes is not None:  # train on normal rows only
             idx = (idx[0][~np.isin(dataset.y[idx[0]], anomaly_classes)], idx[1], idx[2])
+        if labels_per_class is not None:
+            idx = (_few_labels(idx[0], dataset, labels_per_class, seed), idx[1], idx[2])
+        if bootstrap:  # bagging: resample the final train rows with replacement, same count
+            rng = np.random.default_rng([seed if bootstrap_seed is None else bootstrap_seed, 2])
+            idx = (np.sort(rng.choice(idx[0], size=len(idx[0]), replace=True)), idx[1], idx[2])
         x = {name: dataset.x[i] for name, i in zip(("train", "val", "test"), idx)}
         y = {name: dataset.y[i] for name, i in zip(("train", "val", "test"), idx)}
         for name, fraction in (("train", None), ("val", val_fraction), ("test", test_fraction)):
@@ -329,4 +360,56 @@ def _imbalanced(train: np.ndarray, y: np.ndarray, ratio: float, seed: int) -> np
         rows = train[y[train] == c]
         share = ratio ** (rank / max(len(classes) - 1, 1))
         kept.append(rng.permutation(rows)[: max(1, int(round(share * len(rows))))])
+    return np.sort(np.concatenate(kept))
+
+
+def select_classes(dataset: ArrayDataset, classes: list[int | str]) -> ArrayDataset:
+    """The rows of `classes` only (given as indices or names), relabelled 0..k-1 in the listed
+    order; class names and the official test mask follow."""
+    if dataset.kind != "classification":
+        raise ConfigValueError(
+            f"data.classes={list(classes)} names classes, but this dataset is {dataset.kind}. "
+            "Remove it, or choose a classification dataset."
+        )
+    names = dataset.class_names
+    picked = []
+    for c in classes:
+        if isinstance(c, str) and c in names:
+            picked.append(names.index(c))
+        elif isinstance(c, int) and not isinstance(c, bool) and 0 <= c < len(names):
+            picked.append(c)
+        else:
+            raise ConfigValueError(
+                f"data.classes: unknown class {c!r}. This dataset's classes are indices 0-{len(names) - 1} "
+                f"or the names {names}.{did_you_mean(str(c), names)}"
+            )
+    if len(set(picked)) != len(picked) or len(picked) < 2:
+        raise ConfigValueError(
+            f"data.classes={list(classes)} must list at least two different classes, each once, "
+            "e.g. data.classes=[5,6,7,8,9]."
+        )
+    keep = np.isin(dataset.y, picked)
+    relabel = np.full(len(names), -1, dtype=np.int64)
+    relabel[picked] = np.arange(len(picked))
+    return ArrayDataset(
+        x=dataset.x[keep],
+        y=relabel[dataset.y[keep]],
+        kind="classification",
+        class_names=[names[c] for c in picked],
+        test_mask=None if dataset.test_mask is None else dataset.test_mask[keep],
+    )
+
+
+def _few_labels(train: np.ndarray, dataset: ArrayDataset, per_class: int, seed: int) -> np.ndarray:
+    """`per_class` seeded training rows of every class (the few-label setting of transfer learning)."""
+    rng = np.random.default_rng([seed, 1])
+    kept = []
+    for c, name in enumerate(dataset.class_names):
+        rows = train[dataset.y[train] == c]
+        if len(rows) < per_class:
+            raise ConfigValueError(
+                f"data.labels_per_class={per_class}, but class {name!r} has only {len(rows)} training rows. "
+                f"Lower data.labels_per_class to at most {len(rows)}, or lower data.val_fraction/test_fraction."
+            )
+        kept.append(rng.choice(rows, size=per_class, replace=False))
     return np.sort(np.concatenate(kept))

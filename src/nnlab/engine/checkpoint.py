@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +61,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"({_first_line(e)}). nnlab loads checkpoints with weights_only=True so that a file "
             "from elsewhere cannot run code; only use checkpoints written by nnlab."
         ) from e
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
+    except Exception as e:  # noqa: BLE001 - an untrusted file: whatever breaks, the file is unreadable
         raise _unreadable(path, e) from e
 
 

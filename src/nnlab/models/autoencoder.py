@@ -219,3 +219,43 @@ class VAE(_Bottleneck):
     def sample(self, z: torch.Tensor) -> torch.Tensor:
         """Decode codes drawn from the prior N(0, I): new samples, (B, *input_shape)."""
         return self.decode(z)
+
+
+class EncoderClassifier(nn.Module):
+    """An autoencoder's encoder with a linear head: x -> encoder -> z -> Linear -> logits.
+
+    Built by the same `encoder_decoder` as `Autoencoder`, so its parameters carry the same
+    names (`encoder.0.weight`, ...): `transfer.init_from=<autoencoder run>/checkpoints/best.ckpt`
+    copies the pretrained encoder and leaves the head (and nothing else) to learn. This is the
+    fine-tuning half of self-supervised pretraining: the autoencoder learned features from
+    unlabeled rows (reconstructing masked or noisy inputs), the head maps them to the few labels.
+
+    Args:
+        input_shape: the sample shape, given by the dataset.
+        num_outputs: classes (or regression targets), given by the dataset.
+        variant, hidden_sizes, channels, latent_dim, activation, dropout: as in `Autoencoder`;
+            they must match the pretrained autoencoder's for its weights to fit.
+    """
+
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        num_outputs: int,
+        variant: str = "dense",
+        hidden_sizes: Sequence[int] = (128, 64),
+        channels: Sequence[int] = (16, 32),
+        latent_dim: int = 16,
+        activation: str = "relu",
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        check_range("model.latent_dim", latent_dim, 1)
+        # The decoder is built and dropped: building both halves keeps the encoder's layers, and
+        # so its parameter names, exactly those of the autoencoder.
+        self.encoder, _ = encoder_decoder(
+            input_shape, latent_dim, latent_dim, variant, hidden_sizes, channels, activation, dropout
+        )
+        self.head = nn.Linear(latent_dim, num_outputs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(x))  # (B, *input_shape) -> (B, latent_dim) -> (B, num_outputs)
