@@ -39,8 +39,9 @@ def options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
 
 
-def compose_config(overrides: Sequence[str], run_dir: str | Path) -> DictConfig:
-    """The config `nnlab-train <overrides>` would hand to `main`, with `run_dir` as its run directory.
+def compose_config(overrides: Sequence[str], run_dir: str | Path, config_name: str = "train") -> DictConfig:
+    """The config `nnlab-train <overrides>` would hand to `main`, with `run_dir` as its run directory
+    (another command's with `config_name`: "lr_find", "attack", "ensemble", ...).
 
     Mirrors what `hydra.core.utils.run_job` does before calling the task function: set
     `hydra.runtime.output_dir` (which `paths.output_dir` interpolates), register the Hydra config
@@ -50,7 +51,7 @@ def compose_config(overrides: Sequence[str], run_dir: str | Path) -> DictConfig:
     run_dir = str(Path(run_dir).resolve())
     with initialize_config_module("nnlab.configs", version_base="1.3"):
         # Quoted: a path may hold characters of Hydra's override grammar (=, spaces, brackets).
-        cfg = compose("train", overrides=[*overrides, f"hydra.run.dir='{run_dir}'"], return_hydra_config=True)
+        cfg = compose(config_name, overrides=[*overrides, f"hydra.run.dir='{run_dir}'"], return_hydra_config=True)
     with open_dict(cfg):
         cfg.hydra.runtime.output_dir = run_dir
     HydraConfig.instance().set_config(cfg)
@@ -79,13 +80,24 @@ def train_tiny(overrides: Sequence[str], run_dir: str | Path) -> Run:
 def run_cli(
     args: Sequence[str], cwd: str | Path, timeout: float = CLI_TIMEOUT_S, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """`python -m nnlab.train <args>` in `cwd`, output captured as text.
+    """`python -m nnlab.train <args>` in `cwd`, output captured as text (see `run_command`)."""
+    return run_command("train", args, cwd, timeout, env)
+
+
+def run_command(
+    command: str,
+    args: Sequence[str],
+    cwd: str | Path,
+    timeout: float = CLI_TIMEOUT_S,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """`python -m nnlab.<command> <args>` (train, eval, attack, ...) in `cwd`, output captured as text.
 
     NNLAB_ROOT points at `cwd` so nothing lands in the checkout's outputs/, and HYDRA_FULL_ERROR
     is dropped so the messages are the ones a user sees by default; `env` adds variables.
     """
     return subprocess.run(
-        [sys.executable, "-m", "nnlab.train", *args],
+        [sys.executable, "-m", f"nnlab.{command}", *args],
         cwd=cwd,
         env={**cli_env(cwd), **(env or {})},
         capture_output=True,

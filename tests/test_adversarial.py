@@ -12,12 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_module
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from helpers import CLI_TIMEOUT_S, Run, cli_env, train_tiny
+from helpers import CLI_TIMEOUT_S, Run, cli_env, compose_config, run_command, train_tiny
 from nnlab.analysis.adversarial import adversarial_accuracy, fgsm, perturb, pgd
 from nnlab.attack import attack
 from nnlab.errors import ConfigValueError, UserError
@@ -29,17 +27,8 @@ METHODS = ("fgsm", "pgd")
 
 
 def compose_attack(overrides: Sequence[str], run_dir: Path) -> DictConfig:
-    """The config `nnlab-attack <overrides>` hands to `main` (Hydra's config registered, its node
-    dropped, as helpers.compose_config does for nnlab-train)."""
-    with initialize_config_module("nnlab.configs", version_base="1.3"):
-        cfg = compose("attack", overrides=[*overrides, f"hydra.run.dir='{run_dir}'"], return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(run_dir)
-    HydraConfig.instance().set_config(cfg)
-    task_cfg = copy.deepcopy(cfg)
-    with open_dict(task_cfg):
-        del task_cfg["hydra"]
-    return task_cfg
+    """The config `nnlab-attack <overrides>` hands to `main`."""
+    return compose_config(overrides, run_dir, config_name="attack")
 
 
 @pytest.fixture(scope="module")
@@ -191,13 +180,8 @@ def test_attack_cli_writes_table_plot_tensorboard_metrics(digits_pixels: Run, tm
 
 def test_attack_refuses_a_regression_run(tmp_path: Path) -> None:
     run = train_tiny(["data=diabetes"], tmp_path / "run")
-    result = subprocess.run(
-        [sys.executable, "-m", "nnlab.attack", f"ckpt_path={run.dir / 'checkpoints' / 'last.ckpt'}"],
-        cwd=tmp_path,
-        env={**cli_env(tmp_path), "OMP_NUM_THREADS": "1"},
-        capture_output=True,
-        text=True,
-        timeout=CLI_TIMEOUT_S,
+    result = run_command(
+        "attack", [f"ckpt_path={run.dir / 'checkpoints' / 'last.ckpt'}"], tmp_path, env={"OMP_NUM_THREADS": "1"}
     )
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith("Error: nnlab-attack attacks classifiers"), result.stderr

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import copy
 import inspect
 import json
 import subprocess
@@ -13,12 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_module
-from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_object
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
-from helpers import CLI_TIMEOUT_S, TINY, cli_env
+from helpers import CLI_TIMEOUT_S, TINY, cli_env, compose_config
 from nnlab.analysis.ensembles import (
     classification_scores,
     combine_classification,
@@ -33,17 +30,8 @@ from nnlab.errors import ConfigValueError
 
 
 def compose_ensemble(overrides: Sequence[str], run_dir: Path) -> DictConfig:
-    """The config `nnlab-ensemble <overrides>` hands to `main` (Hydra's config registered, its node
-    dropped, as helpers.compose_config does for nnlab-train)."""
-    with initialize_config_module("nnlab.configs", version_base="1.3"):
-        cfg = compose("ensemble", overrides=[*overrides, f"hydra.run.dir='{run_dir}'"], return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(run_dir)
-    HydraConfig.instance().set_config(cfg)
-    task_cfg = copy.deepcopy(cfg)
-    with open_dict(task_cfg):
-        del task_cfg["hydra"]
-    return task_cfg
+    """The config `nnlab-ensemble <overrides>` hands to `main`."""
+    return compose_config(overrides, run_dir, config_name="ensemble")
 
 
 # -- combining: hand-computed cases -------------------------------------------------------------

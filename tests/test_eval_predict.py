@@ -6,14 +6,13 @@ from __future__ import annotations
 import csv
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from helpers import CLI_TIMEOUT_S, cli_env, train_tiny
+from helpers import run_command, train_tiny
 from nnlab.errors import UserError
 from nnlab.predict import read_inputs
 from nnlab.restore import load_run
@@ -29,14 +28,7 @@ def digits_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def command(name: str, args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", f"nnlab.{name}", *args],
-        cwd=cwd,
-        env=cli_env(cwd),
-        capture_output=True,
-        text=True,
-        timeout=CLI_TIMEOUT_S,
-    )
+    return run_command(name, args, cwd)
 
 
 def run_metrics(ckpt: Path) -> dict[str, float]:

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-from helpers import CLI_TIMEOUT_S, Run, cli_env, train_tiny
+from helpers import Run, run_command, train_tiny
 from nnlab.analysis import attribution as A
 from nnlab.errors import UserError
 from nnlab.restore import load_run
@@ -106,14 +105,7 @@ def test_non_supervised_runs_are_refused_in_one_paragraph() -> None:
 
 
 def explain_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "nnlab.explain", *args],
-        cwd=cwd,
-        env=cli_env(cwd),
-        capture_output=True,
-        text=True,
-        timeout=CLI_TIMEOUT_S,
-    )
+    return run_command("explain", args, cwd)
 
 
 def test_cli_writes_figures_tensorboard_and_metrics(cnn_run: Run, tmp_path: Path) -> None:

@@ -7,13 +7,12 @@ import copy
 import csv
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from helpers import CLI_TIMEOUT_S, Run, cli_env, train_tiny
+from helpers import Run, run_command, train_tiny
 from nnlab.deploy import checks, convert, runtime
 from nnlab.errors import ConfigValueError, UserError
 from nnlab.restore import load_run
@@ -114,14 +113,7 @@ def test_bad_options_are_named() -> None:
 
 
 def export_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "nnlab.export", *args],
-        cwd=cwd,
-        env={**cli_env(cwd), "OMP_NUM_THREADS": "1"},
-        capture_output=True,
-        text=True,
-        timeout=CLI_TIMEOUT_S,
-    )
+    return run_command("export", args, cwd, env={"OMP_NUM_THREADS": "1"})
 
 
 def test_cli_writes_the_artifacts_and_table(mlp_run: Run, tmp_path: Path) -> None:

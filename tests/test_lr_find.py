@@ -3,12 +3,10 @@ outputs (lr_find.json, the figure, TensorBoard) and errors."""
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import re
 import subprocess
-import sys
 from collections.abc import Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -17,11 +15,10 @@ import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_module
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
-from helpers import CLI_TIMEOUT_S, cli_env
+from helpers import compose_config, run_command
 from nnlab.engine.optim import NonFiniteStep
 from nnlab.errors import ConfigValueError, UserError
 from nnlab.lr_find import STEEPEST, TENTH_OF_MINIMUM, RangeTest, explain_override, lr_find, suggest_lr
@@ -31,28 +28,12 @@ NUM_STEPS = 40
 
 def run_lr_find(args: Sequence[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     """`python -m nnlab.lr_find <args>` in `cwd` (NNLAB_ROOT=cwd), one thread, output captured."""
-    return subprocess.run(
-        [sys.executable, "-m", "nnlab.lr_find", *args],
-        cwd=cwd,
-        env={**cli_env(cwd), "OMP_NUM_THREADS": "1"},
-        capture_output=True,
-        text=True,
-        timeout=CLI_TIMEOUT_S,
-    )
+    return run_command("lr_find", args, cwd, env={"OMP_NUM_THREADS": "1"})
 
 
 def compose_lr_find(overrides: Sequence[str], run_dir: Path) -> DictConfig:
-    """The config `nnlab-lr-find <overrides>` hands to `main` (as helpers.compose_config does for
-    nnlab-train: Hydra's config registered, its node dropped)."""
-    with initialize_config_module("nnlab.configs", version_base="1.3"):
-        cfg = compose("lr_find", overrides=[*overrides, f"hydra.run.dir='{run_dir}'"], return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(run_dir)
-    HydraConfig.instance().set_config(cfg)
-    task_cfg = copy.deepcopy(cfg)
-    with open_dict(task_cfg):
-        del task_cfg["hydra"]
-    return task_cfg
+    """The config `nnlab-lr-find <overrides>` hands to `main`."""
+    return compose_config(overrides, run_dir, config_name="lr_find")
 
 
 # -- the command, on the default experiment (digits MLP) ---------------------------------------

@@ -15,7 +15,6 @@ from __future__ import annotations
 import copy
 import inspect
 import logging
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +25,8 @@ from omegaconf import DictConfig, open_dict
 
 from nnlab import app
 from nnlab.app import guarded
-from nnlab.errors import ConfigValueError, UserError, check_choice, check_range, did_you_mean
-from nnlab.overrides import explain
+from nnlab.errors import ConfigValueError, UserError, check_choice, check_range
+from nnlab.overrides import explainer
 
 log = logging.getLogger(__name__)
 
@@ -271,17 +270,8 @@ def main(cfg: DictConfig) -> None:
     guarded(lambda: ensemble(cfg), output_dir=cfg.paths.output_dir)
 
 
-def explain_override(hydra_message: str, overrides: list[str]) -> str | None:
-    """nnlab.overrides.explain, which knows train.yaml's keys, plus the keys of `ensemble`."""
-    m = re.search(r"Could not override '(ensemble\.([^'.]+))'", hydra_message)
-    if m is None:
-        return explain(hydra_message, overrides)
-    key, leaf = m.groups()
-    keys = list(inspect.signature(EnsemblePlan).parameters)
-    return (
-        f"Unknown key '{key}': 'ensemble' has no key '{leaf}'.{did_you_mean(leaf, keys, prefix='ensemble.')}"
-        f" Keys of 'ensemble': {', '.join(keys)}."
-    )
+# nnlab.overrides.explain, which knows train.yaml's keys, plus the keys of `ensemble`.
+explain_override = explainer("ensemble", EnsemblePlan)
 
 
 def cli() -> None:

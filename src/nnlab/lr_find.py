@@ -13,11 +13,9 @@ below the point where training turns unstable.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import itertools
 import logging
 import math
-import re
 import shlex
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -37,8 +35,8 @@ from nnlab.console import print_config_tree
 from nnlab.engine.optim import NonFiniteStep
 from nnlab.engine.rng import seed_everything
 from nnlab.engine.tensorboard import TensorBoardLogger
-from nnlab.errors import ConfigValueError, UserError, check_range, did_you_mean
-from nnlab.overrides import explain
+from nnlab.errors import ConfigValueError, UserError, check_range
+from nnlab.overrides import explainer
 from nnlab.pipeline import build, save_run_record
 from nnlab.runinfo import write_json
 from nnlab.validation import validate_config
@@ -333,17 +331,8 @@ def main(cfg: DictConfig) -> None:
     guarded(lambda: lr_find(cfg))
 
 
-def explain_override(hydra_message: str, overrides: list[str]) -> str | None:
-    """nnlab.overrides.explain, which knows train.yaml's keys, plus the keys of `lr_find`."""
-    m = re.search(r"Could not override '(lr_find\.([^'.]+))'", hydra_message)
-    if m is None:
-        return explain(hydra_message, overrides)
-    key, leaf = m.groups()
-    keys = list(inspect.signature(RangeTest).parameters)
-    return (
-        f"Unknown key '{key}': 'lr_find' has no key '{leaf}'.{did_you_mean(leaf, keys, prefix='lr_find.')}"
-        f" Keys of 'lr_find': {', '.join(keys)}."
-    )
+# nnlab.overrides.explain, which knows train.yaml's keys, plus the keys of `lr_find`.
+explain_override = explainer("lr_find", RangeTest)
 
 
 def cli() -> None:

@@ -7,7 +7,9 @@ search-path details. These rewrite both into one paragraph with a "did you mean"
 
 from __future__ import annotations
 
+import inspect
 import re
+from collections.abc import Callable
 
 from nnlab.errors import did_you_mean
 
@@ -63,3 +65,21 @@ def _unknown_key(key: str, overrides: list[str]) -> str:
         f"Unknown key '{key}': {where} has no key '{leaf}'.{hint}"
         f" Keys of {where}: {', '.join(keys)}. (To add a new key on purpose, prefix it with '+'.)"
     )
+
+
+def explainer(node: str, target: Callable[..., object]) -> Callable[[str, list[str]], str | None]:
+    """`explain`, plus the keys of a command's own config node (`lr_find`, `ensemble`): a
+    misspelled `<node>.<key>` gets a "did you mean" among `target`'s constructor arguments."""
+
+    def explain_with_node(hydra_message: str, overrides: list[str]) -> str | None:
+        m = re.search(rf"Could not override '({node}\.([^'.]+))'", hydra_message)
+        if m is None:
+            return explain(hydra_message, overrides)
+        key, leaf = m.groups()
+        keys = list(inspect.signature(target).parameters)
+        return (
+            f"Unknown key '{key}': '{node}' has no key '{leaf}'.{did_you_mean(leaf, keys, prefix=f'{node}.')}"
+            f" Keys of '{node}': {', '.join(keys)}."
+        )
+
+    return explain_with_node
