@@ -84,3 +84,50 @@ def ring(n_samples: int = 5000, modes: int = 8, radius: float = 2.0, std: float 
     centres = radius * np.stack([np.cos(angle), np.sin(angle)], 1)
     x = centres[y] + rng.normal(0.0, std, (n_samples, 2))
     return ArrayDataset(x, y, "classification")
+
+
+def fake_images(
+    n_samples: int = 10000,
+    channels: int = 3,
+    height: int = 32,
+    width: int = 32,
+    num_classes: int = 10,
+    signal: float = 0.3,
+    max_shift: int = 4,
+    seed: int = 0,
+) -> ArrayDataset:
+    """CIFAR-shaped random images with a learnable label: for benchmarks and smoke tests that
+    need image-sized tensors without a download (`data=fake_cifar`).
+
+    Each class has a smooth pattern: Gaussian noise on a 4x4 grid per channel, upsampled to
+    height x width, then rolled by a random shift of up to `max_shift` pixels per axis (so the
+    pattern is not pinned to positions, as in real images). A sample is its class's shifted
+    pattern times `signal` plus pixel noise of std 1: a coarse, translated signal under heavy
+    noise, which a CNN's pooled filters pick up and a single pixel does not.
+
+    Args:
+        n_samples: images, split evenly over the classes (row i has class i % num_classes).
+        channels, height, width: the shape of one image, (C, H, W).
+        num_classes: at least 2.
+        signal: amplitude of the class pattern against noise of std 1; lower is harder.
+        max_shift: largest roll of the pattern, in pixels, along each axis; 0 for none.
+        seed: the same seed gives the same images.
+    """
+    check_range("data.dataset.n_samples", n_samples, num_classes)
+    check_range("data.dataset.num_classes", num_classes, 2)
+    for key, value in (("channels", channels), ("height", height), ("width", width)):
+        check_range(f"data.dataset.{key}", value, 1)
+    check_range("data.dataset.signal", signal, 0.0, low_inclusive=False)
+    check_range("data.dataset.max_shift", max_shift, 0)
+    rng = np.random.default_rng(seed)
+    grid = rng.normal(0.0, 1.0, (num_classes, channels, 4, 4))
+    # Nearest-neighbour upsampling of the 4x4 grid, then cropped to (height, width).
+    rows = np.minimum(np.arange(height) * 4 // height, 3)
+    cols = np.minimum(np.arange(width) * 4 // width, 3)
+    patterns = grid[:, :, rows][:, :, :, cols]  # (K, C, H, W)
+    y = np.arange(n_samples) % num_classes
+    x = rng.normal(0.0, 1.0, (n_samples, channels, height, width)).astype(np.float32)
+    shifts = rng.integers(-max_shift, max_shift + 1, (n_samples, 2))
+    for i in range(n_samples):
+        x[i] += signal * np.roll(patterns[y[i]], tuple(shifts[i]), axis=(1, 2))
+    return ArrayDataset(x, y, "classification")

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from nnlab.engine import distributed
+from nnlab.engine.acceleration import channels_last_batches, compile_mode, prepare_model
 from nnlab.engine.checkpoint import load_checkpoint
 from nnlab.engine.metrics import RunningMean
 from nnlab.engine.nonfinite import TrainingDiverged, locate_nonfinite
@@ -83,6 +84,11 @@ class Trainer:
         strategy: "auto" (one process) or "ddp": DistributedDataParallel over the processes
             torchrun started (see `nnlab.engine.distributed`); each rank trains on its shard.
         ddp_timeout_s: longest wait in a collective before a rank gives up (a dead peer).
+        channels_last: NHWC memory format for 2-D conv weights and image batches (faster CNNs
+            under AMP on tensor cores; a logged no-op for other models). See
+            `nnlab.engine.acceleration`.
+        compile: `torch.compile` the training forward: false, true, or a mode (default,
+            reduce-overhead, max-autotune). Checkpoints, EMA and test use the original module.
         output_dir: the run directory (checkpoints go under it).
         callbacks, logger, regularization: given at build time by `nnlab.pipeline.build`.
     """
@@ -107,6 +113,8 @@ class Trainer:
         summary: bool = True,
         strategy: str = "auto",
         ddp_timeout_s: float = 300.0,
+        channels_last: bool = False,
+        compile: bool | str = False,
         output_dir: str = ".",
         callbacks: list[Any] | None = None,
         logger: Any | None = None,
@@ -143,6 +151,9 @@ class Trainer:
         self.summary = summary
         self.strategy = strategy
         self.ddp_timeout_s = ddp_timeout_s
+        self.channels_last = channels_last
+        compile_mode(compile)  # a bad mode fails here, before any work
+        self.compile = compile
         self.output_dir = output_dir
         self.callbacks = callbacks or []
         self.logger = logger
@@ -188,6 +199,8 @@ class Trainer:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True)
             torch.backends.cudnn.benchmark = False
+        elif self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
         self.task = task
         self.module = task.model
         dist_info = distributed.current()
@@ -222,6 +235,8 @@ class Trainer:
         path = Path(ckpt_path) if ckpt_path else self._auto_resume_path()
         if path is not None:
             self.restore(load_checkpoint(path, map_location=self.device), path)
+        # NHWC before DDP (its gradient buckets must see the final strides); compile after it.
+        prepare_model(self.module, self.device, channels_last=self.channels_last)
         if self.strategy == "ddp" and dist_info.active:
             from torch.nn.parallel import DistributedDataParallel
 
@@ -230,6 +245,8 @@ class Trainer:
             ids = [self.device.index or 0] if self.device.type == "cuda" else None
             task.model = DistributedDataParallel(self.module, device_ids=ids)
             log.info("DistributedDataParallel: rank %d of %d", dist_info.rank, dist_info.world_size)
+        if compile_mode(self.compile) is not None:
+            task.model = prepare_model(task.model, self.device, compile=self.compile)  # a wrapper; self.module stays
         self._call("on_fit_start")
         previous_handler = _install_sigint(self)
         try:
@@ -259,6 +276,8 @@ class Trainer:
         k = self.rules.accumulate_grad_batches
         # The epoch's order depends only on (seed, epoch), so a resumed epoch skips what was done.
         batches = itertools.islice(data.train_batches(self.epoch), self.epoch_step, self.steps_per_epoch)
+        if self.channels_last:
+            batches = channels_last_batches(batches)  # after augmentation, which works on NCHW
         for batch in batches:
             # Update on the batch that completes a window of k (or ends the epoch); else backward only.
             self.rules.update_now = (self.epoch_step + 1) % k == 0 or self.epoch_step + 1 == self.steps_per_epoch
@@ -519,7 +538,9 @@ class Trainer:
                 yield (name if seen[name] == 1 else f"{name}_{seen[name]}"), cb
 
     def _limit(self, batches):
-        return itertools.islice(batches, self.limit_eval_batches) if self.limit_eval_batches else batches
+        """Evaluation batches: at most limit_eval_batches of them, in channels_last when set."""
+        batches = itertools.islice(batches, self.limit_eval_batches) if self.limit_eval_batches else batches
+        return channels_last_batches(batches) if self.channels_last else batches
 
     def _call(self, hook: str, *args: Any) -> None:
         for cb in self.callbacks:
