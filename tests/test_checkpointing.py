@@ -20,7 +20,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import nnlab.pipeline
 from helpers import Run, cli_env, train_tiny
-from nnlab.engine.checkpoint import load_checkpoint, save_checkpoint
+from nnlab.engine.checkpoint import CheckpointWriter, load_checkpoint, save_checkpoint
 from nnlab.engine.precision import Precision
 from nnlab.errors import UserError
 
@@ -323,3 +323,29 @@ def test_a_truncated_checkpoint_is_a_user_error(tmp_path: Path) -> None:
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with pytest.raises(UserError, match="truncated or not a PyTorch checkpoint"):
         load_checkpoint(path)
+
+
+def test_the_background_writer_writes_the_state_as_it_was_taken(tmp_path: Path) -> None:
+    w = torch.ones(3)
+    writer = CheckpointWriter()
+    writer.write({"model": {"w": w}, "epoch": 1}, [tmp_path / "last.ckpt", tmp_path / "best.ckpt"])
+    w.mul_(5)  # training goes on while the file is written
+    writer.wait()
+    for name in ("last.ckpt", "best.ckpt"):
+        state = load_checkpoint(tmp_path / name)
+        assert torch.equal(state["model"]["w"], torch.ones(3)) and state["epoch"] == 1
+    assert (tmp_path / "best.ckpt").stat().st_ino == (tmp_path / "last.ckpt").stat().st_ino  # one write, a link
+    writer.write({"epoch": 2}, [tmp_path / "last.ckpt"])  # replaces last only; best keeps epoch 1
+    writer.wait()
+    assert load_checkpoint(tmp_path / "last.ckpt")["epoch"] == 2
+    assert load_checkpoint(tmp_path / "best.ckpt")["epoch"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.ckpt", "last.ckpt"]  # no temporary files left
+
+
+def test_a_failed_background_write_is_raised_by_wait(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a folder")
+    writer = CheckpointWriter()
+    writer.write({"epoch": 1}, [tmp_path / "file" / "last.ckpt"])
+    with pytest.raises(OSError):
+        writer.wait()
+    writer.wait()  # raised once

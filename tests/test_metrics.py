@@ -37,6 +37,23 @@ def test_classification_metrics_by_hand() -> None:
     assert confusion.tolist() == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_epoch_metrics_counted_in_torch_equal_scikit_learns(seed: int) -> None:
+    """Random predictions over 7 classes, some never true or never predicted."""
+    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
+
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 5, (200,), generator=g)  # classes 5 and 6 never true
+    logits = torch.randn(200, 7, generator=g)
+    logits[:, 3] -= 10  # class 3 (almost) never predicted
+    metrics, confusion = classification_metrics(logits, y, None, detailed=False)
+    pred = logits.argmax(1).numpy()
+    assert metrics["acc"] == pytest.approx(accuracy_score(y.numpy(), pred), abs=1e-12)
+    expected = f1_score(y.numpy(), pred, labels=list(range(7)), average="macro", zero_division=0)
+    assert metrics["macro_f1"] == pytest.approx(expected, abs=1e-12)
+    assert np.array_equal(confusion, confusion_matrix(y.numpy(), pred, labels=list(range(7))))
+
+
 def test_summary_metrics_leave_out_per_class_values() -> None:
     metrics, _ = classification_metrics(torch.eye(3), torch.tensor([0, 1, 2]), None, detailed=False)
     assert set(metrics) == {"acc", "macro_f1"}

@@ -124,6 +124,9 @@ def test_divergence_after_a_good_epoch_keeps_its_checkpoints(tmp_path: Path, mon
     class PoisonAfterEpoch1:  # runs after ModelCheckpoint (callbacks are called in order)
         def on_epoch_end(self, trainer, metrics) -> None:
             folder = Path(trainer.output_dir) / "checkpoints"
+            for cb in trainer.callbacks:  # the files are written on a background thread
+                if hasattr(cb, "writer"):
+                    cb.writer.wait()
             saved.update({name: (folder / name).read_bytes() for name in ("last.ckpt", "best.ckpt")})
             with torch.no_grad():
                 trainer.task.model.net[1].weight[0, 0] = float("nan")

@@ -298,10 +298,10 @@ class DataModule:
             return
         x, y = self._tensors["train"]
         order = order.to(self.device)
+        x, y = x[order], y[order]  # the epoch's rows in order, gathered once: batches are views
         stop = len(order) - (len(order) % self.batch_size if self.drop_last else 0)
         for i in range(0, stop, self.batch_size):
-            idx = order[i : i + self.batch_size]
-            yield x[idx], y[idx]
+            yield x[i : i + self.batch_size], y[i : i + self.batch_size]
 
     def eval_batches(self, split: Split) -> Iterator[Batch]:
         """Yield the (x, y) batches of `split` in a fixed order, on the training device."""

@@ -21,7 +21,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from nnlab.engine.checkpoint import save_checkpoint
+from nnlab.engine.checkpoint import CheckpointWriter
 from nnlab.errors import ConfigValueError, check_choice, check_range, did_you_mean
 
 if TYPE_CHECKING:
@@ -42,7 +42,9 @@ class ModelCheckpoint:
       (no `=` in the names, so a path is a plain `ckpt_path=...` override for Hydra).
       A step snapshot is taken mid-epoch and resumes mid-epoch, exactly.
 
-    Every file is written atomically (see `nnlab.engine.checkpoint.save_checkpoint`).
+    Every file is written atomically, on a background thread (`nnlab.engine.checkpoint.
+    CheckpointWriter`: the state is snapshot at the moment it is taken; the files of one moment
+    are one write plus hard links); all are on disk when training ends or is interrupted.
 
     Args:
         dirpath: folder for the files; default `<run dir>/checkpoints`.
@@ -84,6 +86,7 @@ class ModelCheckpoint:
         self.last_path: Path | None = None
         self.top_k: list[tuple[float, str]] = []  # (score, file) of the kept best epochs, best first
         self._step_snapshot_due = False
+        self.writer = CheckpointWriter()
 
     def checkpoint_dir(self, trainer: Trainer) -> Path:
         return Path(self.dirpath) if self.dirpath else Path(trainer.output_dir) / "checkpoints"
@@ -102,11 +105,12 @@ class ModelCheckpoint:
         if not self._step_snapshot_due or trainer.pending_grads or trainer.epoch_step == trainer.steps_per_epoch:
             return
         self._step_snapshot_due = False
-        state = trainer.checkpoint_state()
         folder = self.checkpoint_dir(trainer)
-        save_checkpoint(state, folder / f"step-{trainer.global_step:06d}.ckpt")
+        paths = [folder / f"step-{trainer.global_step:06d}.ckpt"]
         if self.save_last:
-            self.last_path = save_checkpoint(state, folder / "last.ckpt")
+            self.last_path = folder / "last.ckpt"
+            paths.append(self.last_path)
+        self.writer.write(trainer.checkpoint_state(), paths)
 
     def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
         if self.monitor not in metrics:
@@ -122,21 +126,27 @@ class ModelCheckpoint:
         if improved:
             self.best_score = score
         ranked = self.save_top_k != 0 and not math.isnan(score) and self._ranks(score)
-        state = trainer.checkpoint_state()  # after the update above, so a resume knows the best
+        paths: list[Path] = []  # the files of this moment: one write, then hard links
         if self.save_last:
-            self.last_path = save_checkpoint(state, folder / "last.ckpt")
+            self.last_path = folder / "last.ckpt"
+            paths.append(self.last_path)
         if self.save_top_k != 0 and improved:
-            self.best_path = save_checkpoint(state, folder / "best.ckpt")
+            self.best_path = folder / "best.ckpt"
+            paths.append(self.best_path)
+        dropped: list[str] = []
         if ranked and self.save_top_k != 1:
             name = f"epoch-{trainer.epoch:03d}-{_slug(self.monitor)}-{score:.4f}.ckpt"
-            save_checkpoint(state, folder / name)
+            paths.append(folder / name)
             self.top_k = sorted([*self.top_k, (score, name)], key=lambda t: t[0], reverse=self.mode == "max")
             if self.save_top_k > 0:
-                for _, dropped in self.top_k[self.save_top_k :]:
-                    (folder / dropped).unlink(missing_ok=True)
+                dropped = [old for _, old in self.top_k[self.save_top_k :]]
                 self.top_k = self.top_k[: self.save_top_k]
         if self.every_n_epochs and trainer.epoch % self.every_n_epochs == 0:
-            save_checkpoint(state, folder / f"epoch-{trainer.epoch:03d}.ckpt")
+            paths.append(folder / f"epoch-{trainer.epoch:03d}.ckpt")
+        # After the update above, so a resume knows the best.
+        self.writer.write(trainer.checkpoint_state(), paths)
+        for name in dropped:  # (never one just written: a dropped epoch ranks below the kept k)
+            (folder / name).unlink(missing_ok=True)
 
     def _ranks(self, score: float) -> bool:
         """Whether `score` enters the kept top k."""
@@ -146,8 +156,13 @@ class ModelCheckpoint:
 
     def on_interrupt(self, trainer: Trainer) -> None:
         if self.save_last:
-            self.last_path = save_checkpoint(trainer.checkpoint_state(), self.checkpoint_dir(trainer) / "last.ckpt")
+            self.last_path = self.checkpoint_dir(trainer) / "last.ckpt"
+            self.writer.write(trainer.checkpoint_state(), [self.last_path])
+            self.writer.wait()
             log.warning("Saved the interrupted run's state to %s", self.last_path)
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        self.writer.wait()  # every file on disk before the test (or anything else) reads one
 
     def state_dict(self) -> dict[str, object]:
         return {

@@ -184,9 +184,11 @@ class Optimization:
         loss_ok, self._loss_finite = self._loss_finite, None
         ok = loss_ok
         if self.scaler is None and grads:
-            if norm is None:
-                norm = torch.nn.utils.get_total_norm(grads)
-            ok = torch.isfinite(norm) if ok is None else ok & torch.isfinite(norm)
+            # The clipping norm when there is one; else every gradient's norm (one fused call):
+            # finite exactly when no gradient holds a NaN or inf (or overflows its norm).
+            norms = norm if norm is not None else torch.stack(torch._foreach_norm(grads))
+            finite = torch.isfinite(norms).all()
+            ok = finite if ok is None else ok & finite
         if ok is None or bool(ok):
             return
         bad = [p for p in self.params if p.grad is not None and not bool(torch.isfinite(p.grad).all())]

@@ -155,7 +155,7 @@ class Trainer:
         compile_mode(compile)  # a bad mode fails here, before any work
         self.compile = compile
         self.output_dir = output_dir
-        self.callbacks = callbacks or []
+        self.callbacks = list(callbacks or [])  # a plain list: Hydra hands over a ListConfig, slower to iterate
         self.logger = logger
         self.regularization = regularization
         self.rules = UpdateRules(

@@ -1,0 +1,119 @@
+"""The benchmark cases: which `nnlab-train` config each one runs, and through what.
+
+A case is a list of `nnlab-train` overrides, so every implementation trains exactly the model,
+data, optimizer and schedule that `nnlab-train <overrides>` would; `compose` turns it into that
+config. The config folders stay the one catalogue of names: a case names config choices only.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig, open_dict
+
+import nnlab.configs
+
+CONFIG_DIR = Path(nnlab.configs.__file__).parent
+
+
+@dataclass(frozen=True)
+class Case:
+    """One benchmark setting.
+
+    Attributes:
+        name: what `--cases` selects.
+        overrides: the `nnlab-train` overrides of the run (an experiment, or model= data=).
+        epochs: default number of epochs (`--epochs` replaces it): small enough that the whole
+            default invocation stays under about 3 minutes on a 2-core CPU.
+        implementations: the loops it runs (names in `nnlab.bench.loops.LOOPS`, or "som").
+        needs_cuda: skipped with a note on a machine without CUDA.
+        description: one line for the table's title.
+    """
+
+    name: str
+    overrides: tuple[str, ...]
+    epochs: int
+    implementations: tuple[str, ...]
+    needs_cuda: bool = False
+    description: str = ""
+
+    def missing_configs(self) -> list[str]:
+        """The `group=choice` overrides whose YAML file does not exist (yet) in the config folders."""
+        missing = []
+        for override in self.overrides:
+            group, _, choice = override.partition("=")
+            if "." not in group and not (CONFIG_DIR / group / f"{choice}.yaml").is_file():
+                missing.append(override)
+        return missing
+
+
+TORCH_LOOPS = ("nnlab", "raw", "dataloader", "lightning")
+
+CASES: dict[str, Case] = {
+    case.name: case
+    for case in (
+        Case(
+            "mlp_digits",
+            ("experiment=digits_mlp",),
+            30,
+            (*TORCH_LOOPS, "sklearn"),
+            description="the default experiment: MLP [256, 128] (batch norm, dropout 0.2) on digits, batch 64, Adam",
+        ),
+        Case(
+            "cnn_mnist1d",
+            ("experiment=mnist1d_cnn",),
+            5,
+            TORCH_LOOPS,
+            description="experiment=mnist1d_cnn: 1-D CNN [32, 64, 128] on MNIST-1D, batch 64, Adam + cosine",
+        ),
+        Case(
+            "lstm_mnist1d",
+            ("model=lstm", "data=mnist1d"),
+            3,
+            TORCH_LOOPS,
+            description="model=lstm data=mnist1d: LSTM (128 hidden, 40 steps) on MNIST-1D, batch 64, Adam",
+        ),
+        Case(
+            "som_digits",
+            ("experiment=digits_som",),
+            30,
+            ("som",),
+            description="experiment=digits_som: 10x10 batch SOM on digits against MiniSom (scripts/bench_som.py)",
+        ),
+        Case(
+            "gpu_resnet",
+            ("model=resnet", "data=fake_cifar"),
+            2,
+            ("nnlab", "raw"),
+            needs_cuda=True,
+            description="model=resnet data=fake_cifar: ResNet-style CNN on synthetic 3x32x32 images (CUDA only)",
+        ),
+    )
+}
+
+
+def compose(overrides: Sequence[str], run_dir: str | Path) -> DictConfig:
+    """The config `nnlab-train <overrides>` would run, with `run_dir` as its run folder.
+
+    As Hydra does before calling a task function: set `hydra.runtime.output_dir` (which
+    `paths.output_dir` interpolates), register the Hydra config so `${hydra:...}` resolves, then
+    drop the `hydra` node.
+    """
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+    from hydra.core.hydra_config import HydraConfig
+
+    run_dir = str(Path(run_dir).resolve())
+    with initialize_config_module("nnlab.configs", version_base="1.3"):
+        # Quoted: a path may hold characters of Hydra's override grammar (=, spaces, brackets).
+        cfg = hydra_compose("train", overrides=[*overrides, f"hydra.run.dir='{run_dir}'"], return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = run_dir
+    HydraConfig.instance().set_config(cfg)
+    task_cfg = copy.deepcopy(cfg)
+    with open_dict(task_cfg):
+        del task_cfg["hydra"]
+    return task_cfg

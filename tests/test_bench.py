@@ -1,0 +1,114 @@
+"""nnlab-bench (nnlab.bench): the raw loop is nnlab's computation without the framework, so the
+two reach the same weights; the other loops learn alike; the command writes sane results."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from helpers import CLI_TIMEOUT_S, cli_env
+from nnlab.bench.cases import CASES, Case, compose
+from nnlab.bench.lightning_loop import INSTALL, lightning_loop
+from nnlab.bench.loops import Unavailable, dataloader_loop, nnlab_loop, raw_loop
+from nnlab.bench.main import main, run_torch_case
+
+# Two epochs of the default experiment (20 steps each), with its dropout and batch norm.
+MLP_2_EPOCHS = [*CASES["mlp_digits"].overrides, "trainer.max_epochs=2", "trainer.device=cpu"]
+
+
+@pytest.fixture(scope="module")
+def mlp_runs(tmp_path_factory):
+    """nnlab's engine (logger, checkpoints, progress bar on) and the raw loop on the same case."""
+    root = tmp_path_factory.mktemp("bench")
+    nnlab = nnlab_loop(compose(MLP_2_EPOCHS, root / "nnlab"), "cpu")
+    raw = raw_loop(compose(MLP_2_EPOCHS, root / "raw"), "cpu")
+    return nnlab, raw
+
+
+def test_raw_loop_matches_nnlab(mlp_runs):
+    """Same init draws, optimizer, batches in the same order, dropout draws in the same order:
+    the same final training loss (5 decimals) and the same weights."""
+    nnlab, raw = mlp_runs
+    assert (nnlab.steps, nnlab.epochs) == (raw.steps, raw.epochs) == (40, 2)
+    assert round(nnlab.train_loss, 5) == round(raw.train_loss, 5)
+    assert nnlab.state.keys() == raw.state.keys()
+    for name, value in nnlab.state.items():
+        assert torch.allclose(value.float(), raw.state[name].float(), atol=1e-6), name
+    assert nnlab.test_acc == raw.test_acc
+    assert nnlab.seconds > 0 and raw.seconds > 0
+
+
+def test_dataloader_loop_learns_like_the_raw_loop(mlp_runs, tmp_path):
+    """Another data order, the same model and optimizer: a similar accuracy after two epochs."""
+    _, raw = mlp_runs
+    loader = dataloader_loop(compose(MLP_2_EPOCHS, tmp_path / "dataloader"), "cpu")
+    assert loader.steps == raw.steps
+    assert loader.train_loss != pytest.approx(raw.train_loss, abs=1e-6)  # really another order
+    assert raw.test_acc > 0.85 and loader.test_acc > 0.85
+    assert abs(loader.test_acc - raw.test_acc) < 0.05
+
+
+def test_lightning_skipped_when_absent(monkeypatch, tmp_path):
+    """Without `lightning` its row is left out with the install hint; the other rows still run."""
+    monkeypatch.setitem(sys.modules, "lightning", None)  # makes `import lightning` raise ImportError
+    with pytest.raises(Unavailable, match="pip install"):
+        lightning_loop(compose(MLP_2_EPOCHS, tmp_path / "l"), "cpu")
+    case = Case("tiny", CASES["mlp_digits"].overrides, 1, ("raw", "lightning"))
+    result = run_torch_case(case, epochs=1, repeats=1, device="cpu", workdir=tmp_path)
+    assert [r["implementation"] for r in result["rows"]] == ["raw"]
+    assert result["notes"] == [INSTALL]
+    assert result["rows"][0]["ratio_to_raw"] == 1.0
+
+
+def test_unknown_case_names_the_closest(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--cases", "mlp_digit"])
+    assert e.value.code == 2
+    assert "unknown case 'mlp_digit'. Did you mean 'mlp_digits'?" in capsys.readouterr().err
+
+
+def test_cli_writes_json_and_markdown(tmp_path):
+    """`--epochs 1 --repeats 1` through the command line: one row per implementation with sane
+    values (never timings compared), a GPU-only case skipped with its reason on a CPU."""
+    out, md = tmp_path / "bench.json", tmp_path / "bench.md"
+    args = ["--cases", "mlp_digits,gpu_resnet", "--epochs", "1", "--repeats", "1", "--device", "cpu"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "nnlab.bench.main", *args, "--out", str(out), "--markdown", str(md)],
+        cwd=tmp_path,
+        env=cli_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT_S,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert results["repeats"] == 1 and results["device"] == "cpu"
+    assert {"cpu", "cpu_count", "versions", "load_average"} <= set(results["environment"])
+    assert results["environment"]["versions"]["torch"].startswith(torch.__version__.split("+")[0])
+
+    mlp = results["cases"]["mlp_digits"]
+    assert mlp["status"] == "ok" and mlp["epochs"] == 1
+    rows = {r["implementation"]: r for r in mlp["rows"]}
+    expected = {"nnlab", "raw", "dataloader", "sklearn"} | ({"lightning"} if not mlp["notes"] else set())
+    assert set(rows) == expected
+    for name, r in rows.items():
+        assert r["epochs"] == 1 and r["steps"] == 20, name  # 1259 training rows / 64 per batch
+        assert r["time_s"] > 0 and r["steps_per_s"] == pytest.approx(r["steps"] / r["time_s"]), name
+        assert r["epoch_s"] == pytest.approx(r["time_s"]), name
+        assert r["ratio_to_raw"] == pytest.approx(r["steps_per_s"] / rows["raw"]["steps_per_s"]), name
+        assert 0.5 < r["test_acc"] <= 1.0, name
+        assert math.isfinite(r["train_loss"]) and r["train_loss"] > 0, name
+    assert rows["raw"]["ratio_to_raw"] == 1.0
+    assert round(rows["nnlab"]["train_loss"], 5) == round(rows["raw"]["train_loss"], 5)
+
+    gpu = results["cases"]["gpu_resnet"]
+    assert gpu["status"] == "skipped" and "CUDA" in gpu["notes"][0]
+
+    table = md.read_text()
+    assert "| raw PyTorch loop (the limit) |" in table and "1.00x" in table
+    assert "`gpu_resnet`" in table and "Skipped." in table
