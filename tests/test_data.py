@@ -266,3 +266,20 @@ def test_official_test_split_is_kept() -> None:
     data.setup(CPU)
     test_x, _ = collect(data.eval_batches("test"))
     assert torch.equal(test_x, torch.from_numpy(x[150:]))
+
+
+def test_tabular_datasets_carry_their_feature_names(tmp_path) -> None:
+    from nnlab.data.tabular import csv as csv_dataset
+
+    assert sklearn.iris().feature_names == [
+        "sepal length (cm)",
+        "sepal width (cm)",
+        "petal length (cm)",
+        "petal width (cm)",
+    ]
+    data = DataModule(sklearn.wine(), batch_size=16)
+    assert data.feature_names[:2] == ["alcohol", "malic_acid"] and len(data.feature_names) == data.input_shape[0]
+    assert sklearn.digits().feature_names is None  # images: no per-column names
+    (tmp_path / "t.csv").write_text("height,colour,y\n1.5,red,0\n1.7,blue,1\n1.6,red,0\n1.8,blue,1\n")
+    table = csv_dataset(str(tmp_path / "t.csv"), target="y")  # "colour" one-hot: colour=blue, colour=red
+    assert len(table.feature_names) == table.x.shape[1] and table.feature_names[0] == "height"

@@ -136,7 +136,12 @@ def test_cli_tabular_run_writes_the_feature_ranking(tmp_path: Path) -> None:
     table = (out / "feature_ranking.md").read_text()
     assert "| rank | feature | saliency | integrated_gradients | occlusion |" in table  # no gradcam on an MLP
     rows = (out / "feature_ranking.csv").read_text().splitlines()
-    assert len(rows) == 1 + 4 and {r.split(",")[1] for r in rows[1:]} == {"x0", "x1", "x2", "x3"}
+    assert len(rows) == 1 + 4 and {r.split(",")[1] for r in rows[1:]} == {
+        "sepal length (cm)",
+        "sepal width (cm)",
+        "petal length (cm)",
+        "petal width (cm)",
+    }
     shares = [float(v) for v in rows[1].split(",")[2:]]
     assert all(0 < s <= 1 for s in shares)
     assert (out / "figures" / "feature_ranking.png").exists()

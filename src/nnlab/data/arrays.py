@@ -20,6 +20,8 @@ class ArrayDataset:
     class_names: one name per class (classification only).
     test_mask: True for the rows of a dataset's official test split (e.g. MNIST's 10,000); when
         given, the DataModule tests on exactly those rows and draws val from the others.
+    feature_names: one name per feature of a tabular dataset (x of shape (N, F)), e.g. the CSV's
+        columns; they label attributions (nnlab-explain) and predictions.
     """
 
     x: np.ndarray
@@ -27,6 +29,7 @@ class ArrayDataset:
     kind: Kind
     class_names: list[str] | None = None
     test_mask: np.ndarray | None = None
+    feature_names: list[str] | None = None
 
     def __post_init__(self) -> None:
         self.x = np.ascontiguousarray(self.x, dtype=np.float32)
@@ -38,6 +41,8 @@ class ArrayDataset:
             self.test_mask = np.asarray(self.test_mask, dtype=bool)
             if self.test_mask.shape != (len(self.x),):
                 raise ValueError(f"test_mask has shape {self.test_mask.shape}, expected ({len(self.x)},)")
+        if self.feature_names is not None and (self.x.ndim != 2 or len(self.feature_names) != self.x.shape[1]):
+            raise ValueError(f"{len(self.feature_names)} feature names for inputs of shape {self.x.shape[1:]}")
         if self.kind == "classification" and self.class_names is None:
             self.class_names = [str(c) for c in range(int(self.y.max()) + 1)]
 

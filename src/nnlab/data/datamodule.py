@@ -149,6 +149,7 @@ class DataModule:
         self.kind = dataset.kind
         self.num_classes = dataset.num_classes
         self.class_names = dataset.class_names
+        self.feature_names = dataset.feature_names  # tabular data: one name per input column
         self.input_shape = dataset.input_shape
 
         stratify = stratify and dataset.kind == "classification"
@@ -397,6 +398,7 @@ def select_classes(dataset: ArrayDataset, classes: list[int | str]) -> ArrayData
         kind="classification",
         class_names=[names[c] for c in picked],
         test_mask=None if dataset.test_mask is None else dataset.test_mask[keep],
+        feature_names=dataset.feature_names,
     )
 
 

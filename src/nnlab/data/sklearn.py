@@ -47,7 +47,7 @@ def iris() -> ArrayDataset:
     from sklearn.datasets import load_iris
 
     d = load_iris()
-    return ArrayDataset(d.data, d.target, "classification", list(d.target_names))
+    return ArrayDataset(d.data, d.target, "classification", list(d.target_names), feature_names=list(d.feature_names))
 
 
 def wine() -> ArrayDataset:
@@ -55,7 +55,7 @@ def wine() -> ArrayDataset:
     from sklearn.datasets import load_wine
 
     d = load_wine()
-    return ArrayDataset(d.data, d.target, "classification", list(d.target_names))
+    return ArrayDataset(d.data, d.target, "classification", list(d.target_names), feature_names=list(d.feature_names))
 
 
 def breast_cancer() -> ArrayDataset:
@@ -63,7 +63,8 @@ def breast_cancer() -> ArrayDataset:
     from sklearn.datasets import load_breast_cancer
 
     d = load_breast_cancer()
-    return ArrayDataset(d.data, d.target, "classification", list(d.target_names))
+    names = list(d.feature_names)
+    return ArrayDataset(d.data, d.target, "classification", list(d.target_names), feature_names=names)
 
 
 def diabetes() -> ArrayDataset:
@@ -71,4 +72,4 @@ def diabetes() -> ArrayDataset:
     from sklearn.datasets import load_diabetes
 
     d = load_diabetes()
-    return ArrayDataset(d.data, d.target, "regression")
+    return ArrayDataset(d.data, d.target, "regression", feature_names=list(d.feature_names))

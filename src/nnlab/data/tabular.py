@@ -134,7 +134,7 @@ def csv(
         kind,
         f" with classes {_some(class_names)}" if class_names else "",
     )
-    return ArrayDataset(x, y, kind, class_names)
+    return ArrayDataset(x, y, kind, class_names, feature_names=names)
 
 
 def _read(file: Path, delimiter: str) -> tuple[list[str], list[list[str]], list[int]]:
