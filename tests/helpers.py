@@ -7,7 +7,6 @@ multirun, Ctrl-C.
 
 from __future__ import annotations
 
-import copy
 import math
 import os
 import subprocess
@@ -18,12 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra import compose, initialize_config_module
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
 import nnlab.configs
 from nnlab.pipeline import train
+from nnlab.train import compose_run
 
 CONFIG_DIR = Path(nnlab.configs.__file__).parent
 
@@ -41,24 +39,8 @@ def options(group: str) -> list[str]:
 
 def compose_config(overrides: Sequence[str], run_dir: str | Path, config_name: str = "train") -> DictConfig:
     """The config `nnlab-train <overrides>` would hand to `main`, with `run_dir` as its run directory
-    (another command's with `config_name`: "lr_find", "attack", "ensemble", ...).
-
-    Mirrors what `hydra.core.utils.run_job` does before calling the task function: set
-    `hydra.runtime.output_dir` (which `paths.output_dir` interpolates), register the Hydra config
-    so `${hydra:...}` and `HydraConfig.get()` resolve, then drop the `hydra` node. (The compose
-    API alone leaves the `hydra` node in, and its `${hydra.job.num}` cannot resolve outside a sweep.)
-    """
-    run_dir = str(Path(run_dir).resolve())
-    with initialize_config_module("nnlab.configs", version_base="1.3"):
-        # Quoted: a path may hold characters of Hydra's override grammar (=, spaces, brackets).
-        cfg = compose(config_name, overrides=[*overrides, f"hydra.run.dir='{run_dir}'"], return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = run_dir
-    HydraConfig.instance().set_config(cfg)
-    task_cfg = copy.deepcopy(cfg)
-    with open_dict(task_cfg):
-        del task_cfg["hydra"]
-    return task_cfg
+    (another command's with `config_name`: "lr_find", "attack", "ensemble", ...): `nnlab.train.compose_run`."""
+    return compose_run(overrides, run_dir, config_name)
 
 
 @dataclass

@@ -12,7 +12,6 @@ run on a split of its own dataset, or of another dataset with the same input sha
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import hydra
 from omegaconf import DictConfig
@@ -38,16 +37,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     log.info("Evaluating on the %s split (%d rows)", cfg.split, run.data.size(cfg.split))
     results = run.task.evaluate(run.data.eval_batches(cfg.split), detailed=True)
     for name, figure in getattr(run.task, "figures", dict)().items():
-        show(report, f"{cfg.split}/{name}", figure)
+        report.figure(f"{cfg.split}_{name}", figure)
     return report.finish({f"{cfg.split}/{k}": v for k, v in results.items()})
-
-
-def show(report: Any, name: str, figure: Any) -> None:
-    """A task's figure: a matplotlib figure, or an image tensor."""
-    if hasattr(figure, "savefig"):
-        report.figure(name.replace("/", "_"), figure)
-    else:
-        report.image(name.replace("/", "_"), figure)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://nnlab.configs", config_name="eval")

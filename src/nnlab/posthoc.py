@@ -23,6 +23,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from nnlab.engine.tensorboard import TensorBoardLogger, save_image
 from nnlab.runinfo import run_info, write_json, write_status
 
 log = logging.getLogger(__name__)
@@ -32,8 +33,6 @@ class Report:
     """The outputs of one command run in `output_dir` (see the module docstring)."""
 
     def __init__(self, output_dir: str | Path, cfg: DictConfig | None = None) -> None:
-        from nnlab.engine.tensorboard import TensorBoardLogger
-
         self.dir = Path(output_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.logger = TensorBoardLogger(str(self.dir / "tensorboard"))
@@ -43,23 +42,12 @@ class Report:
         write_status(self.dir, "running", self.started)
 
     def figure(self, name: str, figure: Any, step: int = 0) -> Path:
-        """Save a matplotlib figure as figures/<name>.png and log it to TensorBoard (closed after)."""
-        path = self.dir / "figures" / f"{name}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        figure.savefig(path, dpi=100, bbox_inches="tight")
-        self.logger.log_figure(name, figure, step)
+        """Save a matplotlib figure (closed after) or a (C, H, W) image tensor in [0, 1] as
+        figures/<name>.png and log it to TensorBoard."""
+        path = save_image(
+            figure, self.dir / "figures" / f"{name}.png", self.logger, name, step, dpi=100, bbox_inches="tight"
+        )
         log.info("Saved %s", path)
-        return path
-
-    def image(self, name: str, image: Any, step: int = 0) -> Path:
-        """Save a (C, H, W) tensor with values in [0, 1] as figures/<name>.png and log it."""
-        from matplotlib.image import imsave
-
-        pixels = image.detach().float().clamp(0, 1).cpu()
-        path = self.dir / "figures" / f"{name}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        imsave(path, pixels[0].numpy() if len(pixels) == 1 else pixels.permute(1, 2, 0).numpy(), cmap="gray")
-        self.logger.log_image(name, pixels, step)
         return path
 
     def scalars(self, metrics: dict[str, float], step: int = 0) -> None:

@@ -7,14 +7,14 @@ config. The config folders stay the one catalogue of names: a case names config 
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
 import nnlab.configs
+from nnlab.train import compose_run
 
 CONFIG_DIR = Path(nnlab.configs.__file__).parent
 
@@ -96,24 +96,5 @@ CASES: dict[str, Case] = {
 
 
 def compose(overrides: Sequence[str], run_dir: str | Path) -> DictConfig:
-    """The config `nnlab-train <overrides>` would run, with `run_dir` as its run folder.
-
-    As Hydra does before calling a task function: set `hydra.runtime.output_dir` (which
-    `paths.output_dir` interpolates), register the Hydra config so `${hydra:...}` resolves, then
-    drop the `hydra` node.
-    """
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_module
-    from hydra.core.hydra_config import HydraConfig
-
-    run_dir = str(Path(run_dir).resolve())
-    with initialize_config_module("nnlab.configs", version_base="1.3"):
-        # Quoted: a path may hold characters of Hydra's override grammar (=, spaces, brackets).
-        cfg = hydra_compose("train", overrides=[*overrides, f"hydra.run.dir='{run_dir}'"], return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = run_dir
-    HydraConfig.instance().set_config(cfg)
-    task_cfg = copy.deepcopy(cfg)
-    with open_dict(task_cfg):
-        del task_cfg["hydra"]
-    return task_cfg
+    """The config `nnlab-train <overrides>` would run, with `run_dir` as its run folder."""
+    return compose_run(overrides, run_dir)

@@ -85,3 +85,26 @@ class TensorBoardLogger:
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
+
+
+def save_image(image: Any, path: Path, logger: TensorBoardLogger | None, tag: str, step: int, **savefig: Any) -> Path:
+    """Save `image` as the PNG `path` and, with a logger, log it to TensorBoard's Images tab under
+    `tag`: a (C, H, W) tensor with values in [0, 1] (grey when C = 1), or a matplotlib figure
+    (saved with `savefig`'s options, closed afterwards)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if hasattr(image, "savefig"):
+        image.savefig(path, **savefig)
+        if logger is not None:
+            logger.log_figure(tag, image, step)  # closes the figure
+        else:
+            import matplotlib.pyplot as plt
+
+            plt.close(image)
+        return path
+    from matplotlib.image import imsave
+
+    pixels = image.detach().float().clamp(0, 1).cpu()
+    imsave(path, pixels[0].numpy() if len(pixels) == 1 else pixels.permute(1, 2, 0).numpy(), cmap="gray")
+    if logger is not None:
+        logger.log_image(tag, pixels, step)
+    return path

@@ -26,6 +26,7 @@ from nnlab.engine.precision import Precision
 from nnlab.engine.regularization import Regularization
 from nnlab.engine.rng import rng_state, set_rng_state
 from nnlab.engine.task import Task
+from nnlab.engine.tensorboard import save_image
 from nnlab.errors import ConfigValueError, UserError, check_choice, check_range
 
 log = logging.getLogger(__name__)
@@ -423,23 +424,7 @@ class Trainer:
         """Log an image (a (C, H, W) tensor in [0, 1], or a matplotlib figure) to TensorBoard
         under `tag`, and save it as figures/<name>.png (the latest one, for image series)."""
         path = Path(self.output_dir) / "figures" / f"{tag.rsplit('/', 1)[-1]}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if isinstance(image, torch.Tensor):
-            from matplotlib.image import imsave
-
-            pixels = image.detach().float().clamp(0, 1).cpu()
-            imsave(path, pixels[0].numpy() if len(pixels) == 1 else pixels.permute(1, 2, 0).numpy(), cmap="gray")
-            if self.logger is not None:
-                self.logger.log_image(tag, pixels, step)
-        else:
-            image.savefig(path)
-            if self.logger is not None:
-                self.logger.log_figure(tag, image, step)  # closes the figure
-            else:
-                import matplotlib.pyplot as plt
-
-                plt.close(image)
-        return path
+        return save_image(image, path, self.logger, tag, step)
 
     def _log_summary(self, task: Task, data: Any) -> None:
         from nnlab.engine.summary import model_summary
