@@ -349,3 +349,25 @@ def test_a_failed_background_write_is_raised_by_wait(tmp_path: Path) -> None:
     with pytest.raises(OSError):
         writer.wait()
     writer.wait()  # raised once
+
+
+def test_a_snapshot_copies_every_tensor_and_keeps_state_dict_metadata() -> None:
+    from nnlab.engine.checkpoint import snapshot
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    optimizer = torch.optim.Adam(model.parameters())
+    model(torch.randn(4, 3)).sum().backward()
+    optimizer.step()
+    state = {"model": model.state_dict(), "optim": optimizer.state_dict(), "pair": (torch.ones(1), 2)}
+    copy = snapshot(state)
+    assert copy["model"]._metadata == state["model"]._metadata  # BatchNorm's version, read on load
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    optimizer.state[model[0].weight]["exp_avg"].add_(1.0)
+    assert not torch.equal(copy["model"]["0.weight"], model[0].weight)
+    assert not torch.equal(copy["optim"]["state"][0]["exp_avg"], optimizer.state[model[0].weight]["exp_avg"])
+    assert isinstance(copy["pair"], tuple) and copy["pair"][1] == 2
+    fresh = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    fresh.load_state_dict(copy["model"])
+    torch.optim.Adam(fresh.parameters()).load_state_dict(copy["optim"])

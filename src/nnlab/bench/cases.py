@@ -50,7 +50,7 @@ class Case:
         return missing
 
 
-TORCH_LOOPS = ("nnlab", "raw", "dataloader", "lightning")
+TORCH_LOOPS = ("nnlab", "nnlab_lean", "raw", "dataloader", "lightning")
 
 CASES: dict[str, Case] = {
     case.name: case

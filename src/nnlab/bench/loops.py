@@ -7,6 +7,7 @@ model before it, and testing after it, are outside the clock.
   nnlab       `nnlab.pipeline.build(cfg)` then `trainer.fit`, exactly as `nnlab-train` builds the
               run: TensorBoard logger, checkpoints (last + best), the rich progress bar, the
               health monitor, train.log, all at their defaults.
+  nnlab_lean  the same without the health monitor and the checkpoints (logger and progress bar on).
   raw         the limit: a hand-written loop over batches sliced from the in-memory tensors
               before each epoch's clock starts. Same seed, the same `build_model` (so the same
               initialization draws), the same optimizer and schedule, the same standardized
@@ -137,6 +138,19 @@ def nnlab_loop(cfg: DictConfig, device: str) -> Outcome:
         test_acc=accuracy(parts.model, data.eval_batches("test")),
         state={k: v.detach().cpu().clone() for k, v in parts.model.state_dict().items()},
     )
+
+
+def nnlab_lean_loop(cfg: DictConfig, device: str) -> Outcome:
+    """`nnlab_loop` without the health monitor and the checkpoints (`~callbacks.health
+    ~callbacks.model_checkpoint`), the TensorBoard logger and progress bar kept: what those two
+    callbacks cost, against the engine's own overhead."""
+    from omegaconf import open_dict
+
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        for name in ("health", "model_checkpoint"):
+            cfg.callbacks.pop(name, None)
+    return nnlab_loop(cfg, device)
 
 
 def _build(cfg: DictConfig) -> tuple[Any, nn.Module, torch.optim.Optimizer, Any, torch.device]:

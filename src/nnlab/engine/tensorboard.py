@@ -28,8 +28,13 @@ class TensorBoardLogger:
         return self._writer
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        for k, v in metrics.items():
-            self.writer.add_scalar(k, v, global_step=step)
+        """Scalars at `step`: one event holding them all (what `add_scalar` writes one event
+        per tag for; TensorBoard reads both alike), so a log costs one write, not one per tag."""
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        values = [Summary.Value(tag=k, simple_value=float(v)) for k, v in metrics.items()]
+        if values:
+            self.writer.file_writer.add_summary(Summary(value=values), step)
 
     def log_histogram(self, tag: str, values: Any, step: int, bins: int = 64) -> None:
         """The distribution of a tensor's finite values (TensorBoard's Histograms and Distributions
