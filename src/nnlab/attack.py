@@ -50,7 +50,7 @@ def attack(cfg: DictConfig) -> dict[str, float]:
     if a.step_size is not None:
         check_range("attack.step_size", a.step_size, 0.0, low_inclusive=False)
 
-    run = load_run(checkpoint_of(cfg), device=cfg.device)
+    run = load_run(checkpoint_of(cfg), device=cfg.device, trust_config=cfg.trust_config)
     if not isinstance(run.task, Supervised) or not run.classifier:
         raise UserError(
             f"nnlab-attack attacks classifiers trained with task=supervised, but {run.ckpt_path} is a "

@@ -195,7 +195,11 @@ def ensemble(cfg: DictConfig) -> dict[str, float]:
 
     val, test, num_classes = [], [], 0
     for d in member_dirs:
-        run = load_run(tested_checkpoint(d, cfg.trainer.get("test_ckpt", "best")), device=cfg.trainer.device)
+        run = load_run(
+            tested_checkpoint(d, cfg.trainer.get("test_ckpt", "best")),
+            device=cfg.trainer.device,
+            trust_config=True,  # members this command just trained from the user's own config
+        )
         val.append(member_outputs(run, "val"))
         test.append(member_outputs(run, "test"))
         num_classes = run.data.num_outputs

@@ -32,7 +32,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     from nnlab.restore import checkpoint_of, load_run
 
     check_choice("split", cfg.split, SPLITS)
-    run = load_run(checkpoint_of(cfg), data=cfg.get("data"), device=cfg.device)
+    run = load_run(checkpoint_of(cfg), data=cfg.get("data"), device=cfg.device, trust_config=cfg.trust_config)
     report = Report(cfg.paths.output_dir, cfg)
     log.info("Evaluating on the %s split (%d rows)", cfg.split, run.data.size(cfg.split))
     results = run.task.evaluate(run.data.eval_batches(cfg.split), detailed=True)

@@ -48,7 +48,7 @@ def explain_run(cfg: DictConfig) -> dict[str, float]:
     check_choice("split", cfg.split, SPLITS)
     check_range("explain.num_samples", opts.num_samples, 1)
     check_range("explain.n_steps", opts.n_steps, 2)
-    run = load_run(ckpt_path, device=cfg.device)
+    run = load_run(ckpt_path, device=cfg.device, trust_config=cfg.trust_config)
     check_supported(run)
     report = Report(cfg.paths.output_dir, cfg)
 

@@ -57,7 +57,7 @@ def export(cfg: DictConfig) -> dict[str, float]:
     opts = cfg.export
     validate(opts)
     # The CPU throughout: it is where these files are deployed, and the latencies are CPU ones.
-    run = load_run(checkpoint_of(cfg), device="cpu")
+    run = load_run(checkpoint_of(cfg), device="cpu", trust_config=cfg.trust_config)
     refuse_unexportable(run)
     torch.set_num_threads(opts.threads)
     report = Report(cfg.paths.output_dir, cfg)

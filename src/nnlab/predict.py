@@ -99,7 +99,7 @@ def predict(cfg: DictConfig) -> dict[str, float]:
 
     if not cfg.get("input"):
         raise UserError("input is not set. Give the rows to predict: input=file.csv or input=file.npy.")
-    run = load_run(checkpoint_of(cfg), device=cfg.device)
+    run = load_run(checkpoint_of(cfg), device=cfg.device, trust_config=cfg.trust_config)
     x_raw = read_inputs(Path(cfg.input), tuple(run.data.input_shape))
     x = torch.from_numpy(run.data.transform(x_raw)).to(run.device)
     report = Report(cfg.paths.output_dir, cfg)

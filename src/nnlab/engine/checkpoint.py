@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import os
 import pickle
+import re
 import shutil
 import threading
 from collections.abc import Sequence
@@ -132,12 +133,32 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+# torch.load(weights_only=True) could still run code from a crafted file before these releases:
+# CVE-2025-32434 (GHSA-53q9-r3pm-6pq6, fixed in 2.6.0) and CVE-2026-24747 (GHSA-63cw-57p8-fm3p,
+# heap corruption in the weights-only unpickler, fixed in 2.10.0). pyproject.toml pins a newer torch;
+# this guards an install that went around the pin.
+SAFE_TORCH = (2, 10)
+
+
+def require_safe_torch(version: str | None = None) -> None:
+    """Refuse to unpickle any file with a torch whose weights-only loader has known holes."""
+    version = version or torch.__version__
+    major, minor = (int(part) for part in re.findall(r"\d+", version)[:2])
+    if (major, minor) < SAFE_TORCH:
+        raise UserError(
+            f"torch {version} is installed, whose torch.load(weights_only=True) can be made to run code by a "
+            "crafted file (CVE-2025-32434, CVE-2026-24747); nnlab loads no checkpoint with it. Install nnlab's "
+            "pinned torch: pip install -e . (or pip install 'torch>=2.14.1,<2.15')."
+        )
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint with `weights_only=True`: tensors and plain containers only, so a
     crafted pickle cannot execute code. Failures end in a `UserError` that names the file."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"Checkpoint not found: {path}. Check ckpt_path, or list the run's checkpoints/ folder.")
+    require_safe_torch()
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
