@@ -177,7 +177,8 @@ def build(cfg: DictConfig) -> Parts:
     """Instantiate each part the config names, handing each what only the others know: the
     model its sizes from the data, the task its model and the data's kind, the trainer its
     callbacks and logger."""
-    data, model, task = build_model(cfg)
+    # The cheap parts first, so their bad values (trainer.max_epochs=-1, trainer.device=tpu, a
+    # callback's option) stop the run before the data is loaded.
     callbacks = {name: instantiate(c) for name, c in (cfg.get("callbacks") or {}).items() if c}
     rank_zero = distributed.current().is_zero
     if not rank_zero:  # other ranks of a data-parallel run keep only callbacks that decide (early stopping)
@@ -185,6 +186,7 @@ def build(cfg: DictConfig) -> Parts:
     logger = instantiate(cfg.logger) if cfg.get("logger") and rank_zero else None
     regularization = instantiate(cfg.regularization) if cfg.get("regularization") else None
     trainer = instantiate(cfg.trainer, callbacks=list(callbacks.values()), logger=logger, regularization=regularization)
+    data, model, task = build_model(cfg)
     return Parts(data, model, task, callbacks, logger, trainer)
 
 
