@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Iterable
 
 
@@ -46,14 +47,17 @@ def check_range(
     low_inclusive: bool = True,
     high_inclusive: bool = True,
 ) -> None:
-    """Raise `ConfigValueError` naming `key` and the valid range unless low <= value <= high."""
+    """Raise `ConfigValueError` naming `key` and the valid range unless low <= value <= high
+    and `value` is a finite number (NaN compares False with everything, so it would pass)."""
+    if high is None:
+        wanted = f"{'>=' if low_inclusive else '>'} {low}"
+    elif low is None:
+        wanted = f"{'<=' if high_inclusive else '<'} {high}"
+    else:
+        wanted = f"in {'[' if low_inclusive else '('}{low}, {high}{']' if high_inclusive else ')'}"
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigValueError(f"{key}={value} is not a finite number: it must be {wanted}.")
     too_low = low is not None and (value < low if low_inclusive else value <= low)
     too_high = high is not None and (value > high if high_inclusive else value >= high)
     if too_low or too_high:
-        if high is None:
-            wanted = f"{'>=' if low_inclusive else '>'} {low}"
-        elif low is None:
-            wanted = f"{'<=' if high_inclusive else '<'} {high}"
-        else:
-            wanted = f"in {'[' if low_inclusive else '('}{low}, {high}{']' if high_inclusive else ')'}"
         raise ConfigValueError(f"{key}={value!r} is out of range: it must be {wanted}.")

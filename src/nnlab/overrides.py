@@ -16,6 +16,15 @@ from nnlab.errors import did_you_mean
 
 def explain(hydra_message: str, overrides: list[str]) -> str | None:
     """A rewritten message for a Hydra composition error, or None to keep Hydra's own."""
+    m = re.search(
+        r"(NotADirectoryError|FileExistsError|PermissionError|OSError): \[Errno \d+\] ([^:]+): '([^']+)'", hydra_message
+    )
+    if m:  # Hydra could not create the run folder (it does so before the run starts)
+        return (
+            f"Cannot create the run folder '{m.group(3)}' ({m.group(2).lower()}): a part of the path is a file, or "
+            "the place is not writable. Set hydra.run.dir (or paths.log_dir, or the NNLAB_ROOT environment "
+            "variable) to a folder that can be created."
+        )
     m = re.search(r"Could not override '([^']+)'", hydra_message)
     if m:
         return _unknown_key(m.group(1), overrides)
@@ -61,6 +70,17 @@ def _unknown_key(key: str, overrides: list[str]) -> str:
         )
     hint = did_you_mean(leaf, keys, prefix=f"{parent}." if parent else "")
     where = f"'{parent}'" if parent else "the top level"
+    children = OmegaConf.to_container(node, resolve=False)  # (interpolations need a running job)
+    deeper = [
+        f"{parent}.{k}.{leaf}" if parent else f"{k}.{leaf}"
+        for k in keys
+        if isinstance(children.get(k), dict) and leaf in children[k]
+    ]
+    if not hint and deeper:  # e.g. data.download=false for data.dataset.download
+        return (
+            f"Unknown key '{key}': {where} has no key '{leaf}'. Did you mean '{deeper[0]}'?"
+            f" Keys of {where}: {', '.join(keys)}."
+        )
     return (
         f"Unknown key '{key}': {where} has no key '{leaf}'.{hint}"
         f" Keys of {where}: {', '.join(keys)}. (To add a new key on purpose, prefix it with '+'.)"

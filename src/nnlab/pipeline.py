@@ -28,7 +28,7 @@ from nnlab import app
 from nnlab.console import print_config_tree, print_metrics_table
 from nnlab.engine import distributed
 from nnlab.engine.rng import seed_everything
-from nnlab.errors import DataMismatchError, UserError, did_you_mean
+from nnlab.errors import ConfigValueError, DataMismatchError, UserError, did_you_mean
 from nnlab.runinfo import run_info, write_json, write_status
 from nnlab.validation import validate_config
 
@@ -114,19 +114,30 @@ def train_once(cfg: DictConfig, show_table: bool = True) -> dict[str, float]:
     trainer.extra_state = {"config": OmegaConf.to_yaml(cfg, resolve=True), "nnlab_version": nnlab.__version__}
     resuming = bool(cfg.get("ckpt_path")) or (cfg.trainer.get("resume") == "auto" and trainer.last_checkpoint())
     rank_zero = distributed.current().is_zero
-    if rank_zero:
-        save_run_record(cfg, output_dir, resuming=bool(resuming))
     started = time.time()
-    if rank_zero:
-        write_status(output_dir, "running", started)
+
+    recorded = False
+
+    def record() -> None:
+        """Once the checkpoint it continues from (if any) is restored: a bad checkpoint must not
+        touch the record of the run it was taken from."""
+        nonlocal recorded
+        if rank_zero:
+            save_run_record(cfg, output_dir, resuming=bool(resuming))
+            write_status(output_dir, "running", started)
+            recorded = True
 
     try:
-        trainer.fit(task, data, ckpt_path=cfg.get("ckpt_path"))
+        trainer.fit(task, data, ckpt_path=cfg.get("ckpt_path"), on_start=record)
         if not rank_zero:  # data-parallel: rank 0 tests and writes the results
             return trainer.metrics
         metrics = {**trainer.metrics, **trainer.test(task, data)}
         if logger is not None:
             logger.log_hparams(hyperparameters(cfg), metrics)
+    except Exception as e:
+        if recorded and not app.in_sweep():  # (a sweep's trial records its failure in app.guarded)
+            write_status(output_dir, "failed", started, error=app.user_error_message(e) or f"{type(e).__name__}: {e}")
+        raise
     finally:
         if logger is not None:
             logger.close()  # flushes event files, also on Ctrl-C or an error
@@ -208,6 +219,7 @@ def build_model(cfg: DictConfig, augment: bool = True) -> tuple[Any, Any, Any]:
         if not isinstance(e.__cause__, DataMismatchError):
             raise
         raise UserError(f"{pairing()} do not fit together: {e.__cause__}") from e
+    check_batch_norm_batches(model, data)
     if cfg.get("init"):
         initialized = instantiate(cfg.init)(model)
         if initialized:
@@ -228,6 +240,22 @@ def build_model(cfg: DictConfig, augment: bool = True) -> tuple[Any, Any, Any]:
     )
     transfer.check_task_support(task, cfg.get("transfer"))
     return data, model, task
+
+
+def check_batch_norm_batches(model: Any, data: Any) -> None:
+    """Batch norm cannot train on a batch of one row (one value per channel has no variance):
+    refuse a batch size that makes one, rather than fail at the epoch's last step."""
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    if not any(isinstance(m, _BatchNorm) for m in model.modules()):
+        return
+    b, n = data.batch_size, data.size("train")
+    if b == 1 or (not data.drop_last and n % b == 1):
+        raise ConfigValueError(
+            f"data.batch_size={b} leaves a training batch of 1 row ({n} training rows), on which the model's "
+            f"batch norm cannot train. Set data.drop_last=true, another data.batch_size (e.g. {b + 1}), or "
+            "model.batch_norm=false."
+        )
 
 
 def pairing() -> str:

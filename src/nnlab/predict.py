@@ -43,7 +43,7 @@ def read_inputs(path: Path, input_shape: tuple[int, ...]) -> np.ndarray:
             raise UserError(f"input={path}: holds a {x.dtype} array of shape {x.shape}; expected numbers.")
         x = x.reshape(len(x), -1) if x.ndim > 1 else x.reshape(1, -1)
     elif path.suffix == ".csv":
-        x = read_csv(path)
+        x = read_csv(path, features)
     else:
         raise UserError(f"input={path}: unknown format '{path.suffix}'. Give a .csv or a .npy file.")
     if x.shape[1] != features:
@@ -58,24 +58,27 @@ def read_inputs(path: Path, input_shape: tuple[int, ...]) -> np.ndarray:
     return x.astype(np.float32).reshape(len(x), *input_shape)
 
 
-def read_csv(path: Path) -> np.ndarray:
+def read_csv(path: Path, features: int) -> np.ndarray:
+    """The numeric rows of a CSV (a non-numeric first line is a header); `features`, the model's
+    number of inputs, is named in the messages."""
     with open(path, newline="") as f:
         rows = [row for row in csv.reader(f) if row and any(c.strip() for c in row)]
     if rows and not _numeric(rows[0]):
         rows = rows[1:]  # a header
+    fix = f"Give {features} values per row, in the order of the training data."
     if not rows:
-        raise UserError(f"input={path} has no data rows.")
+        raise UserError(f"input={path} has no data rows. {fix}")
     widths = {len(r) for r in rows}
     if len(widths) > 1:
         first = next(i for i, r in enumerate(rows) if len(r) != len(rows[0]))
         raise UserError(
             f"input={path}: rows have different numbers of values ({sorted(widths)}); data row {first + 1} "
-            f"has {len(rows[first])}, the first has {len(rows[0])}."
+            f"has {len(rows[first])}, the first has {len(rows[0])}. {fix}"
         )
     for i, row in enumerate(rows):
         if not _numeric(row):
             cell = next(c for c in row if not _is_number(c))
-            raise UserError(f"input={path}: data row {i + 1} has a non-numeric value {cell!r}. Only numbers are read.")
+            raise UserError(f"input={path}: data row {i + 1} has a non-numeric value {cell!r}. {fix}")
     return np.array(rows, dtype=np.float64)
 
 

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from nnlab.engine.checkpoint import load_checkpoint
+from nnlab.engine.checkpoint import load_checkpoint, mismatch
 from nnlab.engine.precision import Precision
 from nnlab.engine.trainer import resolve_device
 from nnlab.errors import UserError
@@ -141,10 +141,10 @@ def load_run(
     try:
         model.load_state_dict(weights)
     except RuntimeError as e:
-        detail = " ".join(line.strip() for line in str(e).splitlines()[:2])
+        detail = mismatch(model, weights) or str(e).strip().splitlines()[0]
         raise UserError(
             f"The weights in {path} do not fit the model its config builds for data "
-            f"'{cfg.data.dataset._target_}' ({detail}). Evaluate on a dataset with the run's input shape "
+            f"'{cfg.data.dataset._target_}': {detail}. Evaluate on a dataset with the run's input shape "
             "and number of outputs, or leave `data` unset to use the run's own."
         ) from e
     built_data.setup(dev)

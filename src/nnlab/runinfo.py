@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -52,9 +53,13 @@ def run_info() -> dict[str, Any]:
 
 
 def write_json(data: dict[str, Any], path: str | Path) -> Path:
+    """Write `data` as JSON, atomically (a temporary file renamed over `path`): a run killed
+    mid-write leaves the previous file, never half of one, for `nnlab-report` to read."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
     return path
 
 

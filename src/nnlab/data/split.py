@@ -45,7 +45,7 @@ def fold_indices(
 
 def fit_standardizer(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-feature mean and std of `x` along axis 0; constant features get std 1 (left centred)."""
-    mean = x.mean(axis=0)
-    std = x.std(axis=0)
+    mean = x.mean(axis=0, dtype=np.float64)  # float64: squares of values near float32's limit overflow
+    std = x.std(axis=0, dtype=np.float64)
     std = np.where(std < 1e-8, 1.0, std)  # also works when x is 1-D and std a scalar
     return np.asarray(mean, dtype=np.float32), np.asarray(std, dtype=np.float32)

@@ -187,6 +187,11 @@ def _check_header(name: str, header: list[str], line: int) -> None:
     for i, column in enumerate(header):
         if not column:
             raise UserError(f"{name}, line {line}: column {i + 1} of the header has no name. Name every column.")
+        if "\n" in column or "\r" in column:
+            raise UserError(
+                f"{name}, line {line}: column {i + 1} of the header, {column!r}, holds a line break (a quote left "
+                "open?). Close the quote, or put the name on one line."
+            )
     repeated = [c for c, n in Counter(header).items() if n > 1]
     if repeated:
         raise UserError(f"{name}, line {line}: the header names column '{repeated[0]}' twice. Rename one of them.")
@@ -251,6 +256,7 @@ def _feature(
         return onehot, [f"{column}={c}" for c in categories]
 
     col = np.array([np.nan if n is None else n for n in numbers], dtype=np.float64)
+    _check_float32(name, column, col, values, lines)
     present = col[~missing]
     if missing.any():
         if impute == "mean":
@@ -291,6 +297,7 @@ def _target(name: str, column: str, values: list[str], lines: list[int], kind: s
             kind = "regression"
         log.info("%s: target '%s' taken for %s (set data.dataset.kind to change it)", name, column, kind)
     if kind == "regression":
+        _check_float32(name, column, np.array(numbers, dtype=np.float64), values, lines)
         return np.array(numbers, dtype=np.float32), kind, None
     keys = values if text else numbers  # numbers compare numerically: "1" and "1.0" are one class
     classes = sorted(set(keys))
@@ -310,6 +317,20 @@ def _did_you_mean(word: str, columns: list[str]) -> str:
 
 def _is_missing(value: str) -> bool:
     return value.lower() in MISSING
+
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _check_float32(name: str, column: str, col: np.ndarray, values: list[str], lines: list[int]) -> None:
+    """Numbers beyond float32's range would become inf in the tensors nnlab trains on."""
+    over = np.flatnonzero(np.abs(np.nan_to_num(col)) > FLOAT32_MAX)
+    if len(over):
+        i = int(over[0])
+        raise UserError(
+            f"{name}, line {lines[i]}: column '{column}' has {values[i]!r}, beyond the float32 range nnlab trains in "
+            "(+-3.4e38). Rescale the column, or leave the field empty to mark it missing."
+        )
 
 
 def _number(value: str) -> float | None:

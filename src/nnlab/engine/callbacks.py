@@ -94,6 +94,14 @@ class ModelCheckpoint:
     def _better(self, a: float, b: float) -> bool:
         return a < b if self.mode == "min" else a > b
 
+    def on_fit_start(self, trainer: Trainer) -> None:
+        # A write killed mid-way (SIGKILL, power cut) leaves its temporary file; the checkpoint it
+        # was replacing is intact. One process writes a run's folder, so any left now are stale.
+        folder = self.checkpoint_dir(trainer)
+        if folder.is_dir():
+            for stale in folder.glob("*.ckpt.*.tmp"):
+                stale.unlink(missing_ok=True)
+
     def on_train_batch_end(self, trainer: Trainer) -> None:
         n = self.every_n_train_steps
         if n is None:
@@ -127,9 +135,6 @@ class ModelCheckpoint:
             self.best_score = score
         ranked = self.save_top_k != 0 and not math.isnan(score) and self._ranks(score)
         paths: list[Path] = []  # the files of this moment: one write, then hard links
-        if self.save_last:
-            self.last_path = folder / "last.ckpt"
-            paths.append(self.last_path)
         if self.save_top_k != 0 and improved:
             self.best_path = folder / "best.ckpt"
             paths.append(self.best_path)
@@ -143,6 +148,12 @@ class ModelCheckpoint:
                 self.top_k = self.top_k[: self.save_top_k]
         if self.every_n_epochs and trainer.epoch % self.every_n_epochs == 0:
             paths.append(folder / f"epoch-{trainer.epoch:03d}.ckpt")
+        if self.save_last:
+            # Last of the files of this moment: last.ckpt (where a resume starts) says this epoch
+            # is done only once best.ckpt and the others hold it. Killed before, a resumed run
+            # redoes the epoch (deterministically) and writes them all again.
+            self.last_path = folder / "last.ckpt"
+            paths.append(self.last_path)
         # After the update above, so a resume knows the best.
         self.writer.write(trainer.checkpoint_state(), paths)
         for name in dropped:  # (never one just written: a dropped epoch ranks below the kept k)

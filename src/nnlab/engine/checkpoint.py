@@ -162,24 +162,50 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        if "weights only" not in str(e).lower():  # not a pickle torch refused: not a checkpoint at all
+        # torch names what a refused pickle wanted to call; anything else is a broken file.
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", _plain(str(e)))
+        if refused is None:
             raise _unreadable(path, e) from e
         raise UserError(
-            f"Refused to load {path}: it holds objects other than tensors and plain containers "
-            f"({_first_line(e)}). nnlab loads checkpoints with weights_only=True so that a file "
-            "from elsewhere cannot run code; only use checkpoints written by nnlab."
+            f"Refused to load {path}: unpickling it would call {refused.group(1)}, which is not a tensor or a "
+            "plain container. nnlab loads checkpoints with weights_only=True so that a file from elsewhere "
+            "cannot run code; only use checkpoints written by nnlab."
         ) from e
     except Exception as e:  # noqa: BLE001 - an untrusted file: whatever breaks, the file is unreadable
         raise _unreadable(path, e) from e
 
 
+def mismatch(module: torch.nn.Module, weights: dict[str, Any]) -> str:
+    """Why `weights` do not fit `module`, briefly: counts of missing, unexpected and
+    wrongly-shaped entries with the first few names ("" when they fit)."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in weights]
+    unexpected = [k for k in weights if k not in own]
+    shapes = [
+        f"{k} {tuple(weights[k].shape)} vs {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in weights and hasattr(weights[k], "shape") and weights[k].shape != v.shape
+    ]
+    parts = []
+    for label, names in (("missing", missing), ("unexpected", unexpected), ("of another shape", shapes)):
+        if names:
+            more = ", ..." if len(names) > 3 else ""
+            parts.append(f"{len(names)} {label} ({', '.join(names[:3])}{more})")
+    return "; ".join(parts)
+
+
 def _unreadable(path: Path, error: BaseException) -> UserError:
     return UserError(
         f"Could not read checkpoint {path}: it is empty, truncated or not a PyTorch checkpoint "
-        f"({_first_line(error)}). Use another checkpoint, e.g. the run's checkpoints/last.ckpt."
+        f"({first_line(error)}). Use another checkpoint, e.g. the run's checkpoints/last.ckpt."
     )
 
 
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
+def _plain(text: str) -> str:
+    """`text` without terminal colour codes (torch's unpickling errors carry some)."""
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)
+
+
+def first_line(error: BaseException) -> str:
+    lines = _plain(str(error)).strip().splitlines()
     return lines[0] if lines else type(error).__name__

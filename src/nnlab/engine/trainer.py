@@ -9,7 +9,7 @@ import os
 import re
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,7 @@ import torch
 
 from nnlab.engine import distributed
 from nnlab.engine.acceleration import channels_last_batches, compile_mode, prepare_model
-from nnlab.engine.checkpoint import load_checkpoint
+from nnlab.engine.checkpoint import first_line, load_checkpoint, mismatch
 from nnlab.engine.metrics import RunningMean
 from nnlab.engine.nonfinite import TrainingDiverged, locate_nonfinite
 from nnlab.engine.optim import NonFiniteStep, UpdateRules
@@ -192,9 +192,16 @@ class Trainer:
         return not self.rules.update_now
 
     # ----------------------------------------------------------------------------------------
-    def fit(self, task: Task, data: Any, ckpt_path: str | Path | None = None) -> dict[str, float]:
+    def fit(
+        self,
+        task: Task,
+        data: Any,
+        ckpt_path: str | Path | None = None,
+        on_start: Callable[[], None] | None = None,
+    ) -> dict[str, float]:
         """Train for `max_epochs` (continuing from `ckpt_path`, or from `last.ckpt` with
-        `resume=auto`); returns the last epoch's train/ and val/ metrics."""
+        `resume=auto`); returns the last epoch's train/ and val/ metrics. `on_start` is called
+        once everything is set up and the checkpoint restored, right before training starts."""
         if self.deterministic:
             # cuBLAS needs a fixed workspace to be deterministic; it must be set before its first use.
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -248,6 +255,8 @@ class Trainer:
             log.info("DistributedDataParallel: rank %d of %d", dist_info.rank, dist_info.world_size)
         if compile_mode(self.compile) is not None:
             task.model = prepare_model(task.model, self.device, compile=self.compile)  # a wrapper; self.module stays
+        if on_start is not None:
+            on_start()
         self._call("on_fit_start")
         previous_handler = _install_sigint(self)
         try:
@@ -462,9 +471,9 @@ class Trainer:
         try:
             self.module.load_state_dict(state["model"])
         except RuntimeError as e:
-            detail = " ".join(line.strip() for line in str(e).splitlines()[:3])
+            detail = mismatch(self.module, state["model"]) or first_line(e)
             raise UserError(
-                f"Checkpoint {path} does not fit this model ({detail}). "
+                f"Checkpoint {path} does not fit this model: {detail}. "
                 "It was written by a run with another model or data config: resume with the config of "
                 "the run that wrote it (see .hydra/config.yaml in that run's folder)."
             ) from e
