@@ -25,6 +25,7 @@ VALUE_ERRORS = [
     (["trainer.device=cpu", "trainer.precision=16-mixed"], "trainer.precision", "bf16"),
     (["+model.foo=1"], "model.foo", "hidden_sizes"),  # lists the valid keys
     (["model.activation=rleu"], "model.activation", "Did you mean 'relu'?"),
+    (["paths.data_dir=[1,2]"], "paths.data_dir", "Give a path"),
 ]
 
 

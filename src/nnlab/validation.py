@@ -50,9 +50,25 @@ def validate_config(cfg: DictConfig, skip: Sequence[str] = ("hydra",)) -> None:
         check_range("seed", cfg.seed, 0, 2**32 - 1)
     if "optimized_mode" in cfg:
         check_choice("optimized_mode", cfg.optimized_mode, ["min", "max"])
+    if isinstance(cfg.get("paths"), DictConfig):
+        _check_paths(cfg.paths)
     for key in cfg:
         if key not in skip:
             _walk(cfg[key], str(key))
+
+
+def _check_paths(paths: DictConfig) -> None:
+    """The `paths` group has no `_target_`: each entry must be a non-empty folder name."""
+    for key in paths:
+        try:
+            value = paths[key]
+        except Exception:  # an interpolation only the running job can resolve
+            continue
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigValueError(
+                f"paths.{key}={value!r} is not a folder name. Give a path, e.g. paths.{key}=/data/nnlab "
+                "(or set NNLAB_ROOT to move data and outputs together)."
+            )
 
 
 def _walk(node: Any, path: str) -> None:
