@@ -144,11 +144,11 @@ CASES = [
     # Unknown config choices: Hydra's composition, rewritten with the choices and a "did you mean".
     case("choice model=mpl", "model=mpl", "model=mpl", "Did you mean 'mlp'?"),
     case("choice data=digts", "data=digts", "data=digts", "Did you mean 'digits'?", slow=True),
-    case("choice optimizer=adamm", "optimizer=adamm", "optimizer=adamm", "Choose one of: adagrad, adam,"),
+    case("choice optimizer=adamm", "optimizer=adamm", "optimizer=adamm", "Choose one of: adagrad, adam,", slow=True),
     # Misspelled and unknown keys.
     case("key trainer.max_epoch", "trainer.max_epoch=5", "trainer.max_epoch", "Did you mean 'trainer.max_epochs'?"),
     case("key model.hidden_size", "model.hidden_size=[8]", "model.hidden_size", "Did you mean 'model.hidden_sizes'?"),
-    case("key +model.foo", "+model.foo=1", "model.foo", "Valid keys: "),
+    case("key +model.foo", "+model.foo=1", "model.foo", "Valid keys: ", slow=True),
     case(
         "key data.download (nested)",
         "data=mnist data.download=false",
@@ -156,16 +156,22 @@ CASES = [
         "Did you mean 'data.dataset.download'?",
     ),
     # Wrong types and values out of range.
-    case("type trainer.max_epochs=abc", "trainer.max_epochs=abc", "trainer.max_epochs='abc'", "max_epochs=<int>"),
+    case(
+        "type trainer.max_epochs=abc",
+        "trainer.max_epochs=abc",
+        "trainer.max_epochs='abc'",
+        "max_epochs=<int>",
+        slow=True,
+    ),
     case("range trainer.max_epochs=-1", "trainer.max_epochs=-1", "trainer.max_epochs=-1", "must be >= 1", slow=True),
-    case("range optimizer.lr=-0.1", "optimizer.lr=-0.1", "optimizer.lr=-0.1", "must be > 0"),
-    case("range data.batch_size=0", "data.batch_size=0", "data.batch_size=0", "must be >= 1"),
+    case("range optimizer.lr=-0.1", "optimizer.lr=-0.1", "optimizer.lr=-0.1", "must be > 0", slow=True),
+    case("range data.batch_size=0", "data.batch_size=0", "data.batch_size=0", "must be >= 1", slow=True),
     case("range model.dropout=1.5", "model.dropout=1.5", "model.dropout=1.5", "must be in [0.0, 1.0)", slow=True),
     case(
         "choice trainer.device=tpu", "trainer.device=tpu", "trainer.device='tpu'", "Choose one of: auto, cpu", slow=True
     ),
     case("choice task.loss=crossentropy", "task.loss=crossentropy", "task.loss", "Did you mean 'cross_entropy'?"),
-    case("range seed=-1", "seed=-1", "seed=-1", "must be in [0, 4294967295]"),
+    case("range seed=-1", "seed=-1", "seed=-1", "must be in [0, 4294967295]", slow=True),
     case("range gradient_clip_val=-1", "trainer.gradient_clip_val=-1", "trainer.gradient_clip_val", "> 0", slow=True),
     # A model that cannot take the data.
     case("pair model=cnn data=iris", "model=cnn data=iris", ("model=cnn", "data=iris"), "Use model=mlp"),
