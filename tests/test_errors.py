@@ -125,3 +125,20 @@ def test_failed_run_leaves_an_earlier_run_untouched(bad: list[str], cli_run: Pat
     old_log, new_log = before.pop("train.log")[1], after.pop("train.log")[1]
     assert new_log.startswith(old_log)
     assert after == before
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("model.dropout=1.5", "model.dropout"),
+        ("data.batch_size=0", "data.batch_size"),
+        ("task.loss=crossentropy", "task.loss"),
+        ("trainer.max_epochs=-1", "trainer.max_epochs"),
+    ],
+)
+def test_bad_options_stop_the_run_before_the_dataset_is_read(override: str, key: str, tmp_path: Path) -> None:
+    """MNIST is not on disk and may not be downloaded: a run that read the data would fail on
+    that first. Each bad option is reported instead, so it was checked before any data was read."""
+    args = ["data=mnist", "data.dataset.download=false", override, f"hydra.run.dir={tmp_path / 'run'}"]
+    message = assert_user_error(run_cli(args, tmp_path), key)
+    assert "MNIST" not in message

@@ -19,6 +19,12 @@ class ConfigValueError(UserError, ValueError):
     """A config value out of its valid range or set of choices (raised by `check_*`)."""
 
 
+class OptionError(ConfigValueError):
+    """An option outside its valid range or set of choices (raised by `check_range` and
+    `check_choice`): wrong whatever the data, so `nnlab.pipeline.preflight` can find it before
+    the dataset is read."""
+
+
 class DataMismatchError(ConfigValueError):
     """A model that cannot take the dataset it was given (raised when the model is built);
     `nnlab-train` names the model and data choices in front of the message."""
@@ -31,12 +37,12 @@ def did_you_mean(word: str, choices: Iterable[str], prefix: str = "") -> str:
 
 
 def check_choice(key: str, value: object, choices: Iterable[str]) -> None:
-    """Raise `ConfigValueError` naming `key` unless `value` is one of `choices`."""
+    """Raise `OptionError` naming `key` unless `value` is one of `choices`."""
     choices = list(choices)
     if value not in choices:
         hint = did_you_mean(str(value), choices)
         names = ", ".join(str(c).lower() if isinstance(c, bool) else str(c) for c in choices)
-        raise ConfigValueError(f"{key}={value!r} is not a valid choice.{hint} Choose one of: {names}.")
+        raise OptionError(f"{key}={value!r} is not a valid choice.{hint} Choose one of: {names}.")
 
 
 def check_range(
@@ -47,7 +53,7 @@ def check_range(
     low_inclusive: bool = True,
     high_inclusive: bool = True,
 ) -> None:
-    """Raise `ConfigValueError` naming `key` and the valid range unless low <= value <= high
+    """Raise `OptionError` naming `key` and the valid range unless low <= value <= high
     and `value` is a finite number (NaN compares False with everything, so it would pass)."""
     if high is None:
         wanted = f"{'>=' if low_inclusive else '>'} {low}"
@@ -56,8 +62,8 @@ def check_range(
     else:
         wanted = f"in {'[' if low_inclusive else '('}{low}, {high}{']' if high_inclusive else ')'}"
     if isinstance(value, float) and not math.isfinite(value):
-        raise ConfigValueError(f"{key}={value} is not a finite number: it must be {wanted}.")
+        raise OptionError(f"{key}={value} is not a finite number: it must be {wanted}.")
     too_low = low is not None and (value < low if low_inclusive else value <= low)
     too_high = high is not None and (value > high if high_inclusive else value >= high)
     if too_low or too_high:
-        raise ConfigValueError(f"{key}={value!r} is out of range: it must be {wanted}.")
+        raise OptionError(f"{key}={value!r} is out of range: it must be {wanted}.")

@@ -28,7 +28,7 @@ from nnlab import app
 from nnlab.console import print_config_tree, print_metrics_table
 from nnlab.engine import distributed
 from nnlab.engine.rng import seed_everything
-from nnlab.errors import ConfigValueError, DataMismatchError, UserError, did_you_mean
+from nnlab.errors import ConfigValueError, DataMismatchError, OptionError, UserError, did_you_mean
 from nnlab.runinfo import run_info, write_json, write_status
 from nnlab.validation import validate_config
 
@@ -188,6 +188,7 @@ def build(cfg: DictConfig) -> Parts:
     """Instantiate each part the config names, handing each what only the others know: the
     model its sizes from the data, the task its model and the data's kind, the trainer its
     callbacks and logger."""
+    preflight(cfg)
     # The cheap parts first, so their bad values (trainer.max_epochs=-1, trainer.device=tpu, a
     # callback's option) stop the run before the data is loaded.
     callbacks = {name: instantiate(c) for name, c in (cfg.get("callbacks") or {}).items() if c}
@@ -240,6 +241,49 @@ def build_model(cfg: DictConfig, augment: bool = True) -> tuple[Any, Any, Any]:
     )
     transfer.check_task_support(task, cfg.get("transfer"))
     return data, model, task
+
+
+def preflight(cfg: DictConfig) -> None:
+    """The data module's and the model's option checks (`data.batch_size=0`, `model.dropout=1.5`),
+    run before the dataset is read: each is built once, on a small stand-in dataset and input
+    shape, and only an `OptionError` (an option wrong whatever the data) is raised. Everything
+    else about the stand-ins (a shape the model cannot take, a class the stand-in lacks) is left
+    to the real build. The random generators are left as they were."""
+    import torch
+
+    from nnlab.data.arrays import ArrayDataset
+
+    rows = np.random.default_rng(0).normal(size=(200, 1, 8, 8)).astype(np.float32)
+    stand_in = ArrayDataset(rows, np.arange(200) % 10, "classification", [str(c) for c in range(10)])
+    with torch.random.fork_rng(devices=[]):
+        _options_only(lambda: _call_with(cfg.data, dataset=stand_in, augment=None))
+        _options_only(lambda: instantiate(cfg.model, input_shape=(1, 8, 8), num_outputs=10))
+
+
+def _call_with(node: DictConfig, **objects: Any) -> Any:
+    """Call `node`'s target with its plain options and `objects` in place of nested ones
+    (Hydra's `instantiate` would turn a dataclass passed as a keyword into a config)."""
+    from hydra.utils import get_object
+
+    kwargs = {}
+    for key in node:
+        if str(key).startswith("_") or key in objects:
+            continue
+        value = node[key]  # resolved against the whole config (data.seed is ${seed})
+        kwargs[str(key)] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+    return get_object(node._target_)(**kwargs, **objects)
+
+
+def _options_only(build: Any) -> None:
+    try:
+        build()
+    except InstantiationException as e:
+        if isinstance(e.__cause__, OptionError):
+            raise e.__cause__ from None
+    except OptionError:
+        raise
+    except Exception:  # noqa: BLE001 - the stand-in's fault, or one the real build will report
+        pass
 
 
 def check_batch_norm_batches(model: Any, data: Any) -> None:

@@ -123,6 +123,9 @@ def _check_target(node: DictConfig, path: str) -> None:
         if isinstance(value, dict) and "_target_" in value:
             continue  # a nested object, checked on its own
         hint = hints.get(key)
+        choices = _literal_choices(hint)
+        if choices and isinstance(value, str) and not _matches(value, hint):
+            check_choice(full, value, choices)  # with a "did you mean"
         if hint is not None and not _matches(value, hint):
             raise ConfigValueError(
                 f"{full}={value!r} has the wrong type: {target} expects {_describe(hint)}. "
@@ -180,6 +183,15 @@ def _matches(value: Any, hint: Any) -> bool:
     if origin is dict or hint is dict:
         return isinstance(value, dict)
     return True  # tensors, callables, modules...: supplied at the call site, not checked here
+
+
+def _literal_choices(hint: Any) -> list[str]:
+    """The string choices of a `Literal[...]` hint (also inside `X | None`), else []."""
+    if typing.get_origin(hint) is Literal:
+        return [a for a in typing.get_args(hint) if isinstance(a, str)]
+    if typing.get_origin(hint) in (Union, types.UnionType):
+        return [c for a in typing.get_args(hint) for c in _literal_choices(a)]
+    return []
 
 
 def _describe(hint: Any) -> str:

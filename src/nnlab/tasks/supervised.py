@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -75,7 +75,7 @@ class Supervised:
         kind: str = "classification",
         class_names: list[str] | None = None,
         class_counts: list[int] | None = None,
-        loss: str = "auto",
+        loss: Literal["auto", "cross_entropy", "nll", "bce", "hinge", "kl_div", "mse", "mae", "huber"] = "auto",
         label_smoothing: float = 0.0,
         class_weight: str = "none",
         adversarial: str = "none",
