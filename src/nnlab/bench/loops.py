@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -211,44 +211,44 @@ def _train_epoch(
 
 def raw_loop(cfg: DictConfig, device: str) -> Outcome:
     """The limit: plain PyTorch over batches prepared before the clock starts."""
-    data, model, optimizer, scheduler, dev = _build(cfg)
-    x, y = whole_split(data, "train")
-    val = list(data.eval_batches("val"))
-    epochs, timer, steps = cfg.trainer.max_epochs, Timer(dev), 0
-    total, rows = torch.zeros(()), 0
-    for epoch in range(epochs):
-        # nnlab's order of this epoch, sliced from the tensors already on the device.
-        order = data.epoch_order(epoch).to(dev)
-        if data.drop_last:
-            order = order[: len(order) - len(order) % data.batch_size]
-        batches = [(x[idx], y[idx]) for idx in order.split(data.batch_size)]
-        with timer:
-            total, rows, n = _train_epoch(model, optimizer, scheduler, batches, val, dev)
-        steps += n
-    return Outcome(
-        seconds=timer.seconds,
-        epochs=epochs,
-        steps=steps,
-        samples=epochs * len(x),
-        train_loss=float(total) / max(rows, 1),
-        test_acc=accuracy(model, data.eval_batches("test")),
-        state={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-    )
+
+    def batches(data: Any, x: torch.Tensor, y: torch.Tensor, dev: torch.device) -> Callable[[int], Iterable]:
+        def epoch_batches(epoch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+            # nnlab's order of this epoch, sliced from the tensors already on the device.
+            order = data.epoch_order(epoch).to(dev)
+            if data.drop_last:
+                order = order[: len(order) - len(order) % data.batch_size]
+            return [(x[idx], y[idx]) for idx in order.split(data.batch_size)]
+
+        return epoch_batches
+
+    return _timed_epochs(cfg, batches, keep_state=True)
 
 
 def dataloader_loop(cfg: DictConfig, device: str) -> Outcome:
     """The tutorial loop: a shuffling `DataLoader` over CPU tensors, batches moved to the device."""
     from torch.utils.data import DataLoader, TensorDataset
 
+    def batches(data: Any, x: torch.Tensor, y: torch.Tensor, dev: torch.device) -> Callable[[int], Iterable]:
+        loader = DataLoader(TensorDataset(x.cpu(), y.cpu()), batch_size=data.batch_size, shuffle=True)
+        return lambda epoch: loader
+
+    return _timed_epochs(cfg, batches, keep_state=False)
+
+
+def _timed_epochs(cfg: DictConfig, batches: Callable[..., Callable[[int], Iterable]], keep_state: bool) -> Outcome:
+    """`_train_epoch` for every epoch under the clock, over `batches(data, x, y, device)(epoch)`
+    (made before the epoch's clock starts); the outcome, with the final weights if `keep_state`."""
     data, model, optimizer, scheduler, dev = _build(cfg)
     x, y = whole_split(data, "train")
-    loader = DataLoader(TensorDataset(x.cpu(), y.cpu()), batch_size=data.batch_size, shuffle=True)
+    epoch_batches = batches(data, x, y, dev)
     val = list(data.eval_batches("val"))
     epochs, timer, steps = cfg.trainer.max_epochs, Timer(dev), 0
     total, rows = torch.zeros(()), 0
-    for _ in range(epochs):
+    for epoch in range(epochs):
+        prepared = epoch_batches(epoch)
         with timer:
-            total, rows, n = _train_epoch(model, optimizer, scheduler, loader, val, dev)
+            total, rows, n = _train_epoch(model, optimizer, scheduler, prepared, val, dev)
         steps += n
     return Outcome(
         seconds=timer.seconds,
@@ -257,6 +257,7 @@ def dataloader_loop(cfg: DictConfig, device: str) -> Outcome:
         samples=epochs * len(x),
         train_loss=float(total) / max(rows, 1),
         test_acc=accuracy(model, data.eval_batches("test")),
+        state={k: v.detach().cpu().clone() for k, v in model.state_dict().items()} if keep_state else None,
     )
 
 
