@@ -147,7 +147,13 @@ CASES = [
     case("choice optimizer=adamm", "optimizer=adamm", "optimizer=adamm", "Choose one of: adagrad, adam,", slow=True),
     # Misspelled and unknown keys.
     case("key trainer.max_epoch", "trainer.max_epoch=5", "trainer.max_epoch", "Did you mean 'trainer.max_epochs'?"),
-    case("key model.hidden_size", "model.hidden_size=[8]", "model.hidden_size", "Did you mean 'model.hidden_sizes'?"),
+    case(
+        "key model.hidden_size",
+        "model.hidden_size=[8]",
+        "model.hidden_size",
+        "Did you mean 'model.hidden_sizes'?",
+        slow=True,
+    ),
     case("key +model.foo", "+model.foo=1", "model.foo", "Valid keys: ", slow=True),
     case(
         "key data.download (nested)",
@@ -170,7 +176,13 @@ CASES = [
     case(
         "choice trainer.device=tpu", "trainer.device=tpu", "trainer.device='tpu'", "Choose one of: auto, cpu", slow=True
     ),
-    case("choice task.loss=crossentropy", "task.loss=crossentropy", "task.loss", "Did you mean 'cross_entropy'?"),
+    case(
+        "choice task.loss=crossentropy",
+        "task.loss=crossentropy",
+        "task.loss",
+        "Did you mean 'cross_entropy'?",
+        slow=True,
+    ),
     case("range seed=-1", "seed=-1", "seed=-1", "must be in [0, 4294967295]", slow=True),
     case("range gradient_clip_val=-1", "trainer.gradient_clip_val=-1", "trainer.gradient_clip_val", "> 0", slow=True),
     # A model that cannot take the data.
