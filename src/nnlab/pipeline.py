@@ -371,10 +371,13 @@ def run(cfg: DictConfig) -> float | None:
 
     output_dir = cfg.paths.output_dir
     stopped = f"Stopped by Ctrl-C. The last checkpoint and the TensorBoard logs are in {output_dir}"
+    ended_well = False
     try:
-        return app.guarded(body, interrupted=stopped, output_dir=output_dir)
+        result = app.guarded(body, interrupted=stopped, output_dir=output_dir)
+        ended_well = True
+        return result
     finally:
-        distributed.shutdown()
+        distributed.shutdown(wait_for_peers=ended_well)
         if app.in_sweep():
             # A sweep's worker process runs trial after trial, then exits: collect this trial's
             # garbage and freeze what is left (mostly imported modules), so later collections

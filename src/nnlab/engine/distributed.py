@@ -102,6 +102,11 @@ def barrier() -> None:
         dist.barrier()
 
 
-def shutdown() -> None:
+def shutdown(wait_for_peers: bool = True) -> None:
+    """Leave the process group. After a run that ended well, wait for every rank first: a rank
+    that tears down its gloo pairs while a peer still uses them can make that peer abort
+    ("terminate called without an active exception"). After a failure, leave at once."""
     if dist.is_available() and dist.is_initialized():
+        if wait_for_peers:
+            dist.barrier()
         dist.destroy_process_group()
