@@ -217,3 +217,30 @@ def test_a_rejected_trial_records_its_own_overrides(failing: Path) -> None:
     status.json names the overrides it ran with."""
     status = json.loads((failing / "1" / "status.json").read_text())
     assert status["status"] == "failed" and "optimizer.lr=-1" in status["overrides"]
+
+
+def header(markdown: str) -> list[str]:
+    line = next(line for line in markdown.splitlines() if line.startswith("| #"))
+    return [cell.strip() for cell in line.strip("|").split("|")]
+
+
+def test_curves_overlay_every_trial_from_its_tensorboard_events(grid: Path) -> None:
+    from nnlab.curves import read_scalars
+
+    done = report(grid, "--curves", "val/loss,train/*", "--columns", "val/acc")
+    assert (grid / "curves.png").stat().st_size > 10_000
+    assert header(done.markdown)[4:6] == ["val/loss", "val/acc"]  # after #, trial and the two swept keys
+    for trial, metrics in final_metrics(grid).items():
+        scalars = read_scalars(grid / trial, ["val/loss", "train/*"])
+        steps, values = scalars["val/loss"]
+        assert steps == list(range(1, len(steps) + 1))  # one value per epoch
+        assert values[-1] == pytest.approx(metrics["val/loss"], rel=1e-6)  # TensorBoard holds what metrics.json says
+        assert {"train/loss", "train/acc"} <= set(scalars) and "val/acc" not in scalars
+    again = report(grid)  # no --curves and no report.curves in the config: the old figure goes
+    assert not (grid / "curves.png").exists() and "val/acc" not in header(again.markdown)
+
+
+def test_curves_of_a_scalar_no_trial_logged_say_so(grid: Path) -> None:
+    done = report(grid, "--curves", "val/no_such_metric")
+    assert not (grid / "curves.png").exists()
+    assert "No trial logged val/no_such_metric" in done.result.stdout

@@ -11,7 +11,9 @@ report sorts the trials by the metric they optimized (their config's `optimized_
 
 - prints the table, the swept hyperparameters (the overrides that differ between trials) first;
 - writes report.md, report.csv (every metric) and report.png (the metric against each swept
-  hyperparameter) into the sweep dir;
+  hyperparameter) into the sweep dir, and curves.png: the trials' training curves overlaid
+  (`nnlab.curves`), for the scalars --curves names or, by default, the config's `report.curves`;
+- shows the config's `report.metrics` (or --columns) as extra columns;
 - prints the best trial's folder and the `nnlab-train ...` command that reruns it.
 
 TensorBoard's HParams tab shows the same trials interactively: `tensorboard --logdir <sweep dir>`.
@@ -34,7 +36,7 @@ from rich.table import Table
 from nnlab.console import console
 from nnlab.errors import UserError, did_you_mean
 
-REPORTS = ("report.md", "report.csv", "report.png")
+REPORTS = ("report.md", "report.csv", "report.png", "curves.png")
 SWEEP_LAYOUT = (
     "nnlab-report reads the folder of a sweep (`nnlab-train -m ...`), e.g. outputs/multiruns/<date>_<time>/, "
     "which holds Hydra's multirun.yaml and one folder per trial (0/, 1/, ...), each with its status.json, "
@@ -56,6 +58,7 @@ class Trial:
     error: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     optimized: tuple[str, str] | None = None  # (optimized_metric, optimized_mode) of its config
+    shows: tuple[list[str], list[str]] = ([], [])  # its config's report.metrics and report.curves
 
     def value(self, key: str) -> str | None:
         """This trial's override of `key` ('0.01' for optimizer.lr=0.01), None when not overridden."""
@@ -98,6 +101,8 @@ def read_trial(folder: Path, sweep: Path, recovered: dict[str, list[str]]) -> Tr
         cfg = OmegaConf.load(hydra_dir / "config.yaml")
         if cfg.get("optimized_metric"):
             trial.optimized = (str(cfg.optimized_metric), str(cfg.get("optimized_mode") or "min"))
+        shows = cfg.get("report") or {}
+        trial.shows = ([str(m) for m in shows.get("metrics") or []], [str(c) for c in shows.get("curves") or []])
     if (folder / "metrics.json").is_file():
         trial.metrics = {k: float(v) for k, v in read_json(folder / "metrics.json").items()}
         trial.status = "completed"
@@ -174,10 +179,21 @@ def ranked(trials: list[Trial], metric: str, mode: str) -> list[Trial]:
     return sorted(trials, key=key)  # stable: ties keep the trial order
 
 
-def shown_metrics(trials: list[Trial], metric: str) -> list[str]:
-    """The metric, then the split-level test metrics (test/acc, test/loss; not test/f1/<class>)."""
+def shown_metrics(trials: list[Trial], metric: str, extra: list[str]) -> list[str]:
+    """The metric, the `extra` columns (report.metrics), then the split-level test metrics
+    (test/acc, test/loss; not test/f1/<class>)."""
     tests = sorted({k for t in trials for k in t.metrics if k.startswith("test/") and k.count("/") == 1})
-    return [metric, *(k for k in tests if k != metric)]
+    return list(dict.fromkeys([metric, *extra, *tests]))
+
+
+def configured(trials: list[Trial]) -> tuple[list[str], list[str]]:
+    """The report.metrics and report.curves of the sweep's config (its first trial that has them)."""
+    return next((t.shows for t in trials if t.shows[0] or t.shows[1]), ([], []))
+
+
+def label(trial: Trial, swept: list[str]) -> str:
+    """A trial's name in a legend: its swept values (`optimizer=sgd`), else its folder."""
+    return " ".join(f"{k.rsplit('.', 1)[-1] if k.count('.') else k}={trial.value(k)}" for k in swept) or trial.name
 
 
 def rerun_command(trial: Trial) -> str:
@@ -329,14 +345,28 @@ def as_number(text: str) -> float | None:
 # -- the command --------------------------------------------------------------------------------
 
 
-def report(sweep: Path, metric: str | None = None, mode: str | None = None, top: int | None = None) -> list[Trial]:
-    """Read the sweep, print its table, write the report files; return the trials, best first."""
+def report(
+    sweep: Path,
+    metric: str | None = None,
+    mode: str | None = None,
+    top: int | None = None,
+    columns: list[str] | None = None,
+    curves: list[str] | None = None,
+) -> list[Trial]:
+    """Read the sweep, print its table, write the report files; return the trials, best first.
+    `columns` and `curves` replace the config's report.metrics and report.curves."""
     trials = find_trials(sweep)
     metric, mode = choose_metric(trials, metric, mode)
+    in_order = list(trials)  # trial 0, 1, ...: the order of the legend
     trials = ranked(trials, metric, mode)
     swept = swept_keys(trials)
     fixed = [o for o in trials[0].overrides if split_override(o)[0] not in swept]
-    columns = shown_metrics(trials, metric)
+    shows = configured(trials)
+    extra = columns if columns is not None else shows[0]
+    curves = curves if curves is not None else shows[1]
+    known = {k for t in trials for k in t.metrics}
+    extra = [c for c in extra if c in known or not known]  # (a column no trial has would stay empty)
+    columns = shown_metrics(trials, metric, extra)
     title = f"{len(trials)} trials of {sweep}, by {metric} ({'lowest' if mode == 'min' else 'highest'} first)"
 
     print_table(trials, swept, columns, fixed, title, top or len(trials))
@@ -344,6 +374,13 @@ def report(sweep: Path, metric: str | None = None, mode: str | None = None, top:
     write_csv(sweep / "report.csv", trials, metric)
     if any(math.isfinite(t.metrics.get(metric, math.nan)) for t in trials):
         plot(sweep / "report.png", trials, swept, metric)
+    (sweep / "curves.png").unlink(missing_ok=True)  # (from an earlier report with other curves)
+    if curves:
+        from nnlab.curves import plot_curves
+
+        runs = [(label(t, swept), t.dir) for t in in_order]
+        if not plot_curves(sweep / "curves.png", runs, curves, title=f"{len(runs)} trials of {sweep.name}"):
+            console().print(f"No trial logged {', '.join(curves)} to TensorBoard: no curves.png.")
     out = console()
     out.print(f"Wrote {', '.join(str(sweep / name) for name in REPORTS if (sweep / name).exists())}")
     best = trials[0]
@@ -365,15 +402,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metric", help="the metric to sort by (default: the trials' optimized_metric)")
     parser.add_argument("--mode", choices=("min", "max"), help="lower or higher is better (default: optimized_mode)")
     parser.add_argument("--top", type=int, help="print only the best N trials (the files list all)")
+    parser.add_argument("--columns", help="extra metric columns, comma-separated (default: report.metrics)")
+    parser.add_argument(
+        "--curves", help="TensorBoard scalars to overlay, comma-separated, * allowed (default: report.curves)"
+    )
     args = parser.parse_args(argv)
     if args.top is not None and args.top < 1:
         parser.error(f"--top {args.top}: give a positive number of trials, e.g. --top 5")
     try:
-        report(args.sweep_dir, args.metric, args.mode, args.top)
+        report(args.sweep_dir, args.metric, args.mode, args.top, comma_list(args.columns), comma_list(args.curves))
     except UserError as e:
         print(f"Error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def comma_list(text: str | None) -> list[str] | None:
+    return None if text is None else [part.strip() for part in text.split(",") if part.strip()]
 
 
 def cli() -> None:
