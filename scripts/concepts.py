@@ -101,8 +101,9 @@ def main() -> None:
     parser.add_argument("--all", action="store_true", help="every experiment with a `report:` section")
     parser.add_argument("--runs-dir", type=Path, default=ROOT / "outputs" / "concepts")
     parser.add_argument("--docs-dir", type=Path, default=ROOT / "docs" / "figures" / "concepts")
-    args, extra = parser.parse_known_args()
-    extra = [e for e in extra if e != "--"]
+    argv = sys.argv[1:]
+    cut = argv.index("--") if "--" in argv else len(argv)
+    args, extra = parser.parse_args(argv[:cut]), argv[cut + 1 :]  # after --: overrides for every trial
     names = with_report_section() if args.all else args.names
     unknown = [n for n in names if not (EXPERIMENTS / f"{n}.yaml").is_file()]
     if not names or unknown:

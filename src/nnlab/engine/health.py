@@ -52,6 +52,8 @@ class HealthMonitor:
       layer towards the input mean *vanishing* gradients: early layers stop learning (saturating
       sigmoid/tanh units, tiny initial weights, great depth). Norms in the thousands, or growing
       tenfold check after check, mean *exploding* gradients: the loss jumps and ends in NaN.
+    - `health/grad_norm_ratio`: the first weight's gradient norm over the last one's, the number
+      the vanishing warning below watches (healthy: about 0.1-10).
     - `health/update_ratio/<weight>` = ||W_after - W_before|| / ||W_before|| over the step: how
       much one update changes a layer. About 1e-3 is the usual healthy value; 1e-5 or below
       means the layer barely moves (learning rate too low, or vanishing gradients), 1e-1 or above
@@ -217,6 +219,8 @@ class HealthMonitor:
         total = math.sqrt(sum(v * v for v in values)) if values else None
         if total is not None:
             scalars["health/grad_norm_total"] = total
+        if len(weights) > 1 and norms[weights[-1]] > 0:
+            scalars["health/grad_norm_ratio"] = norms[weights[0]] / norms[weights[-1]]
         for name, p in model.named_parameters():
             before = self._before.get(name)
             if before is None:
