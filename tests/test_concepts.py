@@ -99,6 +99,12 @@ def test_a_comparison_runs_as_one_multirun_and_reports_its_curves(tmp_path: Path
 @pytest.mark.slow
 @pytest.mark.parametrize("name", COMPARISONS)
 def test_every_trial_of_every_comparison_runs_tiny(name: str, train_run, tmp_path: Path) -> None:
+    given: list[str] = []
+    if "pretrained_ckpt" in OmegaConf.load(CONFIG_DIR / "experiment" / f"{name}.yaml"):
+        # A fine-tuning comparison starts from a checkpoint given on the command line: a tiny run of
+        # the same config (from scratch) stands in for the pretrained model.
+        pretrained = train_run([f"experiment={name}", "transfer.init_from=null"], tmp_path / "pretrained")
+        given = [f"pretrained_ckpt={pretrained.dir / 'checkpoints' / 'best.ckpt'}"]
     for i, trial in enumerate(grid(name)):
-        run = train_run([f"experiment={name}", *trial], tmp_path / str(i))
+        run = train_run([f"experiment={name}", *given, *trial], tmp_path / str(i))
         assert run.metrics and all(math.isfinite(v) for v in run.metrics.values() if isinstance(v, float)), trial

@@ -210,7 +210,7 @@ def test_without_transfer_the_optimizer_is_unchanged(tmp_path) -> None:
         ),
         (["transfer.freeze=[backbone]"], "transfer.init_from, which is not set"),
         (["transfer.backbone_lr_scale=0.1"], "transfer.init_from, which is not set"),
-        (["transfer.init_from=nowhere.ckpt"], "Checkpoint not found: nowhere.ckpt"),
+        (["transfer.init_from=nowhere.ckpt"], "transfer.init_from=nowhere.ckpt: no such checkpoint file"),
         (["+transfer.unfreeze=[net.1]"], "Unknown key 'transfer.unfreeze'"),
         (["transfer.freeze=[net]"], "freezes every trainable parameter of MLP"),
     ],

@@ -192,8 +192,13 @@ def configured(trials: list[Trial]) -> tuple[list[str], list[str]]:
 
 
 def label(trial: Trial, swept: list[str]) -> str:
-    """A trial's name in a legend: its swept values (`optimizer=sgd`), else its folder."""
-    return " ".join(f"{k.rsplit('.', 1)[-1] if k.count('.') else k}={trial.value(k)}" for k in swept) or trial.name
+    """A trial's name in a legend: its swept values (`lr=0.01`, a path by its last two parts),
+    else its folder."""
+
+    def short(value: str | None) -> str:
+        return "/".join(Path(value).parts[-2:]) if value and "/" in value else str(value)
+
+    return " ".join(f"{k.rsplit('.', 1)[-1]}={short(trial.value(k))}" for k in swept) or trial.name
 
 
 def rerun_command(trial: Trial) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Iterator
 from typing import Literal
@@ -9,14 +10,16 @@ from typing import Literal
 import numpy as np
 import torch
 
+from nnlab.data import missing as gaps
 from nnlab.data.arrays import ArrayDataset
-from nnlab.data.split import fit_standardizer, fold_indices, split_indices
-from nnlab.errors import ConfigValueError, check_choice, check_range, did_you_mean
+from nnlab.data.split import fit_minmax, fit_standardizer, fold_indices, split_indices
+from nnlab.errors import ConfigValueError, OptionError, check_choice, check_range, did_you_mean
 
 log = logging.getLogger(__name__)
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 Split = Literal["train", "val", "test"]
+NORMALIZE = ("none", "standard", "minmax")
 
 # Datasets up to this size live on the training device as whole tensors.
 IN_MEMORY_LIMIT_BYTES = 1 << 30
@@ -29,6 +32,22 @@ class DataModule:
     statistic of the validation or test rows leaks into training. For regression the target is
     z-scored the same way when `standardize_target` is on, which keeps MSE near 1 at the start
     whatever the target's units (metrics are then in standard deviations of the target).
+    `normalize` picks the input scaling by name instead: none, standard (the z-score above) or
+    minmax (each feature mapped to [0, 1] by the train split's min and max; val/test rows may
+    fall outside). When set it replaces `standardize`, so one key sweeps all three.
+
+    Outliers (regression): `outliers=f` adds a gross error of `outlier_scale` target standard
+    deviations (up or down, at random) to a seeded share f of the *training* targets, as wrong
+    labels would; val and test stay clean, so the score says how well the clean relation was
+    learnt. The target's scaling (`standardize_target`) is fitted before the errors go in, so
+    metrics stay in the clean target's units and compare with a run without outliers.
+
+    Missing values (tables, `nnlab.data.missing`): `missing=f` blanks a seeded share f of the
+    feature values in every split, completely at random (`missing_mechanism=mcar`) or only
+    high values (`mnar`). `impute` fills them: `mean` with the train split's feature means,
+    `mean_indicator` also appends a 0/1 "was missing" column per feature with gaps (the model
+    is sized from the data, so it gets the extra inputs), `drop` discards the training rows
+    with a gap (val/test rows are mean-filled: a model must answer every row).
 
     A dataset with an official test split (`ArrayDataset.test_mask`, e.g. MNIST) is tested on
     exactly those rows; `test_fraction` is then unused and `val_fraction` of the other rows
@@ -77,6 +96,7 @@ class DataModule:
         stratify: bool = True,
         standardize: bool = True,
         standardize_target: bool = True,
+        normalize: Literal["none", "standard", "minmax"] | None = None,
         shuffle: bool = True,
         drop_last: bool = False,
         in_memory: bool | str = "auto",
@@ -90,6 +110,11 @@ class DataModule:
         labels_per_class: int | None = None,
         bootstrap: bool = False,
         bootstrap_seed: int | None = None,
+        outliers: float | None = None,
+        outlier_scale: float = 10.0,
+        missing: float | None = None,
+        missing_mechanism: Literal["mcar", "mnar"] = "mcar",
+        impute: Literal["drop", "mean", "mean_indicator"] = "mean",
         augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
         seed: int = 0,
     ) -> None:
@@ -138,6 +163,34 @@ class DataModule:
                 )
         if in_memory != "auto":
             check_choice("data.in_memory", in_memory, [True, False, "auto"])
+        if normalize is not None:
+            check_choice("data.normalize", normalize, NORMALIZE)
+        else:  # the older switch: true is the z-score, false no scaling
+            normalize = "standard" if standardize else "none"
+        if outliers is not None:
+            check_range("data.outliers", outliers, 0.0, 1.0, high_inclusive=False)
+            check_range("data.outlier_scale", outlier_scale, 0.0, low_inclusive=False)
+            if dataset.kind != "regression":
+                raise ConfigValueError(
+                    f"data.outliers={outliers} corrupts regression targets, but this dataset is {dataset.kind} "
+                    "(for wrong class labels there is no gross error size). Remove it, or choose a regression "
+                    "dataset, e.g. data=diabetes."
+                )
+        check_choice("data.impute", impute, gaps.IMPUTE)
+        check_choice("data.missing_mechanism", missing_mechanism, gaps.MECHANISMS)
+        if missing is not None:
+            check_range("data.missing", missing, 0.0, 1.0, high_inclusive=False)
+            if missing_mechanism == "mnar" and missing > 0.5:  # wrong whatever the data: found by the preflight
+                raise OptionError(
+                    f"data.missing={missing} with data.missing_mechanism=mnar: only values above their "
+                    "feature's median can go missing, so at most half of them. Lower data.missing to 0.5 or less."
+                )
+            if dataset.x.ndim != 2:
+                raise ConfigValueError(
+                    f"data.missing={missing} blanks values of a table (N, features), but this dataset's inputs "
+                    f"have shape {dataset.input_shape}. Remove it, or choose a tabular dataset, e.g. data=wine."
+                )
+            dataset = dataclasses.replace(dataset, x=gaps.mask_values(dataset.x, missing, missing_mechanism, seed))
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.shuffle = shuffle
@@ -173,6 +226,16 @@ class DataModule:
             idx = (np.sort(rng.choice(idx[0], size=len(idx[0]), replace=True)), idx[1], idx[2])
         x = {name: dataset.x[i] for name, i in zip(("train", "val", "test"), idx)}
         y = {name: dataset.y[i] for name, i in zip(("train", "val", "test"), idx)}
+        if missing is not None and impute == "drop":  # complete-case analysis of the train rows
+            complete = ~np.isnan(x["train"]).any(axis=1)
+            if not complete.any():
+                raise ConfigValueError(
+                    f"data.impute=drop leaves no training row: each of the {len(complete)} has a gap in one of "
+                    f"its {dataset.input_shape[0]} features (data.missing={missing}). Lower data.missing, or set "
+                    "data.impute=mean."
+                )
+            log.info("data.impute=drop: kept %d of %d training rows (no missing value)", complete.sum(), len(complete))
+            x["train"], y["train"] = x["train"][complete], y["train"][complete]
         for name, fraction in (("train", None), ("val", val_fraction), ("test", test_fraction)):
             if len(x[name]) == 0:
                 fix = (
@@ -181,15 +244,25 @@ class DataModule:
                     else "lower data.val_fraction or data.test_fraction"
                 )
                 raise ConfigValueError(f"data: the {name} split of {len(dataset.x)} rows is empty; {fix}.")
-        # The train split's statistics, kept so that new inputs (nnlab-predict) get the same scaling.
+        # The train split's statistics, kept so that new inputs (nnlab-predict) get the same
+        # imputation and scaling. x_scale is (offset, divisor): (mean, std) or (min, max - min).
+        self.imputer: gaps.Imputer | None = None
         self.x_scale: tuple[np.ndarray, np.ndarray] | None = None
         self.y_scale: tuple[np.ndarray, np.ndarray] | None = None
-        if standardize:
-            self.x_scale = fit_standardizer(x["train"])
+        if missing is not None:
+            self.imputer = gaps.fit_imputer(x["train"], indicators=impute == "mean_indicator")
+            self.feature_names = self.imputer.feature_names(self.feature_names)
+            self.input_shape = (dataset.input_shape[0] + len(self.imputer.indicators),)
+        if normalize != "none":
+            filled = x["train"] if self.imputer is None else self.imputer(x["train"])
+            self.x_scale = (fit_standardizer if normalize == "standard" else fit_minmax)(filled)
+        if self.imputer is not None or self.x_scale is not None:
             x = {k: self.transform(v) for k, v in x.items()}
         if standardize_target and self.kind == "regression":
             self.y_scale = mean, std = fit_standardizer(y["train"])
             y = {k: (v - mean) / std for k, v in y.items()}
+        if outliers is not None:  # after the target's scaling: metrics stay in clean units
+            y["train"] = _with_outliers(y["train"], outliers, outlier_scale, seed)
         self._arrays = {k: (x[k], y[k]) for k in x}
         nbytes = sum(a.nbytes + b.nbytes for a, b in self._arrays.values())
         self.in_memory = nbytes <= IN_MEMORY_LIMIT_BYTES if in_memory == "auto" else bool(in_memory)
@@ -198,12 +271,14 @@ class DataModule:
         self.rank, self.world_size = 0, 1  # data-parallel shard (see `shard`)
 
     def transform(self, x: np.ndarray) -> np.ndarray:
-        """Inputs in the dataset's raw units -> what the model sees (z-scored with the train split's
-        mean and std when `standardize` is on)."""
+        """Inputs in the dataset's raw units -> what the model sees: gaps filled (and flagged) when
+        `missing` is set, then z-scored (or min-max scaled) with the train split's statistics."""
+        if self.imputer is not None:
+            x = self.imputer(x)
         if self.x_scale is None:
             return x.astype(np.float32)
-        mean, std = self.x_scale
-        return ((x - mean) / std).astype(np.float32)
+        offset, divisor = self.x_scale
+        return ((x - offset) / divisor).astype(np.float32)
 
     def untransform_target(self, y: np.ndarray) -> np.ndarray:
         """Regression outputs -> the target's raw units (undoing `standardize_target`)."""
@@ -349,6 +424,17 @@ class _OrderSampler(torch.utils.data.Sampler):
 
     def __iter__(self):
         return iter(self.data._train_order.tolist())
+
+
+def _with_outliers(y: np.ndarray, fraction: float, scale: float, seed: int) -> np.ndarray:
+    """A copy of the targets `y` with a seeded share `fraction` of its rows moved by `scale`
+    standard deviations of `y`, up or down at random: gross errors, far outside the clean spread."""
+    rng = np.random.default_rng([seed, 4])
+    rows = rng.choice(len(y), size=int(round(fraction * len(y))), replace=False)
+    sign = rng.choice([-1.0, 1.0], size=(len(rows),) + y.shape[1:])
+    out = y.copy()
+    out[rows] = y[rows] + (sign * scale * y.std(axis=0)).astype(y.dtype)
+    return out
 
 
 def _imbalanced(train: np.ndarray, y: np.ndarray, ratio: float, seed: int) -> np.ndarray:

@@ -49,3 +49,12 @@ def fit_standardizer(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     std = x.std(axis=0, dtype=np.float64)
     std = np.where(std < 1e-8, 1.0, std)  # also works when x is 1-D and std a scalar
     return np.asarray(mean, dtype=np.float32), np.asarray(std, dtype=np.float32)
+
+
+def fit_minmax(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature min and range (max - min) of `x` along axis 0, so (x - min) / range maps the
+    rows of `x` to [0, 1]; a constant feature gets range 1 (mapped to 0)."""
+    low = x.min(axis=0)
+    span = x.max(axis=0).astype(np.float64) - low
+    span = np.where(span < 1e-8, 1.0, span)
+    return np.asarray(low, dtype=np.float32), np.asarray(span, dtype=np.float32)

@@ -121,6 +121,11 @@ def apply_transfer(
         )
     skipped = [name for prefix in reinit for name in under(model, prefix, "transfer.reinit")]
     if init_from:
+        if not Path(init_from).is_file():
+            raise UserError(
+                f"transfer.init_from={init_from}: no such checkpoint file. Give the checkpoint of an earlier "
+                "run, e.g. transfer.init_from=outputs/runs/<run>/checkpoints/best.ckpt."
+            )
         result.copied, result.reinitialised = copy_matching(model, init_from, skip=skipped)
     params = [name for name, _ in model.named_parameters()]
     copied = set(result.copied)

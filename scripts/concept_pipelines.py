@@ -1,0 +1,352 @@
+"""The concept lab's comparisons that take more than one command (docs/concepts.md, concepts 20-26):
+a training run or sweep, then a tool on what it trained, run as a user would type them, timed,
+and gathered into one table.
+
+    python scripts/concept_pipelines.py adversarial               # one pipeline
+    python scripts/concept_pipelines.py --all                     # all five, one after another
+    python scripts/concept_pipelines.py ensembles -- trainer.max_epochs=2   # extra overrides for every training command
+
+    adversarial        nnlab-train -m experiment=adversarial, then nnlab-attack on each trial
+    transfer_learning  nnlab-train experiment=digits04_pretrain, then
+                       nnlab-train -m experiment=transfer_learning pretrained_ckpt=<its best.ckpt>
+    ensembles          nnlab-train -m experiment=ensembles (the single models), then
+                       nnlab-ensemble experiment=ensembles with ensemble.vary=seed and =bootstrap
+    edge_deployment    nnlab-train -m experiment=edge_deployment, then nnlab-export on each trial
+    ssl_pretraining    nnlab-train experiment=digits_ssl_pretrain trainer.max_epochs=100, then
+                       nnlab-train -m experiment=ssl_pretraining pretrained_ckpt=<its best.ckpt>
+
+Every command runs in a subprocess (`python -m nnlab.<tool>`, what the `nnlab-<tool>` script
+runs) started in outputs/concept_pipelines/<name>/<date>_<time>/, with paths relative to it
+(sweep/, pretrain/, attack_<n>/, ...) and its output in a log file there. A trial's checkpoint is
+sweep/<n>/checkpoints/best.ckpt. Then `nnlab-report` on the sweep, and into
+docs/figures/concepts/<name>/: table.md and table.json (the table, each command and its wall
+time), timing.json (the whole pipeline, as scripts/concepts.py writes it for one command), the
+sweep's report.md, report.png and curves.png, and the tools' figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import resource
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from nnlab.report import Trial, find_trials
+
+ROOT = Path(__file__).resolve().parents[1]
+BUDGET_S = 180.0  # the issue's budget per concept on a 2-core CPU
+TOOLS = {"nnlab-" + t: "nnlab." + t for t in ("train", "attack", "export", "ensemble", "report")}
+TRAINING = ("nnlab-train", "nnlab-ensemble")  # the commands the extra overrides go to
+EXPORTED = ("pytorch", "torchscript", "onnx", "onnx_int8", "pytorch_int8")  # nnlab-export's rows, in order
+KEPT = ("report.md", "report.png", "curves.png")  # nnlab-report's files, as scripts/concepts.py keeps them
+
+
+class PipelineFailed(RuntimeError):
+    """A command of the pipeline exited non-zero."""
+
+
+@dataclass
+class Runner:
+    """Runs nnlab commands one after another, each logged to a file in `out`, and keeps their wall
+    times and the figures worth copying to the docs."""
+
+    out: Path
+    extra: list[str] = field(default_factory=list)  # appended to every training command
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    figures: dict[str, Path] = field(default_factory=dict)  # name in the docs -> file
+
+    def __call__(self, tool: str, *args: str) -> None:
+        # Run in `out`, with the paths in it relative: the commands, the trials' recorded overrides and
+        # nnlab-report's legends read `sweep/0/checkpoints/best.ckpt`, not a long absolute path.
+        args = tuple(a.replace(f"{self.out}/", "") for a in ((*args, *self.extra) if tool in TRAINING else args))
+        shown = shlex.join([tool, *args])
+        log = self.out / f"{len(self.steps):02d}_{tool}.log"
+        print(f"  $ {shown}", flush=True)
+        start = time.perf_counter()
+        cmd = [sys.executable, "-m", TOOLS[tool], *args]  # what the nnlab-<tool> script runs
+        with log.open("w") as f:
+            done = subprocess.run(cmd, cwd=self.out, stdout=f, stderr=subprocess.STDOUT)
+        wall = time.perf_counter() - start
+        self.steps.append({"command": shown, "wall_s": round(wall, 1), "returncode": done.returncode})
+        print(f"    {wall:.1f} s", flush=True)
+        if done.returncode:
+            tail = "".join(log.read_text().splitlines(keepends=True)[-15:])
+            raise PipelineFailed(f"{shown} exited with {done.returncode}; its log, {log}, ends:\n{tail}")
+
+
+def shorten(path: str) -> str:
+    """`path` relative to the repository when it is inside it, for what the script prints."""
+    return path.replace(f"{ROOT}/", "")
+
+
+def read_metrics(folder: Path) -> dict[str, float]:
+    return json.loads((folder / "metrics.json").read_text())
+
+
+def best_ckpt(trial: Trial) -> str:
+    return str(trial.dir / "checkpoints" / "best.ckpt")
+
+
+# -- the tables: plain functions of the runs' metrics (tests/test_concepts_pipelines.py) -------
+
+
+def robustness_rows(attacks: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
+    """One row per eps, a column per (model, method): accuracy under attack. `attacks` maps a
+    model's label to the metrics.json of its nnlab-attack (`fgsm/eps_0.1/acc`, ...)."""
+    found = [re.fullmatch(r"(\w+)/eps_([\d.e+-]+)/acc", k) for m in attacks.values() for k in m]
+    eps_list = sorted({float(f[2]) for f in found if f})
+    methods = list(dict.fromkeys(f[1] for f in found if f))
+    rows = []
+    for eps in eps_list:
+        row: dict[str, Any] = {"eps": eps}
+        for label, metrics in attacks.items():
+            for method in methods:
+                row[f"{label}: {method}"] = metrics.get(f"{method}/eps_{eps:g}/acc")
+        rows.append(row)
+    return rows
+
+
+def few_label_rows(trials: list[Trial], metric: str = "test/acc") -> list[dict[str, Any]]:
+    """One row per label count: `metric` from scratch (transfer.init_from=null), fine-tuned from
+    the pretrained checkpoint, and the gain in points."""
+    by_labels: dict[int, dict[str, float]] = {}
+    for t in trials:
+        start = "scratch" if t.value("transfer.init_from") in (None, "null") else "fine-tuned"
+        by_labels.setdefault(int(t.value("data.labels_per_class")), {})[start] = t.metrics[metric]
+    rows = []
+    for labels, acc in sorted(by_labels.items()):
+        gain = 100 * (acc["fine-tuned"] - acc["scratch"]) if len(acc) == 2 else None
+        rows.append({"labels per class": labels, **acc, "gain (points)": gain})
+    return rows
+
+
+def ensemble_rows(singles: list[Trial], ensembles: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
+    """One row per way of varying the members: the single models of the sweep (data.bootstrap=false
+    for vary=seed, true for bootstrap), their mean and best, and each combination of
+    nnlab-ensemble's metrics.json; `same models` checks that it trained the sweep's models."""
+    rows = []
+    for vary, metrics in ensembles.items():
+        bootstrap = "true" if vary == "bootstrap" else "false"  # Hydra writes a swept bool as False/True
+        accs = [t.metrics["test/acc"] for t in singles if str(t.value("data.bootstrap")).lower() == bootstrap]
+        members = [v for k, v in sorted(metrics.items()) if re.fullmatch(r"member_\d+/test/acc", k)]
+        row: dict[str, Any] = {
+            "members vary by": vary,
+            "single models": " ".join(f"{a:.3f}" for a in accs),
+            "single: mean": sum(accs) / len(accs),
+            "single: best": max(accs),
+        }
+        for method in ("mean", "vote", "stacking"):
+            if f"ensemble/{method}/test/acc" in metrics:
+                row[f"ensemble: {method}"] = metrics[f"ensemble/{method}/test/acc"]
+        row["same models"] = "yes" if [round(a, 6) for a in accs] == [round(m, 6) for m in members] else "no"
+        rows.append(row)
+    return rows
+
+
+def export_rows(exports: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
+    """One row per (model, artifact) from each nnlab-export's metrics.json (`onnx_int8/size_kb`, ...):
+    size, latency per batch size, test score; artifacts in nnlab-export's order (its JSON is sorted)."""
+    rows = []
+    for model, metrics in exports.items():
+        fields: dict[str, dict[str, float]] = {}
+        for key, value in metrics.items():
+            artifact, _, name = key.partition("/")
+            if name in ("size_kb", "test_acc", "test_mse") or name.startswith("latency_b"):
+                fields.setdefault(artifact, {})[name] = value
+        for artifact in sorted(fields, key=lambda a: EXPORTED.index(a) if a in EXPORTED else len(EXPORTED)):
+            # size, then latency by batch size (latency_b1_ms, latency_b64_ms, ...), then the score
+            names = sorted(fields[artifact], key=lambda n: (n != "size_kb", n.startswith("test"), batch_size(n)))
+            rows.append({"model": model, "artifact": artifact, **{n: fields[artifact][n] for n in names}})
+    return rows
+
+
+def batch_size(name: str) -> int:
+    digits = re.sub(r"\D", "", name)
+    return int(digits) if digits else 0
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    """A Markdown table; numbers to 4 significant digits, a missing value as '-'."""
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+
+    def cell(v: Any) -> str:
+        return "-" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+# -- the pipelines: each runs its commands and returns (table rows, the sweep folder) ----------
+
+
+def adversarial(run: Runner) -> tuple[list[dict[str, Any]], Path]:
+    sweep = run.out / "sweep"
+    run("nnlab-train", "-m", "experiment=adversarial", f"hydra.sweep.dir={sweep}")
+    attacks = {}
+    for trial in find_trials(sweep):
+        label = f"adversarial={trial.value('task.adversarial')}"
+        out = run.out / f"attack_{trial.name}"
+        run("nnlab-attack", f"ckpt_path={best_ckpt(trial)}", f"hydra.run.dir={out}")
+        attacks[label] = read_metrics(out)
+    rows = robustness_rows(attacks)
+    run.figures["accuracy_vs_eps.png"] = line_plot(rows, "eps", "test accuracy", run.out / "accuracy_vs_eps.png")
+    return rows, sweep
+
+
+def line_plot(rows: list[dict[str, Any]], x: str, ylabel: str, path: Path) -> Path:
+    """Every column of `rows` but `x` as a line against `x` (one figure for all the trials)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for column in [c for c in rows[0] if c != x]:
+        ax.plot([r[x] for r in rows], [r[column] for r in rows], marker="o", label=column)
+    ax.set(xlabel=x, ylabel=ylabel, ylim=(0, 1.02))
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def few_labels(experiment: str, *pretrain: str) -> Callable[[Runner], tuple[list[dict[str, Any]], Path]]:
+    """Pretrain with `nnlab-train <pretrain>`, then the experiment's sweep from its checkpoint."""
+
+    def pipeline(run: Runner) -> tuple[list[dict[str, Any]], Path]:
+        pretrained, sweep = run.out / "pretrain", run.out / "sweep"
+        run("nnlab-train", *pretrain, f"hydra.run.dir={pretrained}")
+        ckpt = pretrained / "checkpoints" / "best.ckpt"
+        run("nnlab-train", "-m", f"experiment={experiment}", f"pretrained_ckpt={ckpt}", f"hydra.sweep.dir={sweep}")
+        return few_label_rows(find_trials(sweep)), sweep
+
+    return pipeline
+
+
+def ensembles(run: Runner) -> tuple[list[dict[str, Any]], Path]:
+    sweep = run.out / "sweep"
+    run("nnlab-train", "-m", "experiment=ensembles", f"hydra.sweep.dir={sweep}")
+    combined = {}
+    for vary in ("seed", "bootstrap"):
+        out = run.out / f"ensemble_{vary}"
+        run("nnlab-ensemble", "experiment=ensembles", f"ensemble.vary={vary}", f"hydra.run.dir={out}")
+        combined[vary] = read_metrics(out)
+        run.figures[f"ensemble_{vary}.png"] = out / "figures" / "ensemble.png"
+    return ensemble_rows(find_trials(sweep), combined), sweep
+
+
+def edge_deployment(run: Runner) -> tuple[list[dict[str, Any]], Path]:
+    sweep = run.out / "sweep"
+    run("nnlab-train", "-m", "experiment=edge_deployment", f"hydra.sweep.dir={sweep}")
+    exports = {}
+    for trial in find_trials(sweep):
+        out = run.out / f"export_{trial.name}"
+        run("nnlab-export", f"ckpt_path={best_ckpt(trial)}", f"hydra.run.dir={out}")
+        exports[trial.value("model") or trial.name] = read_metrics(out)
+    return export_rows(exports), sweep
+
+
+PIPELINES: dict[str, Callable[[Runner], tuple[list[dict[str, Any]], Path]]] = {
+    "adversarial": adversarial,
+    "transfer_learning": few_labels("transfer_learning", "experiment=digits04_pretrain"),
+    "ensembles": ensembles,
+    "edge_deployment": edge_deployment,
+    # 100 epochs: a better reconstruction code transfers better than the config's 30 (docs/transfer.md)
+    "ssl_pretraining": few_labels("ssl_pretraining", "experiment=digits_ssl_pretrain", "trainer.max_epochs=100"),
+}
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_pipeline(name: str, runs_dir: Path, docs_dir: Path, extra: list[str]) -> dict[str, Any]:
+    """Run pipeline `name` and, when every command succeeded, write its table, timing and figures
+    into `docs_dir/name`; returns the timing."""
+    out = runs_dir / name / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    out.mkdir(parents=True)
+    run = Runner(out, extra)
+    print(f"\n=== {name} (in {shorten(str(out))})", flush=True)
+    load, cpu0, start = os.getloadavg()[0], cpu_seconds(), time.perf_counter()
+    error = None
+    try:
+        rows, sweep = PIPELINES[name](run)
+        run("nnlab-report", str(sweep))
+    except PipelineFailed as e:
+        rows, sweep, error = [], None, str(e)
+        print(error, file=sys.stderr)
+    wall, cpu = time.perf_counter() - start, cpu_seconds() - cpu0
+    extra_shown = f" -- {shlex.join(extra)}" if extra else ""
+    timing = {
+        "experiment": name,
+        "command": f"python scripts/concept_pipelines.py {name}{extra_shown}",
+        "returncode": 1 if error else 0,
+        "wall_s": round(wall, 1),
+        "cpu_s": round(cpu, 1),
+        "load_1min_at_start": round(load, 2),
+        "cores": os.cpu_count(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "date": datetime.now().isoformat(timespec="seconds"),
+        "run_dir": shorten(str(out)),
+    }
+    if error:
+        return timing  # the docs keep the files of the last run that succeeded
+    target = docs_dir / name
+    target.mkdir(parents=True, exist_ok=True)
+    (target / "timing.json").write_text(json.dumps(timing, indent=2) + "\n")
+    steps = "\n".join(f"| `{s['command']}` | {s['wall_s']} |" for s in run.steps)
+    (target / "table.md").write_text(
+        f"## {name}\n\n{markdown(rows)}\nCommands, run in {timing['run_dir']}/:\n\n"
+        f"| command | wall s |\n|---|---:|\n{steps}\n| total | {timing['wall_s']} |\n"
+    )
+    (target / "table.json").write_text(json.dumps({"rows": rows, "steps": run.steps, **timing}, indent=2) + "\n")
+    copies = {**{f: sweep / f for f in KEPT}, **run.figures}
+    for dest, src in copies.items():
+        (target / dest).unlink(missing_ok=True)  # no figure left from an earlier run
+        if src.is_file():
+            shutil.copy2(src, target / dest)
+    print(markdown(rows))
+    return timing
+
+
+def main() -> None:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # small models on a shared 2-core CPU: one thread each
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("names", nargs="*", help=f"pipelines: {', '.join(PIPELINES)}")
+    parser.add_argument("--all", action="store_true", help="every pipeline")
+    parser.add_argument("--runs-dir", type=Path, default=ROOT / "outputs" / "concept_pipelines")
+    parser.add_argument("--docs-dir", type=Path, default=ROOT / "docs" / "figures" / "concepts")
+    args, extra = parser.parse_known_args()
+    extra = [e for e in extra if e != "--"]
+    names = list(PIPELINES) if args.all else args.names
+    unknown = [n for n in names if n not in PIPELINES]
+    if not names or unknown:
+        parser.error(f"unknown pipeline(s) {unknown}; choose from: {', '.join(PIPELINES)}")
+    results = [run_pipeline(n, args.runs_dir.resolve(), args.docs_dir, extra) for n in names]
+    print("\n| pipeline | exit | wall s | CPU s | load at start | within 3 min |\n|---|---:|---:|---:|---:|---|")
+    for r in results:
+        ok = "yes" if r["wall_s"] <= BUDGET_S else ("CPU only" if r["cpu_s"] <= BUDGET_S else "NO")
+        cells = [r["experiment"], r["returncode"], r["wall_s"], r["cpu_s"], r["load_1min_at_start"], ok]
+        print("| " + " | ".join(str(c) for c in cells) + " |")
+    sys.exit(max((r["returncode"] for r in results), default=0))
+
+
+if __name__ == "__main__":
+    main()
