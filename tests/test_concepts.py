@@ -28,7 +28,8 @@ def grid(name: str) -> list[list[str]]:
     basic sweeper expands its params (the cartesian product, in order); [] for a single run."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 
-    params = OmegaConf.select(OmegaConf.load(CONFIG_DIR / "experiment" / f"{name}.yaml"), "hydra.sweeper.params")
+    raw = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "experiment" / f"{name}.yaml"), resolve=False)
+    params = raw.get("hydra", {}).get("sweeper", {}).get("params")  # as written: ${...} left to the trial
     if not params:
         return []
     parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])

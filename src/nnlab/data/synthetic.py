@@ -1,5 +1,5 @@
 """Synthetic 2-D classification sets, generated from a seed: the classic toy problems for
-seeing what a linear model cannot do (moons, circles) and what depth buys (spirals)."""
+seeing what a linear model cannot do (xor, moons, circles) and what depth buys (spirals)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,25 @@ def blobs(n_samples: int = 500, num_classes: int = 2, spread: float = 0.5, seed:
     radius = 2.0 / np.sin(np.pi / num_classes)  # neighbouring centres 4 apart
     centres = radius * np.stack([np.cos(angle), np.sin(angle)], 1)
     x = centres[y] + rng.normal(0.0, spread, (n_samples, 2))
+    return ArrayDataset(x, y, "classification")
+
+
+def xor(n_samples: int = 1000, spread: float = 0.3, seed: int = 0) -> ArrayDataset:
+    """XOR: four Gaussian clusters of std `spread` at the corners (+-1, +-1); the label is 1 where
+    the two coordinates' signs differ (quadrants 2 and 4), else 0.
+
+    The classic problem no single threshold unit solves (Minsky & Papert, 1969): each class sits
+    on a diagonal, so any line leaves at least one of the four clusters on the wrong side, and the
+    best linear classifier is right on 3 clusters of 4 (accuracy 0.75 at most; a line through
+    the middle gets 0.5). One hidden layer of two units already suffices. Clusters overlap when spread nears 1.
+    """
+    check_range("data.dataset.n_samples", n_samples, 4)
+    check_range("data.dataset.spread", spread, 0.0, low_inclusive=False)
+    rng = np.random.default_rng(seed)
+    corner = np.arange(n_samples) % 4  # equal clusters: (-,-) (-,+) (+,-) (+,+)
+    signs = np.stack([np.where(corner >= 2, 1.0, -1.0), np.where(corner % 2 == 1, 1.0, -1.0)], 1)
+    x = signs + rng.normal(0.0, spread, (n_samples, 2))
+    y = (signs[:, 0] != signs[:, 1]).astype(np.int64)
     return ArrayDataset(x, y, "classification")
 
 

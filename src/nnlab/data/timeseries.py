@@ -1,4 +1,5 @@
-"""Synthetic time series for forecasting: predict the next values of a series from its recent past."""
+"""Synthetic sequences: forecasting (predict the next values of a series from its recent past) and
+a memory task (recall the one marked token of a `length`-step sequence)."""
 
 from __future__ import annotations
 
@@ -66,6 +67,40 @@ def sine(
     data = ArrayDataset(series[:, None, :window], series[:, window:], "regression")
     log.info("sine: naive last-value forecast MSE %.4f (raw units, all rows)", naive_last_value_mse(data))
     return data
+
+
+def marked_token(n_samples: int = 2000, length: int = 50, num_classes: int = 4, seed: int = 0) -> ArrayDataset:
+    """Recall the marked token: `length` random tokens, one of them marked; the label is the marked
+    token. A test of long-range memory, with `length` as its knob.
+
+    Each step carries one of `num_classes` tokens, one-hot, plus a marker channel that is 1 at a
+    single step p (uniform over the sequence) and 0 elsewhere. A many-to-one recurrent network
+    that reads in order and answers from its final state (model.readout=last) must store the token
+    when it sees the marker and keep it through the T - 1 - p tokens that follow, which look
+    exactly like it (Hochreiter & Schmidhuber's 1997 tasks are of this kind).
+
+    A vanilla RNN adds every step's input into the same state, h_t = tanh(W x_t + U h_{t-1}), so
+    the later tokens overwrite the stored one, and the gradient that could teach it to protect
+    the token shrinks by a factor at every step (vanishing gradients, Bengio et al., 1994). An
+    LSTM or GRU multiplies its state by learned gates: it can write on the marker and hold
+    otherwise (an input gate near 0, a forget gate near 1), and its additive state update
+    passes the gradient back over many steps. Chance is 1 / num_classes.
+
+    x: (N, num_classes + 1, length), i.e. `length` steps of num_classes + 1 features (the last
+    one is the marker); y: (N,) the marked token.
+    """
+    check_range("data.dataset.n_samples", n_samples, num_classes)
+    check_range("data.dataset.length", length, 1)
+    check_range("data.dataset.num_classes", num_classes, 2)
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(0, num_classes, (n_samples, length))
+    marked = rng.integers(0, length, n_samples)  # the position p of each row's marker
+    rows = np.arange(n_samples)
+    tokens[rows, marked] = rows % num_classes  # balanced classes
+    x = np.zeros((n_samples, num_classes + 1, length), dtype=np.float32)
+    x[rows[:, None], tokens, np.arange(length)] = 1.0  # one-hot token channels
+    x[rows, num_classes, marked] = 1.0  # the marker channel
+    return ArrayDataset(x, tokens[rows, marked], "classification")
 
 
 def naive_last_value_mse(data: ArrayDataset, rows: np.ndarray | None = None) -> float:
