@@ -18,6 +18,10 @@ Two families, picked by `variant`:
 
 Conditional GANs (Mirza & Osindero, 2014) also give both networks the class label: G draws a
 sample of the requested class, and D judges whether (sample, label) pairs are real pairs.
+
+PacGAN (Lin et al., 2018) lets D judge `pack` samples at once, concatenated (`pack_samples`):
+a generator that puts many samples on the same few modes makes packs of near-copies, which real
+packs almost never are, so D can catch mode collapse that it cannot see one sample at a time.
 """
 
 from __future__ import annotations
@@ -35,6 +39,17 @@ VARIANTS = ("auto", "dcgan", "mlp")
 OUTPUT_ACTIVATIONS = {"sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "none": nn.Identity}
 INITS = ("dcgan", "default")
 LEAKY_SLOPE = 0.2  # DCGAN's LeakyReLU slope in D: keeps a gradient for samples D is sure are fake
+
+
+def pack_samples(x: torch.Tensor, pack: int) -> torch.Tensor:
+    """(B, F) -> (ceil(B / pack), pack * F), or (B, C, H, W) -> (ceil(B / pack), pack * C, H, W):
+    each run of `pack` consecutive samples joined into one. A batch that does not divide evenly is
+    topped up with its own first samples, cycled (the last pack stays a pack of samples of the
+    batch's kind, real or fake, and every sample is judged)."""
+    extra = -len(x) % pack
+    if extra:
+        x = x[torch.arange(len(x) + extra, device=x.device) % len(x)]
+    return x.reshape(len(x) // pack, pack * x.shape[1], *x.shape[2:])
 
 
 def with_label_vector(x: torch.Tensor, labels: torch.Tensor | None, num_classes: int) -> torch.Tensor:
@@ -74,7 +89,7 @@ class MLPGenerator(nn.Module):
 
 class MLPDiscriminator(nn.Module):
     """x (flattened, + one-hot label) -> [Linear -> (BatchNorm) -> LeakyReLU -> (Dropout)] * len(widths)
-    -> Linear -> logit."""
+    -> Linear -> logit. With `pack` > 1, `pack` flattened samples side by side get one logit."""
 
     def __init__(
         self,
@@ -83,11 +98,12 @@ class MLPDiscriminator(nn.Module):
         num_classes: int,
         batch_norm: bool,
         dropout: float = 0.0,
+        pack: int = 1,
     ) -> None:
         super().__init__()
-        self.num_classes = num_classes
+        self.num_classes, self.pack = num_classes, pack
         layers: list[nn.Module] = []
-        width = math.prod(sample_shape) + num_classes
+        width = math.prod(sample_shape) * pack + num_classes
         for i, w in enumerate(widths):
             norm = batch_norm and i > 0  # no batch norm on the input layer, as in DCGAN's D
             layers += [nn.Linear(width, w, bias=not norm), *([nn.BatchNorm1d(w)] if norm else [])]
@@ -97,6 +113,8 @@ class MLPDiscriminator(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        if self.pack > 1:  # (B, F) -> (B / pack, pack * F): one logit per pack, given to each member
+            return self.net(pack_samples(x.flatten(1), self.pack)).view(-1).repeat_interleave(self.pack)[: len(x)]
         h = with_label_vector(x.flatten(1), labels, self.num_classes)  # (B, F + K)
         return self.net(h).view(-1)  # (B,) logits: log D / (1 - D)
 
@@ -142,7 +160,8 @@ class DCGenerator(nn.Module):
 class DCDiscriminator(nn.Module):
     """DCGAN's discriminator: G's layers mirrored. One stride-2 convolution per width (reversed),
     each halving the side, then a convolution as large as the remaining map gives one logit.
-    With `dropout` > 0, a Dropout follows each LeakyReLU.
+    With `dropout` > 0, a Dropout follows each LeakyReLU. With `pack` > 1, `pack` images stacked
+    along the channels get one logit.
 
     Conditional: the label enters as K extra input channels, the one-hot vector broadcast over
     the image, so every filter of the first layer sees which class the image claims to be.
@@ -155,17 +174,18 @@ class DCDiscriminator(nn.Module):
         num_classes: int,
         batch_norm: bool,
         dropout: float = 0.0,
+        pack: int = 1,
     ) -> None:
         super().__init__()
         channels, height, width = image_shape
-        self.num_classes = num_classes
+        self.num_classes, self.pack = num_classes, pack
         end = (height >> len(widths), width >> len(widths))
         widths = list(reversed(widths))
 
         def act() -> list[nn.Module]:
             return [nn.LeakyReLU(LEAKY_SLOPE), *([nn.Dropout(dropout)] if dropout > 0 else [])]
 
-        layers: list[nn.Module] = [nn.Conv2d(channels + num_classes, widths[0], 4, 2, 1), *act()]
+        layers: list[nn.Module] = [nn.Conv2d(channels * pack + num_classes, widths[0], 4, 2, 1), *act()]
         for w_in, w_out in zip(widths[:-1], widths[1:]):
             layers += [nn.Conv2d(w_in, w_out, 4, 2, 1, bias=not batch_norm)]
             layers += [*([nn.BatchNorm2d(w_out)] if batch_norm else []), *act()]
@@ -173,6 +193,8 @@ class DCDiscriminator(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        if self.pack > 1:  # (B, C, H, W) -> (B / pack, pack * C, H, W): one logit per pack, given to each member
+            return self.net(pack_samples(x, self.pack)).view(-1).repeat_interleave(self.pack)[: len(x)]
         if self.num_classes:
             maps = F.one_hot(labels, self.num_classes).to(x.dtype)[:, :, None, None]
             x = torch.cat([x, maps.expand(-1, -1, *x.shape[2:])], 1)  # (B, C + K, H, W)
@@ -211,6 +233,11 @@ class GAN(nn.Module):
             training, in [0, 1); G gets none. Goodfellow et al. (2014) trained their
             discriminator with dropout: it keeps D from memorising the real samples of a small
             data set and overpowering G, whose gradient then vanishes. Try 0.3.
+        pack: PacGAN's packing degree (Lin et al., 2018): D scores `pack` samples at once,
+            all real or all generated, and each sample of a pack gets the pack's logit, so the
+            task's losses are unchanged. 1 is a plain D; Lin et al. use 2-4, and show it on this
+            ring of Gaussians among others (experiment=gan_mode_collapse). Unconditional GANs
+            only.
     """
 
     def __init__(
@@ -225,6 +252,7 @@ class GAN(nn.Module):
         batch_norm: bool = True,
         init: str = "dcgan",
         d_dropout: float = 0.0,
+        pack: int = 1,
     ) -> None:
         super().__init__()
         check_choice("model.variant", variant, VARIANTS)
@@ -238,6 +266,12 @@ class GAN(nn.Module):
                 "model is built, over model.init."
             )
         check_range("model.d_dropout", d_dropout, 0.0, 1.0, high_inclusive=False)
+        check_range("model.pack", pack, 1)
+        if pack > 1 and conditional:
+            raise ConfigValueError(
+                f"model.pack={pack} packs samples of any class together, but model.conditional=true judges each "
+                "sample with its own label. Set model.pack=1 for a conditional GAN, or model.conditional=false."
+            )
         if len(widths) == 0:
             raise ConfigValueError(
                 "model.widths=[] gives the networks no hidden layer: give at least one, e.g. [128, 64]."
@@ -255,10 +289,10 @@ class GAN(nn.Module):
         k = self.num_classes
         if variant == "dcgan":
             self.generator = DCGenerator(latent_dim, shape, widths, k, batch_norm, output_activation)
-            self.discriminator = DCDiscriminator(shape, widths, k, batch_norm, d_dropout)
+            self.discriminator = DCDiscriminator(shape, widths, k, batch_norm, d_dropout, pack)
         else:
             self.generator = MLPGenerator(latent_dim, shape, widths, k, batch_norm, output_activation)
-            self.discriminator = MLPDiscriminator(shape, list(reversed(widths)), k, batch_norm, d_dropout)
+            self.discriminator = MLPDiscriminator(shape, list(reversed(widths)), k, batch_norm, d_dropout, pack)
         if init == "dcgan":
             self.apply(_dcgan_init)
 

@@ -32,6 +32,18 @@ class Reconstruction:
     Metrics: `loss`, `recon` (the summed error above), `mse` or `bce` (the error per value, the
     readable number), and `kl` for a VAE.
 
+    Denoising: with `eval_noise` > 0, every evaluation also feeds the model x + eval_noise * N(0, I)
+    (the same noise each time, drawn from a fixed seed) and reports `denoise_mse` (or
+    `denoise_bce`): the error per value of that reconstruction against the *clean* x. A denoising
+    autoencoder (model.noise=gaussian, which corrupts only its training inputs, the target
+    staying clean) should beat a plain one on it, at the same noise level.
+
+    Codes as features: after testing on classification data, a k-nearest-neighbour classifier
+    (k = `probe_neighbors`) fitted on the training split's codes labels the test codes:
+    `latent_knn_acc`; the same classifier on the first latent_dim principal components of the
+    raw inputs (PCA fitted on the training split) gives `pca_knn_acc`, the linear baseline the
+    code should beat when its non-linearity is worth anything.
+
     Anomaly detection: when the data module leaves `anomaly_classes` out of training, each
     validation/test sample is scored by its reconstruction error (per value; the VAE's uses the
     mean code), the loss is reported over the normal samples only, and the anomaly metrics of
@@ -54,6 +66,9 @@ class Reconstruction:
         threshold: f1 (maximise F1 on validation; needs anomalies there) or quantile.
         threshold_quantile: for `quantile`: the share of normal validation scores below it.
         num_images: samples in the per-epoch reconstruction grid.
+        eval_noise: std of the Gaussian noise added to val/test inputs for `denoise_<loss>` (in the
+            data's units; 0 turns the metric and its picture off).
+        probe_neighbors: k of the test-time kNN probe of the codes (0 turns it off).
     """
 
     data_parallel = True  # trains only through model(x): DistributedDataParallel can wrap it
@@ -71,6 +86,8 @@ class Reconstruction:
         threshold: str = "f1",
         threshold_quantile: float = 0.95,
         num_images: int = 8,
+        eval_noise: float = 0.0,
+        probe_neighbors: int = 5,
     ) -> None:
         if not isinstance(model, (Autoencoder, VAE)):
             raise ConfigValueError(
@@ -80,6 +97,8 @@ class Reconstruction:
         check_choice("task.loss", loss, LOSSES)
         check_range("task.beta", beta, 0.0)
         check_range("task.num_images", num_images, 1)
+        check_range("task.eval_noise", eval_noise, 0.0)
+        check_range("task.probe_neighbors", probe_neighbors, 0)
         check_choice("task.threshold", threshold, THRESHOLD_RULES)
         check_range("task.threshold_quantile", threshold_quantile, 0.0, 1.0, low_inclusive=False, high_inclusive=False)
         self.model = model
@@ -88,6 +107,9 @@ class Reconstruction:
         self.threshold_rule = threshold
         self.threshold_quantile = threshold_quantile
         self.num_images = num_images
+        self.eval_noise = eval_noise
+        self.probe_neighbors = probe_neighbors
+        self.kind = kind
         self.class_names = list(class_names) if class_names else None
         self._optimizer_factory = optimizer
         self._scheduler_factory = scheduler
@@ -96,6 +118,8 @@ class Reconstruction:
         self.anomaly_classes: list[int] | None = None
         self._prior_z: torch.Tensor | None = None
         self._grid: torch.Tensor | None = None  # the last validation's reconstruction grid
+        self._denoise_grid: torch.Tensor | None = None  # noisy inputs, their reconstructions, clean inputs
+        self._train_batches: Callable[[], Iterable[Any]] | None = None  # for the kNN probe
         self._test: dict[str, np.ndarray] = {}  # codes, labels, scores of the last test
 
     def configure(
@@ -111,8 +135,10 @@ class Reconstruction:
             self._prior_z = torch.randn(self.num_images * 2, self.model.latent_dim, generator=g).to(device)
 
     def prepare(self, data: Any) -> None:
-        """Read which classes the data module left out of training (anomaly detection)."""
+        """Read which classes the data module left out of training (anomaly detection), and keep
+        a way to the training split for the kNN probe of the codes."""
         self.anomaly_classes = getattr(data, "anomaly_classes", None)
+        self._train_batches = lambda: data.eval_batches("train")
 
     # ----------------------------------------------------------------------------------------
     def errors(self, x: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
@@ -149,14 +175,29 @@ class Reconstruction:
     ) -> dict[str, float]:
         self.model.eval()
         errs, kls, ys, codes, first = [], [], [], [], None
+        denoise_errs, noisy_first, inputs = [], None, []
+        g = torch.Generator().manual_seed(0)  # the same noise every evaluation: comparable epochs
         for x, y in batches:
             with self.precision.autocast():
                 out = self.model(x)
             errs.append(self.errors(x, out.recon.float()))
+            if self.eval_noise > 0:  # reconstruct the clean x from a noisy copy
+                noisy = x + self.eval_noise * torch.randn(x.shape, generator=g).to(x.device)
+                with self.precision.autocast():
+                    denoised = self.model(noisy).recon.float()
+                denoise_errs.append(self.errors(x, denoised))
+                if noisy_first is None:
+                    shown = torch.sigmoid(denoised) if self.loss_name == "bce" else denoised
+                    # Noisy inputs clamped to the clean range: the grid's common scaling then
+                    # follows the data, not the noise's outliers.
+                    n = self.num_images
+                    noisy_first = (noisy[:n].clamp(x.min(), x.max()), shown[:n], x[:n])
             if out.mu is not None:
                 kls.append(self.kl(out.mu.float(), out.logvar.float()))
             ys.append(y)
             codes.append(out.z.float())
+            if detailed:  # the raw inputs, for the PCA baseline of the kNN probe
+                inputs.append(x.flatten(1).float().cpu())
             if first is None:
                 recon = torch.sigmoid(out.recon) if self.loss_name == "bce" else out.recon
                 first = (x[: self.num_images], recon[: self.num_images].float())
@@ -172,6 +213,10 @@ class Reconstruction:
         }
         if kls:
             metrics["kl"] = float(kl[normal].mean())
+        if denoise_errs:
+            denoise = torch.cat(denoise_errs).cpu().numpy() / int(np.prod(self.model.input_shape))
+            metrics[f"denoise_{self.loss_name}"] = float(denoise[normal].mean())
+            self._denoise_grid = _grid(*noisy_first)
         if self.anomaly_classes:
             if not detailed:  # validation: choose the threshold, keep it with the weights
                 t = choose_threshold(per_value, is_anomaly, self.threshold_rule, self.threshold_quantile)
@@ -180,11 +225,40 @@ class Reconstruction:
         self._grid = _grid(*first)
         if detailed:
             self._test = {"codes": torch.cat(codes).cpu().numpy(), "y": y, "scores": per_value, "anomaly": is_anomaly}
+            if self.probe_neighbors and self.kind == "classification" and not self.anomaly_classes:
+                metrics.update(self.knn_probe(self._test["codes"], y, torch.cat(inputs).numpy()))
         return metrics
+
+    @torch.no_grad()
+    def knn_probe(self, test_codes: np.ndarray, test_y: np.ndarray, test_x: np.ndarray) -> dict[str, float]:
+        """Test accuracy of a kNN classifier on the codes, and on as many principal components
+        of the raw inputs, both fitted on the training split (see the class docstring)."""
+        from sklearn.decomposition import PCA
+        from sklearn.neighbors import KNeighborsClassifier
+
+        xs, zs, ys = [], [], []
+        for x, y in self._train_batches():
+            with self.precision.autocast():
+                zs.append(self.model(x).z.float().cpu())
+            xs.append(x.flatten(1).float().cpu())
+            ys.append(y.cpu())
+        train_x, train_z, train_y = torch.cat(xs).numpy(), torch.cat(zs).numpy(), torch.cat(ys).numpy()
+        k = min(self.probe_neighbors, len(train_y))
+
+        def accuracy(train: np.ndarray, test: np.ndarray) -> float:
+            return float(KNeighborsClassifier(k).fit(train, train_y).score(test, test_y))
+
+        pca = PCA(min(self.model.latent_dim, *train_x.shape)).fit(train_x)
+        return {
+            "latent_knn_acc": accuracy(train_z, test_codes),
+            "pca_knn_acc": accuracy(pca.transform(train_x), pca.transform(test_x)),
+        }
 
     # ----------------------------------------------------------------------------------------
     def epoch_images(self) -> dict[str, torch.Tensor]:
         images = {"val/reconstructions": self._grid} if self._grid is not None else {}
+        if self._denoise_grid is not None:
+            images["val/denoised"] = self._denoise_grid
         if self._prior_z is not None and len(self.model.input_shape) in (2, 3):
             self.model.eval()
             samples = self.model.sample(self._prior_z).float()
@@ -230,17 +304,17 @@ def _as_images(x: torch.Tensor) -> torch.Tensor:
     return x.flatten(1)[:, None, None, :].repeat_interleave(4, dim=2)  # (B, 1, 4, D)
 
 
-def _grid(top: torch.Tensor, bottom: torch.Tensor) -> torch.Tensor:
-    """One (C, H, W) image in [0, 1]: `top` samples in the first row, `bottom` in the second,
-    scaled together (one min-max over both), so equal values look equal."""
+def _grid(*rows: torch.Tensor) -> torch.Tensor:
+    """One (C, H, W) image in [0, 1]: one row of samples per argument (e.g. inputs above their
+    reconstructions), scaled together (one min-max over all), so equal values look equal."""
     from torchvision.utils import make_grid
 
-    both = _as_images(torch.cat([top, bottom]).float().cpu())
+    both = _as_images(torch.cat(rows).float().cpu())
     lo, hi = both.min(), both.max()
     both = (both - lo) / (hi - lo).clamp_min(1e-8)
     scale = max(1, 64 // max(both.shape[-2:]))  # enlarge tiny 8x8 digits for the dashboard
     both = both.repeat_interleave(scale, -2).repeat_interleave(scale, -1)
-    return make_grid(both, nrow=len(top), padding=2, pad_value=1.0)
+    return make_grid(both, nrow=len(rows[0]), padding=2, pad_value=1.0)
 
 
 def _latent_figure(codes: np.ndarray, y: np.ndarray, anomaly: np.ndarray, task: Reconstruction):
