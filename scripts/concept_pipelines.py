@@ -29,9 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
-import resource
 import shlex
 import shutil
 import subprocess
@@ -43,10 +41,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from concepts import cpu_seconds, print_summary, split_argv, timing_record  # scripts/concepts.py, beside this one
 from nnlab.report import Trial, find_trials
 
 ROOT = Path(__file__).resolve().parents[1]
-BUDGET_S = 180.0  # the issue's budget per concept on a 2-core CPU
 TOOLS = {"nnlab-" + t: "nnlab." + t for t in ("train", "attack", "export", "ensemble", "report")}
 TRAINING = ("nnlab-train", "nnlab-ensemble")  # the commands the extra overrides go to
 EXPORTED = ("pytorch", "torchscript", "onnx", "onnx_int8", "pytorch_int8")  # nnlab-export's rows, in order
@@ -271,11 +269,6 @@ PIPELINES: dict[str, Callable[[Runner], tuple[list[dict[str, Any]], Path]]] = {
 }
 
 
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
 def run_pipeline(name: str, runs_dir: Path, docs_dir: Path, extra: list[str]) -> dict[str, Any]:
     """Run pipeline `name` and, when every command succeeded, write its table, timing and figures
     into `docs_dir/name`; returns the timing."""
@@ -293,19 +286,8 @@ def run_pipeline(name: str, runs_dir: Path, docs_dir: Path, extra: list[str]) ->
         print(error, file=sys.stderr)
     wall, cpu = time.perf_counter() - start, cpu_seconds() - cpu0
     extra_shown = f" -- {shlex.join(extra)}" if extra else ""
-    timing = {
-        "experiment": name,
-        "command": f"python scripts/concept_pipelines.py {name}{extra_shown}",
-        "returncode": 1 if error else 0,
-        "wall_s": round(wall, 1),
-        "cpu_s": round(cpu, 1),
-        "load_1min_at_start": round(load, 2),
-        "cores": os.cpu_count(),
-        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-        "date": datetime.now().isoformat(timespec="seconds"),
-        "run_dir": shorten(str(out)),
-    }
+    command = f"python scripts/concept_pipelines.py {name}{extra_shown}"
+    timing = timing_record(name, command, 1 if error else 0, wall, cpu, load, out)
     if error:
         return timing  # the docs keep the files of the last run that succeeded
     target = docs_dir / name
@@ -333,18 +315,14 @@ def main() -> None:
     parser.add_argument("--all", action="store_true", help="every pipeline")
     parser.add_argument("--runs-dir", type=Path, default=ROOT / "outputs" / "concept_pipelines")
     parser.add_argument("--docs-dir", type=Path, default=ROOT / "docs" / "figures" / "concepts")
-    args, extra = parser.parse_known_args()
-    extra = [e for e in extra if e != "--"]
+    own, extra = split_argv(sys.argv[1:])
+    args = parser.parse_args(own)
     names = list(PIPELINES) if args.all else args.names
     unknown = [n for n in names if n not in PIPELINES]
     if not names or unknown:
         parser.error(f"unknown pipeline(s) {unknown}; choose from: {', '.join(PIPELINES)}")
     results = [run_pipeline(n, args.runs_dir.resolve(), args.docs_dir, extra) for n in names]
-    print("\n| pipeline | exit | wall s | CPU s | load at start | within 3 min |\n|---|---:|---:|---:|---:|---|")
-    for r in results:
-        ok = "yes" if r["wall_s"] <= BUDGET_S else ("CPU only" if r["cpu_s"] <= BUDGET_S else "NO")
-        cells = [r["experiment"], r["returncode"], r["wall_s"], r["cpu_s"], r["load_1min_at_start"], ok]
-        print("| " + " | ".join(str(c) for c in cells) + " |")
+    print_summary(results, "pipeline")
     sys.exit(max((r["returncode"] for r in results), default=0))
 
 

@@ -60,19 +60,12 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run(name: str, runs_dir: Path, docs_dir: Path, extra: list[str]) -> dict:
-    out = runs_dir / name / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-    cmd = command(name, out, extra)
-    shown = " ".join(["nnlab-train", *cmd[1:]])
-    print(f"\n=== {name}: {shown}", flush=True)
-    load = os.getloadavg()[0]
-    cpu0, t0 = cpu_seconds(), time.perf_counter()
-    done = subprocess.run(cmd, cwd=ROOT)
-    wall, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
-    timing = {
+def timing_record(name: str, command: str, returncode: int, wall: float, cpu: float, load: float, out: Path) -> dict:
+    """What timing.json says of one command (or pipeline): how long, on what, how busy the machine was."""
+    return {
         "experiment": name,
-        "command": shown,
-        "returncode": done.returncode,
+        "command": command,
+        "returncode": returncode,
         "wall_s": round(wall, 1),
         "cpu_s": round(cpu, 1),
         "load_1min_at_start": round(load, 2),
@@ -82,6 +75,32 @@ def run(name: str, runs_dir: Path, docs_dir: Path, extra: list[str]) -> dict:
         "date": datetime.now().isoformat(timespec="seconds"),
         "run_dir": str(out.relative_to(ROOT) if out.is_relative_to(ROOT) else out),
     }
+
+
+def split_argv(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(the script's own arguments, the overrides after `--` for every training command)."""
+    cut = argv.index("--") if "--" in argv else len(argv)
+    return argv[:cut], argv[cut + 1 :]
+
+
+def print_summary(results: list[dict], what: str) -> None:
+    print(f"\n| {what} | exit | wall s | CPU s | load at start | within 3 min |\n|---|---:|---:|---:|---:|---|")
+    for r in results:
+        ok = "yes" if r["wall_s"] <= BUDGET_S else ("CPU only" if r["cpu_s"] <= BUDGET_S else "NO")
+        cells = [r["experiment"], r["returncode"], r["wall_s"], r["cpu_s"], r["load_1min_at_start"], ok]
+        print("| " + " | ".join(str(c) for c in cells) + " |")
+
+
+def run(name: str, runs_dir: Path, docs_dir: Path, extra: list[str]) -> dict:
+    out = runs_dir / name / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    cmd = command(name, out, extra)
+    shown = " ".join(["nnlab-train", *cmd[1:]])
+    print(f"\n=== {name}: {shown}", flush=True)
+    load = os.getloadavg()[0]
+    cpu0, t0 = cpu_seconds(), time.perf_counter()
+    done = subprocess.run(cmd, cwd=ROOT)
+    wall, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
+    timing = timing_record(name, shown, done.returncode, wall, cpu, load, out)
     if out.is_dir():
         exe = shutil.which("nnlab-report") or sys.exit("nnlab-report is not on PATH: install the project first.")
         subprocess.run([exe, str(out)], cwd=ROOT)
@@ -101,20 +120,15 @@ def main() -> None:
     parser.add_argument("--all", action="store_true", help="every experiment with a `report:` section")
     parser.add_argument("--runs-dir", type=Path, default=ROOT / "outputs" / "concepts")
     parser.add_argument("--docs-dir", type=Path, default=ROOT / "docs" / "figures" / "concepts")
-    argv = sys.argv[1:]
-    cut = argv.index("--") if "--" in argv else len(argv)
-    args, extra = parser.parse_args(argv[:cut]), argv[cut + 1 :]  # after --: overrides for every trial
+    own, extra = split_argv(sys.argv[1:])
+    args = parser.parse_args(own)
     names = with_report_section() if args.all else args.names
     unknown = [n for n in names if not (EXPERIMENTS / f"{n}.yaml").is_file()]
     if not names or unknown:
         known = " ".join(p.stem for p in sorted(EXPERIMENTS.glob("*.yaml")))
         parser.error(f"unknown experiment(s) {unknown}; choose from: {known}")
     results = [run(n, args.runs_dir, args.docs_dir, extra) for n in names]
-    print("\n| experiment | exit | wall s | CPU s | load at start | within 3 min |\n|---|---:|---:|---:|---:|---|")
-    for r in results:
-        ok = "yes" if r["wall_s"] <= BUDGET_S else ("CPU only" if r["cpu_s"] <= BUDGET_S else "NO")
-        cells = [r["experiment"], r["returncode"], r["wall_s"], r["cpu_s"], r["load_1min_at_start"], ok]
-        print("| " + " | ".join(str(c) for c in cells) + " |")
+    print_summary(results, "experiment")
     sys.exit(max((r["returncode"] for r in results), default=0))
 
 

@@ -23,6 +23,8 @@ SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "concept_pipelines.py
 
 
 def load_script():
+    if str(SCRIPT.parent) not in sys.path:  # it imports scripts/concepts.py, as `python scripts/...` would find it
+        sys.path.insert(0, str(SCRIPT.parent))
     spec = importlib.util.spec_from_file_location("concept_pipelines", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
