@@ -178,6 +178,7 @@ def test_attack_cli_writes_table_plot_tensorboard_metrics(digits_pixels: Run, tm
     assert {"accuracy_vs_eps", "examples"} <= set(events.Tags()["images"])
 
 
+@pytest.mark.slow  # (moved out of the default suite to keep it near 10 minutes)
 def test_attack_refuses_a_regression_run(tmp_path: Path) -> None:
     run = train_tiny(["data=diabetes"], tmp_path / "run")
     result = run_command(

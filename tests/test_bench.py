@@ -72,6 +72,7 @@ def test_unknown_case_names_the_closest(capsys):
     assert "unknown case 'mlp_digit'. Did you mean 'mlp_digits'?" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # (moved out of the default suite to keep it near 10 minutes)
 def test_cli_writes_json_and_markdown(tmp_path):
     """`--epochs 1 --repeats 1` through the command line: one row per implementation with sane
     values (never timings compared), a GPU-only case skipped with its reason on a CPU."""

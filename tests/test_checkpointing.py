@@ -184,6 +184,7 @@ for line in sys.stdin:
 BLOCK = 100_000  # counters of writer i are i * BLOCK + 1, 2, ... (exact in float32)
 
 
+@pytest.mark.slow  # (moved out of the default suite to keep it near 10 minutes)
 @pytest.mark.skipif(sys.platform == "win32", reason="fork and SIGKILL are POSIX")
 def test_a_write_killed_at_any_moment_leaves_a_complete_last_ckpt(tmp_path: Path) -> None:
     n = 8_000_000  # 32 MB of float32: a write takes tens of milliseconds

@@ -71,6 +71,7 @@ def test_two_ranks_end_identical_and_equal_one_process_over_the_same_global_batc
     assert not torch.equal(single[next(iter(single))], build(cfg).model.state_dict()[next(iter(single))])  # it trained
 
 
+@pytest.mark.slow  # (moved out of the default suite to keep it near 10 minutes)
 def test_the_cli_writes_one_run_folder_from_rank_zero(tmp_path: Path) -> None:
     done = torchrun(["-m", "nnlab.train", *MODEL, "trainer=ddp"], tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]

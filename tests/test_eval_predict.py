@@ -118,6 +118,7 @@ def test_predict_matches_the_model_on_raw_rows(digits_ckpt: Path, tmp_path: Path
     assert json.loads((out / "metrics.json").read_text())["rows"] == len(raw)
 
 
+@pytest.mark.slow  # (moved out of the default suite to keep it near 10 minutes)
 def test_predict_regression_in_the_targets_units(tmp_path: Path) -> None:
     run = train_tiny(["data=diabetes", "model=mlp"], tmp_path / "run")
     restored = load_run(run.dir / "checkpoints" / "best.ckpt", device="cpu")

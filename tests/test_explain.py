@@ -148,6 +148,7 @@ def test_cli_tabular_run_writes_the_feature_ranking(tmp_path: Path) -> None:
     assert "Skipping gradcam" in result.stderr + result.stdout
 
 
+@pytest.mark.slow  # (moved out of the default suite to keep it near 10 minutes)
 def test_cli_errors_name_the_key(cnn_run: Run, tmp_path: Path) -> None:
     unset = explain_cli([], tmp_path)
     assert unset.returncode == 2 and "Error: ckpt_path is not set" in unset.stderr

@@ -237,6 +237,7 @@ def test_digits_gan_logs_losses_quality_and_samples(conditional: bool, tmp_path:
     assert torch.equal(task.fixed_noise, state["fixed_noise"])
 
 
+@pytest.mark.slow  # (moved out of the default suite to keep it near 10 minutes)
 def test_ring_gan_improves_on_the_ring(tmp_path: Path) -> None:
     """15 epochs of experiment=ring_gan (~950 steps): G's samples move from a blob onto the ring,
     and the 2-D Fréchet distance falls more than tenfold (seed 0: 3.7 at epoch 1, 0.08 at 15)."""

@@ -77,6 +77,7 @@ def test_joblib_results_equal_the_sequential_sweep(joblib_sweep: Path, basic_swe
     assert len({metrics(basic_sweep / str(num))["val/loss"] for num in range(len(SEEDS))}) == len(SEEDS)
 
 
+@pytest.mark.slow  # (moved out of the default suite to keep it near 10 minutes)
 def test_submitit_local_runs_each_trial_as_a_job(tmp_path: Path, basic_sweep: Path) -> None:
     # The plugin's defaults suffice locally (timeout_min 60, gpus_per_node unset); 0 GPUs keeps
     # the jobs off any GPU the machine has, like trainer.device=cpu.

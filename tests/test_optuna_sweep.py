@@ -73,6 +73,7 @@ def test_a_search_records_each_trial_in_the_study_and_a_folder(first_search: Pat
     assert results["best_params"] == best.params
 
 
+@pytest.mark.slow  # (moved out of the default suite to keep it near 10 minutes)
 def test_rerunning_a_search_continues_its_study(first_search: Path, tmp_path: Path) -> None:
     sweep_dir = tmp_path / "sweep"
     subprocess.run(["cp", "-a", str(first_search), str(sweep_dir)], check=True)  # -a: keeps the mtimes
@@ -97,6 +98,7 @@ def test_rerunning_a_search_continues_its_study(first_search: Path, tmp_path: Pa
     assert len(trials(sweep_dir)) == 5 and trial_folders(sweep_dir) == ["0", "1", "2", "3", "4"]
 
 
+@pytest.mark.slow  # (moved out of the default suite to keep it near 10 minutes)
 def test_a_search_stopped_by_ctrl_c_continues_and_fails_its_stale_trial(tmp_path: Path) -> None:
     sweep_dir = tmp_path / "sweep"
     # 100 epochs of 2 batches (~2 s a trial): time to catch trial 1 while it trains.
@@ -138,6 +140,7 @@ def test_a_failing_trial_is_recorded_and_the_search_goes_on(tmp_path: Path) -> N
     assert_trials_match_folders(sweep_dir)  # the failed trials' status.json say so
 
 
+@pytest.mark.slow  # (moved out of the default suite to keep it near 10 minutes)
 def test_a_search_where_every_trial_fails_ends_in_one_error(tmp_path: Path) -> None:
     result = run_cli(search(tmp_path / "sweep", 2, "optimizer.lr=-1"), tmp_path)
     assert result.returncode == 2

@@ -402,6 +402,7 @@ def check_override_property(chosen: list[tuple[str, Any, bool]], batch_norm: boo
     assert any(key in message for key in keys), f"{overrides}: the message names none of {keys}: {message}"
 
 
+@pytest.mark.slow  # (moved out of the default suite to keep it near 10 minutes)
 @FAST
 @given(chosen=override_sets(), batch_norm=st.booleans())
 def test_numeric_overrides_run_or_name_the_key(chosen: list[tuple[str, Any, bool]], batch_norm: bool) -> None:

@@ -127,6 +127,7 @@ def test_markdown_table_and_plot(grid: Path, grid_report: Report) -> None:
     assert (grid / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow  # (moved out of the default suite to keep it near 10 minutes)
 def test_best_command_reruns_the_best_trial(grid: Path, grid_report: Report, tmp_path: Path) -> None:
     best = grid_report.order()[0]
     out = grid_report.result.stdout

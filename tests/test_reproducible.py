@@ -69,6 +69,7 @@ def test_main_rejects_an_unknown_optimized_metric(tmp_path: Path, capsys) -> Non
     assert "Did you mean 'val/acc'?" in err
 
 
+@pytest.mark.slow  # (moved out of the default suite to keep it near 10 minutes)
 def test_multirun_over_seeds(tmp_path: Path, runs: dict[str, Run]) -> None:
     sweep_dir = tmp_path / "sweep"
     result = run_cli(["-m", "seed=0,1", *TINY, f"hydra.sweep.dir={sweep_dir}"], tmp_path)
