@@ -72,3 +72,20 @@ def test_data_module_augments_training_batches_only_and_per_epoch_seeded() -> No
     assert torch.equal(next(data.train_batches(0))[0], xa)  # replayable per epoch
     assert not torch.equal(next(data.train_batches(1))[0], xa)
     assert torch.equal(next(data.eval_batches("val"))[0], next(plain.eval_batches("val"))[0])
+
+
+def test_pixels_move_in_raw_units_when_the_data_is_standardized_per_pixel() -> None:
+    """A shifted batch of standardized digits is the standardized batch of shifted raw digits
+    (moving z-scores would put each value under another pixel's mean and std)."""
+    data = DataModule(sklearn.digits(), shuffle=False, augment=ImageAugment(crop_padding=1), seed=0)
+    data.setup(torch.device("cpu"))
+    mean, std = (torch.as_tensor(a) for a in data.x_scale)
+    x = next(data._train_batches(0))[0]  # the standardized batch before augmentation
+    g = torch.Generator().manual_seed(data.seed * 1_000_003 + 0 + 1)  # the epoch's generator
+    expected = (ImageAugment(crop_padding=1)(x * std + mean, g) - mean) / std
+    got = next(data.train_batches(0))[0]
+    assert torch.allclose(got, expected, atol=1e-5)
+    moved_z = ImageAugment(crop_padding=1)(x, torch.Generator().manual_seed(1))
+    assert not torch.allclose(got, moved_z, atol=1e-3)  # not the z-scores moved
+    border = got[:, :, :, 0]  # digits' left column is blank: a shift brings in background, in z units
+    assert torch.allclose(border.min(), ((torch.zeros(()) - mean) / std)[:, :, 0].min(), atol=1e-5)

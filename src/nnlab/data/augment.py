@@ -24,6 +24,13 @@ class ImageAugment:
       shift up to `translate` x the image size, zoom in [1 - scale, 1 + scale]; bilinear.
     - noise_std: add Gaussian noise of this std (in standardized units).
     Validation and test batches are never augmented.
+
+    Flips, crops and warps move pixels, so they work in the dataset's raw units when the batch
+    comes standardized pixel by pixel: given `scale` = (offset, divisor) of that standardization
+    (the data module passes its own), the batch is unscaled, moved (0 fills in the background, as
+    in the raw image) and scaled back. Moving z-scores instead would put each value under another
+    pixel's mean and std: a shifted batch would not be the shifted digits. The noise is added
+    afterwards, in the units the model sees.
     """
 
     def __init__(
@@ -47,7 +54,9 @@ class ImageAugment:
         self.scale = scale
         self.noise_std = noise_std
 
-    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def __call__(
+        self, x: torch.Tensor, generator: torch.Generator, scale: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> torch.Tensor:
         if x.dim() != 4:
             raise ConfigValueError(
                 f"augmentation works on image batches (B, C, H, W), but this dataset gives batches of "
@@ -58,6 +67,10 @@ class ImageAugment:
         def uniform(low: float, high: float) -> torch.Tensor:
             return low + (high - low) * torch.rand(b, generator=generator, device=x.device)
 
+        moves = self.hflip or self.crop_padding or self.degrees > 0 or self.translate > 0 or self.scale > 0
+        if scale is not None and moves:
+            offset, divisor = scale
+            x = x * divisor + offset  # (B, C, H, W) in raw units; offset and divisor are (C, H, W)
         if self.hflip:
             flip = torch.rand(b, generator=generator, device=x.device) < 0.5
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
@@ -77,6 +90,8 @@ class ImageAugment:
             grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)  # (B, H, W, 2)
             mode = "bilinear" if warp else "nearest"  # whole-pixel crops stay exact
             x = F.grid_sample(x, grid, mode=mode, padding_mode="zeros", align_corners=False)
+        if scale is not None and moves:
+            x = (x - offset) / divisor
         if self.noise_std > 0:
             x = x + self.noise_std * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         return x

@@ -115,7 +115,7 @@ class DataModule:
         missing: float | None = None,
         missing_mechanism: Literal["mcar", "mnar"] = "mcar",
         impute: Literal["drop", "mean", "mean_indicator"] = "mean",
-        augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+        augment: Callable[..., torch.Tensor] | None = None,
         seed: int = 0,
     ) -> None:
         check_range("data.batch_size", batch_size, 1)
@@ -327,6 +327,10 @@ class DataModule:
             k: (torch.from_numpy(x).to(target), torch.from_numpy(y).to(target)) for k, (x, y) in self._arrays.items()
         }
         self._loaders: dict[str, torch.utils.data.DataLoader] = {}
+        # The standardization augmentation undoes to move pixels in raw units (ImageAugment).
+        self._augment_scale = None
+        if self.augment is not None and self.x_scale is not None and self.imputer is None:
+            self._augment_scale = tuple(torch.as_tensor(a, dtype=torch.float32, device=device) for a in self.x_scale)
         log.info(
             "Data: %s, input %s, train/val/test = %d/%d/%d rows, %s batches of %d on %s",
             self.kind,
@@ -365,7 +369,7 @@ class DataModule:
             return
         g = torch.Generator(device=self.device).manual_seed(self.seed * 1_000_003 + epoch + 1 + 7919 * self.rank)
         for x, y in batches:
-            yield self.augment(x, g), y
+            yield self.augment(x, g, self._augment_scale), y
 
     def _train_batches(self, epoch: int) -> Iterator[Batch]:
         order = self.epoch_order(epoch)
