@@ -19,7 +19,7 @@ class ImageAugment:
     - hflip: mirror each image left-right with probability 1/2 (fine for objects, wrong for
       digits and text).
     - crop_padding: "random crop with padding p": shift each image by a whole number of pixels
-      in [-p, p] along each axis, filling with 0 (the mean, once standardized).
+      in [-p, p] along each axis, filling with 0 (the background, in raw units: see below).
     - degrees, translate, scale: a random affine warp per image, rotation in [-degrees, degrees],
       shift up to `translate` x the image size, zoom in [1 - scale, 1 + scale]; bilinear.
     - noise_std: add Gaussian noise of this std (in standardized units).
