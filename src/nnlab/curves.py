@@ -74,8 +74,12 @@ def plot_curves(path: Path, runs: Sequence[tuple[str, Path]], patterns: Sequence
     rows = math.ceil(len(panels) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.5 * rows), squeeze=False)
     for ax, (name, lines) in zip(axes.flat, panels):
-        for label, (steps, values) in lines:
-            ax.plot(steps, values, label=label, marker="o" if len(steps) <= 12 else None, markersize=3)
+        # Up to 10 lines: the default colours; more (a width sweep, every layer of a deep net): a
+        # colormap in order, so the first and last trials (or layers) never share a colour.
+        colours = plt.cm.viridis([i / max(len(lines) - 1, 1) for i in range(len(lines))]) if len(lines) > 10 else None
+        for i, (label, (steps, values)) in enumerate(lines):
+            colour = None if colours is None else colours[i]
+            ax.plot(steps, values, label=label, color=colour, marker="o" if len(steps) <= 12 else None, markersize=3)
         finite = [v for _, (_, values) in lines for v in values if math.isfinite(v)]
         if finite and min(finite) > 0 and max(finite) / min(finite) >= 100:
             ax.set_yscale("log")  # losses of different optimizers, gradient norms of different layers
