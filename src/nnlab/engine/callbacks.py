@@ -3,6 +3,7 @@
 A callback defines only the hooks it needs; the engine calls a hook when the callback has it:
 
     on_fit_start(trainer)                      before the first epoch (after a resume's restore)
+    on_train_batch_start(trainer, batch)       before every training step, with its batch (keep it cheap)
     on_train_batch_end(trainer)                after every training step (keep it cheap)
     on_validation_end(trainer, metrics)        after validation: decide (e.g. trainer.should_stop)
     on_epoch_end(trainer, metrics)             then act (checkpoints); metrics = {"train/..", "val/.."}

@@ -171,6 +171,7 @@ class GradientCheck:
         self.seed = seed
         self.results: list[TensorCheck] = []
         self.failed: list[TensorCheck] = []
+        self._pending = False  # set at fit start: check the next training batch
 
     def on_fit_start(self, trainer: Trainer) -> None:
         task = trainer.task
@@ -180,16 +181,12 @@ class GradientCheck:
                 f"callbacks.gradient_check needs a task with a loss(out, y) method (task=supervised); "
                 f"{type(task).__name__} has none. Set callbacks.gradient_check=null."
             )
-        # The trainer hands callbacks no batch, so the check takes the first one on its way into
-        # the task: it wraps `training_step` once, checks, and puts the method back.
-        step = task.training_step
+        self._pending = True
 
-        def first_step(batch: Any) -> dict[str, torch.Tensor]:
-            del task.training_step  # the class's method again, from the next batch on
+    def on_train_batch_start(self, trainer: Trainer, batch: Any) -> None:
+        if self._pending:  # the first batch of the fit, before its update
+            self._pending = False
             self.run(trainer, batch)
-            return step(batch)
-
-        task.training_step = first_step
 
     def run(self, trainer: Trainer, batch: Any) -> list[TensorCheck]:
         """Check the gradients on `batch`, log them; returns the per-tensor results."""

@@ -291,6 +291,7 @@ class Trainer:
         for batch in batches:
             # Update on the batch that completes a window of k (or ends the epoch); else backward only.
             self.rules.update_now = (self.epoch_step + 1) % k == 0 or self.epoch_step + 1 == self.steps_per_epoch
+            self._call("on_train_batch_start", batch)
             try:
                 out = task.training_step(batch)
                 self.consecutive_skips = 0
