@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ class TensorBoardLogger:
         if self._writer is None:
             from torch.utils.tensorboard import SummaryWriter
 
+            _after_earlier_event_files(self.save_dir)
             self._writer = SummaryWriter(log_dir=str(self.save_dir), flush_secs=self.flush_secs)
         return self._writer
 
@@ -113,3 +115,18 @@ def save_image(image: Any, path: Path, logger: TensorBoardLogger | None, tag: st
     if logger is not None:
         logger.log_image(tag, pixels, step)
     return path
+
+
+def _after_earlier_event_files(folder: Path) -> None:
+    """TensorBoard reads a folder's event files in name order, and a name starts with the second it
+    was made in, then host, pid and a counter compared as text (".10" before ".9"). A resumed run
+    whose file would be made in the same second as the run's earlier one waits for the next second
+    (at most 1 s, only then), so its values are read after those it continues."""
+    latest = max((int(p.name.split(".")[3]) for p in folder.glob("events.out.tfevents.*") if _stamped(p)), default=0)
+    if latest >= int(time.time()):
+        time.sleep(latest + 1 - time.time())
+
+
+def _stamped(path: Path) -> bool:
+    parts = path.name.split(".")
+    return len(parts) > 3 and parts[3].isdigit()
