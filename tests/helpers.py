@@ -11,7 +11,7 @@ import math
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -120,3 +120,17 @@ def assert_finite_metrics(metrics: dict[str, float], kind: str) -> None:
             assert 0.0 <= value <= 1.0, (key, value)
         if key.endswith(("/loss", "/mse", "/mae")):
             assert value >= 0.0, (key, value)
+
+
+def with_parts(monkeypatch: Any, change: Callable[[Any], None]) -> None:
+    """Let `change` edit the parts of the next run after they are built (add a callback, wrap the loss)."""
+    import nnlab.pipeline
+
+    build = nnlab.pipeline.build
+
+    def build_and_change(cfg):
+        parts = build(cfg)
+        change(parts)
+        return parts
+
+    monkeypatch.setattr(nnlab.pipeline, "build", build_and_change)

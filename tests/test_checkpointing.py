@@ -19,7 +19,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import nnlab.pipeline
-from helpers import Run, cli_env, train_tiny
+from helpers import Run, cli_env, train_tiny, with_parts
 from nnlab.engine.checkpoint import CheckpointWriter, load_checkpoint, save_checkpoint
 from nnlab.engine.precision import Precision
 from nnlab.errors import UserError
@@ -101,6 +101,92 @@ def test_save_top_k_zero_writes_no_best_and_tests_the_last_weights(tmp_path: Pat
     assert last["epoch"] == 6
     on_last = evaluate_with(run, last["model"], "test")["loss"]
     assert run.metrics["test/loss"] == pytest.approx(on_last, rel=1e-6)
+
+
+# --- when last.ckpt and best.ckpt are written: save_interval_s ---------------------------------
+
+
+class Clock:
+    """A `time` stand-in for the checkpoint callback: each `monotonic()` call is `tick` seconds
+    after the previous one (the first is at `tick`)."""
+
+    def __init__(self, tick: float) -> None:
+        self.tick, self.now = tick, 0.0
+
+    def monotonic(self) -> float:
+        self.now += self.tick
+        return self.now
+
+
+def record_writes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, list[str]]]:
+    """(epoch of the state, file names) of every checkpoint write, in order."""
+    writes: list[tuple[int, list[str]]] = []
+    original = CheckpointWriter.write_frozen
+
+    def spy(self: CheckpointWriter, frozen: dict[str, Any], paths: list[Path]) -> None:
+        writes.append((frozen["epoch"], [Path(p).name for p in paths]))
+        original(self, frozen, paths)
+
+    monkeypatch.setattr(CheckpointWriter, "write_frozen", spy)
+    return writes
+
+
+# NOISY's val/loss is best at epoch 4; epochs 5 and 6 are worse.
+BOTH, LAST, BEST = ["best.ckpt", "last.ckpt"], ["last.ckpt"], ["best.ckpt"]
+
+
+@pytest.mark.parametrize(
+    "interval, tick, expected",
+    [
+        # 0: the files of every epoch
+        ("0", 1.0, [(1, BOTH), (2, BOTH), (3, BOTH), (4, BOTH), (5, LAST), (6, LAST)]),
+        # longer than the run: the last epoch only, after the best epoch that was kept in memory
+        ("1000", 1.0, [(4, BEST), (6, LAST)]),
+        # a clock 4 s further at each look, 10 s apart: epoch 3 is the first at least 10 s after
+        # the start (12 s); then the last epoch, and before it epoch 4's best
+        ("10", 4.0, [(3, BOTH), (4, BEST), (6, LAST)]),
+    ],
+    ids=["every-epoch", "end-only", "clock"],
+)
+def test_last_and_best_are_written_at_most_every_save_interval_s(
+    interval: str, tick: float, expected: list, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import nnlab.engine.callbacks as callbacks
+
+    monkeypatch.setattr(callbacks, "time", Clock(tick))
+    writes = record_writes(monkeypatch)
+    run = train_tiny([*NOISY, f"callbacks.model_checkpoint.save_interval_s={interval}"], tmp_path)
+    losses = val_losses(run)
+    assert min(losses, key=losses.get) == 4, losses
+    assert writes == expected
+    best, last = run.checkpoint("best"), run.checkpoint("last")
+    assert (best["epoch"], last["epoch"]) == (4, 6)
+    assert best["metrics"]["val/loss"] == pytest.approx(losses[4])
+    # best.ckpt holds epoch 4 as it was, not the weights of a later epoch
+    assert evaluate_with(run, best["model"], "val")["loss"] == pytest.approx(losses[4], rel=1e-5)
+    assert last["callbacks"]["ModelCheckpoint"]["best_score"] == pytest.approx(losses[4])
+    # test_ckpt=best scored the test split with epoch 4's weights
+    assert run.metrics["test/loss"] == pytest.approx(evaluate_with(run, best["model"], "test")["loss"], rel=1e-6)
+
+
+def test_a_best_epoch_kept_in_memory_is_written_when_training_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error after the best epoch (here in epoch 5's validation) ends the run before any
+    write was due: best.ckpt is still written, with epoch 4; there is no last.ckpt."""
+    writes = record_writes(monkeypatch)
+
+    class FailAtEpoch5:
+        def on_validation_end(self, trainer: Any, metrics: dict[str, float]) -> None:
+            if trainer.epoch == 5:  # (the epoch just validated)
+                raise RuntimeError("a failure in epoch 5")
+
+    with_parts(monkeypatch, lambda parts: parts.trainer.callbacks.insert(0, FailAtEpoch5()))
+    with pytest.raises(RuntimeError, match="a failure in epoch 5"):
+        train_tiny([*NOISY, "callbacks.model_checkpoint.save_interval_s=1000"], tmp_path)
+    assert writes == [(4, BEST)]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["best.ckpt"]
+    assert load_checkpoint(tmp_path / "checkpoints" / "best.ckpt")["epoch"] == 4
 
 
 def test_every_n_epochs_keeps_periodic_snapshots(tmp_path: Path) -> None:

@@ -54,6 +54,9 @@ CONFIG = (
     "scheduler=cosine_warmup",
     "regularization.ema_decay=0.9",
     "callbacks.model_checkpoint.every_n_train_steps=15",
+    # Every epoch's files, whatever the time (by default at most every 10 s): the moments below
+    # include kills inside each of those writes.
+    "callbacks.model_checkpoint.save_interval_s=0",
 )
 STEPS = 60
 

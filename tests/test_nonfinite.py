@@ -19,7 +19,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch import nn
 
 import nnlab.pipeline
-from helpers import run_cli, train_tiny
+from helpers import run_cli, train_tiny, with_parts
 from nnlab.engine.checkpoint import load_checkpoint
 from nnlab.engine.nonfinite import TrainingDiverged, locate_nonfinite
 from nnlab.engine.optim import NonFiniteStep, Optimization
@@ -52,18 +52,6 @@ class InfGrad(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _InfGrad.apply(x)
-
-
-def with_parts(monkeypatch: pytest.MonkeyPatch, change: Callable[[nnlab.pipeline.Parts], None]) -> None:
-    """Let `change` edit the parts of the next run after they are built (add a callback, wrap the loss)."""
-    build = nnlab.pipeline.build
-
-    def build_and_change(cfg):
-        parts = build(cfg)
-        change(parts)
-        return parts
-
-    monkeypatch.setattr(nnlab.pipeline, "build", build_and_change)
 
 
 def nan_loss_at(steps: set[int] | None) -> Callable[[nnlab.pipeline.Parts], None]:
@@ -133,7 +121,7 @@ def test_divergence_after_a_good_epoch_keeps_its_checkpoints(tmp_path: Path, mon
 
     with_parts(monkeypatch, lambda parts: parts.trainer.callbacks.append(PoisonAfterEpoch1()))
     with pytest.raises(TrainingDiverged) as info:
-        train_tiny([*QUIET, "trainer.max_epochs=3"], tmp_path)
+        train_tiny([*QUIET, "trainer.max_epochs=3", "callbacks.model_checkpoint.save_interval_s=0"], tmp_path)
     message = str(info.value)
     assert isinstance(info.value, UserError)
     assert message.startswith("Training stopped: at step 3 of epoch 2 the loss became non-finite;"), message

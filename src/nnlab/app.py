@@ -3,8 +3,8 @@
     nnlab-train, nnlab-lr-find, ...  ->  cli(main, explain)  ->  @hydra.main main(cfg)  ->  guarded(body)
 
 A user's mistake (a `UserError`) ends with `Error: <message>` on stderr and exit code 2, a
-Ctrl-C with exit code 130, and a bug keeps its traceback. `HYDRA_FULL_ERROR=1` shows the
-traceback of everything.
+Ctrl-C with exit code 130 (a SIGTERM during training: 143), and a bug keeps its traceback.
+`HYDRA_FULL_ERROR=1` shows the traceback of everything.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import gc
 import io
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from typing import TypeVar
 
 from hydra.errors import InstantiationException
 
-from nnlab.errors import UserError
+from nnlab.errors import Stopped, UserError
 from nnlab.runinfo import write_status
 
 log = logging.getLogger(__name__)
@@ -41,9 +42,10 @@ class TrialFailed(Exception):
     the trial as failed and the sweep goes on with the others."""
 
 
-def guarded(body: Callable[[], T], interrupted: str = "Stopped by Ctrl-C.", output_dir: str | None = None) -> T:
+def guarded(body: Callable[[], T], interrupted: str = "", output_dir: str | None = None) -> T:
     """Run a command's body inside its Hydra `main`: exit 2 with one paragraph for a user
-    error, exit 130 (after logging `interrupted`) on Ctrl-C.
+    error; on Ctrl-C exit 130 after logging "Stopped by Ctrl-C." and `interrupted` (on a
+    SIGTERM the trainer turned into `Stopped`, 143 and "Stopped by SIGTERM.").
 
     In a sweep (`-m`) a failing trial must not end the sweep: its error is printed and written
     to the trial's `status.json` (with `output_dir`), then raised as `TrialFailed`, which Hydra's
@@ -53,11 +55,12 @@ def guarded(body: Callable[[], T], interrupted: str = "Stopped by Ctrl-C.", outp
     started = time.time()
     try:
         return body()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        stop = e if isinstance(e, Stopped) else Stopped(signal.SIGINT)
         if output_dir is not None:
             write_status(output_dir, "interrupted", started)
-        log.warning("%s", interrupted)
-        sys.exit(130)
+        log.warning("%s", f"Stopped by {stop.cause}. {interrupted}".strip())
+        sys.exit(128 + stop.signum)
     except Exception as e:
         message = user_error_message(e)
         if output_dir is not None and in_sweep():

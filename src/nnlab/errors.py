@@ -7,6 +7,21 @@ import math
 from collections.abc import Iterable
 
 
+class Stopped(KeyboardInterrupt):
+    """A run stopped by a signal: Ctrl-C (SIGINT) or a scheduler's SIGTERM. A KeyboardInterrupt,
+    so whatever handles Ctrl-C handles it; the command exits with 128 + `signum`."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+    @property
+    def cause(self) -> str:
+        import signal
+
+        return "Ctrl-C" if self.signum == signal.SIGINT else signal.Signals(self.signum).name
+
+
 class UserError(Exception):
     """A mistake in the user's config, command line or files.
 

@@ -363,14 +363,14 @@ def optimized_value(metrics: dict[str, float], name: str) -> float:
 
 def run(cfg: DictConfig) -> float | None:
     """`nnlab-train`'s body: train; return the optimized metric. A user's mistake ends in one
-    paragraph (exit 2), Ctrl-C in exit 130 with the run's files kept."""
+    paragraph (exit 2), Ctrl-C in exit 130 (SIGTERM: 143) with the run's files kept."""
 
     def body() -> float | None:
         metrics = train(cfg)
         return optimized_value(metrics, cfg.optimized_metric) if cfg.get("optimized_metric") else None
 
     output_dir = cfg.paths.output_dir
-    stopped = f"Stopped by Ctrl-C. The last checkpoint and the TensorBoard logs are in {output_dir}"
+    stopped = f"The last checkpoint and the TensorBoard logs are in {output_dir}"
     ended_well = False
     try:
         result = app.guarded(body, interrupted=stopped, output_dir=output_dir)

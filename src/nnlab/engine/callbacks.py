@@ -19,10 +19,11 @@ from __future__ import annotations
 import logging
 import math
 import re
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from nnlab.engine.checkpoint import CheckpointWriter
+from nnlab.engine.checkpoint import CheckpointWriter, snapshot
 from nnlab.errors import ConfigValueError, check_choice, check_range, did_you_mean
 
 if TYPE_CHECKING:
@@ -34,9 +35,12 @@ log = logging.getLogger(__name__)
 class ModelCheckpoint:
     """Checkpoint files: `last.ckpt`, `best.ckpt` and the top-k by `monitor`, and periodic ones.
 
-    - last.ckpt: after every epoch (and every `every_n_train_steps` steps, and on Ctrl-C):
+    - last.ckpt: at the end of an epoch, at most every `save_interval_s` seconds, and always
+      after the last epoch, on Ctrl-C or SIGTERM (and every `every_n_train_steps` steps):
       where `trainer.resume=auto` continues from.
-    - best.ckpt: the best epoch so far by `monitor`; `trainer.test_ckpt=best` tests it.
+    - best.ckpt: the best epoch so far by `monitor`; `trainer.test_ckpt=best` tests it. A new
+      best between two writes is kept in memory (a copy of the state) and written with the
+      next one, so best.ckpt is never older than the best that last.ckpt records.
     - save_top_k = k > 1 also keeps the k best epochs as `epoch-E-<monitor>-V.ckpt`
       (-1 keeps every epoch), deleting those that drop out of the top k.
     - every_n_epochs / every_n_train_steps: keep `epoch-E.ckpt` / `step-S.ckpt` snapshots as well
@@ -46,6 +50,14 @@ class ModelCheckpoint:
     Every file is written atomically, on a background thread (`nnlab.engine.checkpoint.
     CheckpointWriter`: the state is snapshot at the moment it is taken; the files of one moment
     are one write plus hard links); all are on disk when training ends or is interrupted.
+
+    Why a time interval: an epoch of a small model takes milliseconds, and writing a file after
+    each one would cost more than the epoch's own bookkeeping (a third of the default MLP's
+    training time on a 2-core CPU). An epoch longer than the interval is written every epoch.
+    The cost of the interval: a run killed without warning (SIGKILL, out of memory, power)
+    resumes from a point up to `save_interval_s` older, and repeats those epochs exactly. A
+    scheduler's SIGTERM (SLURM at the time limit or on preemption) is not such a kill: the
+    trainer stops at the next step and writes last.ckpt first.
 
     Args:
         dirpath: folder for the files; default `<run dir>/checkpoints`.
@@ -58,6 +70,8 @@ class ModelCheckpoint:
         every_n_train_steps: also keep a snapshot (and refresh last.ckpt) every n training
             steps (None: off). With gradient accumulation a snapshot waits for the end of the
             accumulation window.
+        save_interval_s: the shortest time between two epoch-end writes of last.ckpt and
+            best.ckpt, in seconds; 0 writes them after every epoch.
     """
 
     def __init__(
@@ -69,12 +83,14 @@ class ModelCheckpoint:
         save_top_k: int = 1,
         every_n_epochs: int | None = None,
         every_n_train_steps: int | None = None,
+        save_interval_s: float = 10.0,
     ) -> None:
         check_choice("callbacks.model_checkpoint.mode", mode, ["min", "max"])
         check_range("callbacks.model_checkpoint.save_top_k", save_top_k, -1)
         for key, n in (("every_n_epochs", every_n_epochs), ("every_n_train_steps", every_n_train_steps)):
             if n is not None:
                 check_range(f"callbacks.model_checkpoint.{key}", n, 1)
+        check_range("callbacks.model_checkpoint.save_interval_s", save_interval_s, 0.0)
         self.dirpath = dirpath
         self.monitor = monitor
         self.mode = mode
@@ -82,11 +98,14 @@ class ModelCheckpoint:
         self.save_top_k = save_top_k
         self.every_n_epochs = every_n_epochs
         self.every_n_train_steps = every_n_train_steps
+        self.save_interval_s = save_interval_s
         self.best_score = math.inf if mode == "min" else -math.inf
         self.best_path: Path | None = None
         self.last_path: Path | None = None
         self.top_k: list[tuple[float, str]] = []  # (score, file) of the kept best epochs, best first
         self._step_snapshot_due = False
+        self._last_write = -math.inf  # time.monotonic() of the last epoch-end write
+        self._pending_best: dict | None = None  # a snapshot of a best epoch not yet on disk
         self.writer = CheckpointWriter()
 
     def checkpoint_dir(self, trainer: Trainer) -> Path:
@@ -102,6 +121,7 @@ class ModelCheckpoint:
         if folder.is_dir():
             for stale in folder.glob("*.ckpt.*.tmp"):
                 stale.unlink(missing_ok=True)
+        self._last_write = time.monotonic()  # the first write comes an interval (or the last epoch) later
 
     def on_train_batch_end(self, trainer: Trainer) -> None:
         n = self.every_n_train_steps
@@ -135,20 +155,32 @@ class ModelCheckpoint:
         if improved:
             self.best_score = score
         ranked = self.save_top_k != 0 and not math.isnan(score) and self._ranks(score)
-        paths: list[Path] = []  # the files of this moment: one write, then hard links
-        if self.save_top_k != 0 and improved:
-            self.best_path = folder / "best.ckpt"
-            paths.append(self.best_path)
+        best = self.save_top_k != 0 and improved
+        kept: list[Path] = []  # files asked for at this epoch: written now, whatever the interval
         dropped: list[str] = []
         if ranked and self.save_top_k != 1:
             name = f"epoch-{trainer.epoch:03d}-{_slug(self.monitor)}-{score:.4f}.ckpt"
-            paths.append(folder / name)
+            kept.append(folder / name)
             self.top_k = sorted([*self.top_k, (score, name)], key=lambda t: t[0], reverse=self.mode == "max")
             if self.save_top_k > 0:
                 dropped = [old for _, old in self.top_k[self.save_top_k :]]
                 self.top_k = self.top_k[: self.save_top_k]
         if self.every_n_epochs and trainer.epoch % self.every_n_epochs == 0:
-            paths.append(folder / f"epoch-{trainer.epoch:03d}.ckpt")
+            kept.append(folder / f"epoch-{trainer.epoch:03d}.ckpt")
+        now = time.monotonic()
+        final = trainer.epoch >= trainer.max_epochs or trainer.should_stop
+        if best:
+            self.best_path = folder / "best.ckpt"
+        if not (kept or final or now - self._last_write >= self.save_interval_s):
+            if best:  # on disk with the next write (after the state below has changed)
+                self._pending_best = snapshot(trainer.checkpoint_state())
+            return
+        if best:
+            self._pending_best = None  # this epoch's write below holds it
+        else:
+            self._flush_best()  # an earlier best first: best.ckpt is never behind last.ckpt
+        paths = [self.best_path] if best else []  # the files of this moment: one write, then hard links
+        paths += kept
         if self.save_last:
             # Last of the files of this moment: last.ckpt (where a resume starts) says this epoch
             # is done only once best.ckpt and the others hold it. Killed before, a resumed run
@@ -157,8 +189,20 @@ class ModelCheckpoint:
             paths.append(self.last_path)
         # After the update above, so a resume knows the best.
         self.writer.write(trainer.checkpoint_state(), paths)
+        self._last_write = now
         for name in dropped:  # (never one just written: a dropped epoch ranks below the kept k)
             (folder / name).unlink(missing_ok=True)
+
+    def _flush_best(self) -> None:
+        """Write the best epoch kept in memory, if there is one."""
+        if self._pending_best is not None:
+            self.writer.write_frozen(self._pending_best, [self.best_path])
+            self._pending_best = None
+
+    @property
+    def saved(self) -> bool:
+        """Whether this run has checkpoint files (or a best one about to be written)."""
+        return self.last_path is not None or self.best_path is not None
 
     def _ranks(self, score: float) -> bool:
         """Whether `score` enters the kept top k."""
@@ -167,6 +211,7 @@ class ModelCheckpoint:
         return self._better(score, self.top_k[-1][0])
 
     def on_interrupt(self, trainer: Trainer) -> None:
+        self._flush_best()
         if self.save_last:
             self.last_path = self.checkpoint_dir(trainer) / "last.ckpt"
             self.writer.write(trainer.checkpoint_state(), [self.last_path])
@@ -174,7 +219,10 @@ class ModelCheckpoint:
             log.warning("Saved the interrupted run's state to %s", self.last_path)
 
     def on_fit_end(self, trainer: Trainer) -> None:
-        self.writer.wait()  # every file on disk before the test (or anything else) reads one
+        # Training ended, well or not: the best epoch is on disk, and every file is written
+        # before the test (or anything else) reads one.
+        self._flush_best()
+        self.writer.wait()
 
     def state_dict(self) -> dict[str, object]:
         return {

@@ -82,9 +82,13 @@ class CheckpointWriter:
         self._error: BaseException | None = None
 
     def write(self, state: dict[str, Any], paths: Sequence[str | Path]) -> None:
+        if paths:
+            self.write_frozen(snapshot(state), paths)
+
+    def write_frozen(self, frozen: dict[str, Any], paths: Sequence[str | Path]) -> None:
+        """`write` for a state that is already a `snapshot` (one kept in memory for later)."""
         if not paths:
             return
-        frozen = snapshot(state)
         self.wait()
         self._thread = threading.Thread(target=self._write, args=(frozen, [Path(p) for p in paths]), name="ckpt")
         self._thread.start()

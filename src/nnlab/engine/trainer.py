@@ -27,7 +27,7 @@ from nnlab.engine.regularization import Regularization
 from nnlab.engine.rng import rng_state, set_rng_state
 from nnlab.engine.task import Task
 from nnlab.engine.tensorboard import save_image
-from nnlab.errors import ConfigValueError, UserError, check_choice, check_range
+from nnlab.errors import ConfigValueError, Stopped, UserError, check_choice, check_range
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +184,7 @@ class Trainer:
         self._window = RunningMean()  # step metrics since the last log
         self._totals: dict[str, float] = {}  # sample-weighted sums over the epoch so far
         self._seen = 0
-        self._stop_requested = False  # Ctrl-C: stop at the next step boundary
+        self._stop_requested = 0  # a signal (Ctrl-C, SIGTERM) asked to stop at the next step boundary
 
     @property
     def pending_grads(self) -> bool:
@@ -258,7 +258,7 @@ class Trainer:
         if on_start is not None:
             on_start()
         self._call("on_fit_start")
-        previous_handler = _install_sigint(self)
+        previous_handlers = _install_stop_signals(self)
         try:
             with torch.autograd.set_detect_anomaly(self.detect_anomaly):
                 while self.epoch < self.max_epochs and not self.should_stop:
@@ -271,7 +271,7 @@ class Trainer:
             raise
         finally:
             task.model = self.module  # unwrapped: testing and saving need no peers
-            _restore_sigint(previous_handler)
+            _restore_signals(previous_handlers)
             self._call("on_fit_end")
             if self.logger is not None:
                 self.logger.flush()
@@ -321,7 +321,7 @@ class Trainer:
                 t_log, samples_since_log = now, 0
             self._call("on_train_batch_end")
             if self._stop_requested and not self.pending_grads:
-                raise KeyboardInterrupt  # at a step boundary, so last.ckpt resumes exactly
+                raise Stopped(self._stop_requested)  # at a step boundary, so last.ckpt resumes exactly
         train_time = time.perf_counter() - t_start
 
         totals, seen = self._totals, self._seen
@@ -361,7 +361,7 @@ class Trainer:
         self._call("on_validation_end", metrics)  # decisions first (early stopping) ...
         self._call("on_epoch_end", metrics)  # ... so the checkpoints taken here record them
         if self._stop_requested:
-            raise KeyboardInterrupt
+            raise Stopped(self._stop_requested)
 
     def _on_nonfinite(self, error: NonFiniteStep, task: Task, batch: Any) -> None:
         """A step's loss or gradient was NaN/inf and its update was not applied: say where it
@@ -378,8 +378,8 @@ class Trainer:
             cause = f"{self.consecutive_skips} updates in a row had a non-finite {what} (the last at {at}); {where}"
         else:
             cause = f"at {at} the {what} became non-finite; {where}"
-        saved = next((cb.last_path for cb in self.callbacks if getattr(cb, "last_path", None)), None)
-        kept = f"The checkpoints written before it are kept ({saved.parent})" if saved else "No checkpoint was written"
+        folder = next((cb.checkpoint_dir(self) for cb in self.callbacks if getattr(cb, "saved", False)), None)
+        kept = f"The checkpoints written before it are kept ({folder})" if folder else "No checkpoint was written"
         raise TrainingDiverged(
             f"Training stopped: {cause}. {kept}, and no update with NaN/inf was applied. Try a lower "
             "optimizer.lr, gradient clipping (trainer.gradient_clip_val=1.0), a smaller initialization "
@@ -544,24 +544,34 @@ class Trainer:
                 fn(self, *args)
 
 
-def _install_sigint(trainer: Trainer) -> Any:
-    """First Ctrl-C: finish the current step, save last.ckpt, exit. Second Ctrl-C: stop now."""
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _install_stop_signals(trainer: Trainer) -> dict[int, Any]:
+    """The first Ctrl-C (SIGINT) or SIGTERM (what a cluster scheduler sends at the time limit or
+    on preemption, before it kills): finish the current step, save last.ckpt, exit with
+    128 + the signal's number. A second one stops at once. Returns the handlers replaced."""
 
     def handler(signum: int, frame: Any) -> None:
         if trainer._stop_requested:
-            raise KeyboardInterrupt
-        trainer._stop_requested = True
-        log.warning("Ctrl-C: stopping after this step (press again to stop at once).")
+            raise Stopped(signum)
+        trainer._stop_requested = signum
+        again = "press Ctrl-C again" if signum == signal.SIGINT else f"a second {signal.Signals(signum).name}"
+        cause = Stopped(signum).cause
+        log.warning("%s: stopping after this step and saving last.ckpt (%s stops at once).", cause, again)
 
-    try:
-        return signal.signal(signal.SIGINT, handler)
-    except ValueError:  # not the main thread (e.g. a thread-based launcher): keep the default
-        return None
+    previous = {}
+    for signum in STOP_SIGNALS:
+        try:
+            previous[signum] = signal.signal(signum, handler)
+        except ValueError:  # not the main thread (e.g. a thread-based launcher): keep the defaults
+            break
+    return previous
 
 
-def _restore_sigint(previous: Any) -> None:
-    if previous is not None:
-        signal.signal(signal.SIGINT, previous)
+def _restore_signals(previous: dict[int, Any]) -> None:
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
 
 
 def check_ddp_task(task: Task) -> None:
