@@ -105,3 +105,75 @@ def test_hparams_experiment_lists_the_final_metrics(events: EventAccumulator, di
     experiment = hparams_plugin(events)["_hparams_/experiment"].experiment
     assert {m.name.tag for m in experiment.metric_infos} == set(digits_run.metrics)
     assert "optimizer.lr" in {h.name for h in experiment.hparam_infos}
+
+
+# --- record checksums: TensorBoard's CRC-32C, computed in C ------------------------------------
+
+
+def python_masked_crc32c(data: bytes) -> int:
+    """TensorBoard's own masked CRC-32C, from its pure-Python CRC (`crc32c`, which nnlab does not
+    replace), so the check below does not compare the fast function with itself."""
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import crc32c
+
+    crc = crc32c(data)
+    return (((crc >> 15) | (crc << 17) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def test_the_fast_checksum_equals_tensorboards() -> None:
+    import random
+
+    from nnlab.engine.tensorboard import masked_crc32c
+
+    rng = random.Random(0)
+    for n in (0, 1, 3, 8, 100, 1500, 10_000):
+        data = bytes(rng.randrange(256) for _ in range(n))
+        assert masked_crc32c(data) == python_masked_crc32c(data), n
+
+
+def test_the_writer_uses_the_fast_checksum(digits_run: Run) -> None:
+    from tensorboard.summary.writer import record_writer
+
+    from nnlab.engine.tensorboard import masked_crc32c
+
+    assert record_writer.masked_crc32c is masked_crc32c  # set when a run's writer was made
+
+
+def test_every_record_of_a_run_has_tensorboards_checksums(digits_run: Run) -> None:
+    """Parse the event file's TFRecord framing by hand: length, its checksum, data, its checksum,
+    each checked with TensorBoard's Python CRC."""
+    import struct
+
+    (path,) = (digits_run.dir / "tensorboard").glob("events.out.tfevents*")
+    raw, offset, records = path.read_bytes(), 0, 0
+    while offset < len(raw):
+        header = raw[offset : offset + 8]
+        (length,) = struct.unpack("<Q", header)
+        (header_crc,) = struct.unpack("<I", raw[offset + 8 : offset + 12])
+        data = raw[offset + 12 : offset + 12 + length]
+        (data_crc,) = struct.unpack("<I", raw[offset + 12 + length : offset + 16 + length])
+        assert header_crc == python_masked_crc32c(header)
+        assert data_crc == python_masked_crc32c(data)
+        offset += 16 + length
+        records += 1
+    assert offset == len(raw)
+    assert records > EPOCHS * STEPS_PER_EPOCH // LOG_EVERY  # every scalar event, and more
+
+
+def test_records_are_written_in_the_logging_thread_and_on_disk_at_once(tmp_path) -> None:
+    """No writer thread, and a logged value can be read back before any flush or close."""
+    import threading
+
+    from tensorboard.summary.writer.event_file_writer import _AsyncWriterThread
+
+    from nnlab.engine.tensorboard import TensorBoardLogger
+
+    before = {t for t in threading.enumerate() if isinstance(t, _AsyncWriterThread)}
+    logger = TensorBoardLogger(str(tmp_path))
+    logger.log_metrics({"a": 1.5, "b": 2.5}, step=3)
+    logger.log_histogram("h", [0.0, 1.0, 1.0, 2.0], step=3)
+    assert {t for t in threading.enumerate() if isinstance(t, _AsyncWriterThread)} == before
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("a")] == [(3, 1.5)]
+    assert events.Histograms("h")[0].histogram_value.num == 4
+    logger.close()

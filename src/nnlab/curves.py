@@ -30,6 +30,10 @@ def read_scalars(run_dir: Path, patterns: Sequence[str]) -> dict[str, Series]:
         return {}
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    from nnlab.engine.tensorboard import use_fast_crc32c
+
+    use_fast_crc32c()  # the reader checks every record's checksum: in C, not Python
+
     reader = EventAccumulator(str(folder), size_guidance={"scalars": 0})  # 0: keep every value
     reader.Reload()
     tags = reader.Tags().get("scalars", [])
