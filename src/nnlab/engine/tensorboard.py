@@ -42,13 +42,19 @@ class TensorBoardLogger:
 
     def log_histogram(self, tag: str, values: Any, step: int, bins: int = 64) -> None:
         """The distribution of a tensor's finite values (TensorBoard's Histograms and Distributions
-        tabs), in `bins` equal-width buckets between its min and max. Binned with `torch.histc` and
-        written raw: several times faster than `add_histogram`'s NumPy binning, which matters for
-        the health monitor's per-step cost."""
+        tabs), in `bins` equal-width buckets between its min and max; nothing when none is
+        finite. Binned with `torch.histc` and written raw: several times faster than
+        `add_histogram`'s NumPy binning, which matters for the health monitor's per-step cost."""
         import torch
 
         v = torch.as_tensor(values).detach().float().flatten().cpu()
-        lo, hi = v.min().item(), v.max().item()
+        lo, hi = torch.aminmax(v)
+        if not (lo.isfinite() and hi.isfinite()):  # (NaN spreads to min and max): bin the finite values
+            v = v[torch.isfinite(v)]
+            if v.numel() == 0:
+                return
+            lo, hi = torch.aminmax(v)
+        lo, hi, total, squares = torch.stack([lo, hi, v.sum(), v.dot(v)]).tolist()
         if hi <= lo:  # a constant tensor: one bucket just above it
             hi = lo + max(abs(lo) * 1e-6, 1e-12)
         counts = torch.histc(v, bins=bins, min=lo, max=hi)
@@ -57,8 +63,8 @@ class TensorBoardLogger:
             min=lo,
             max=hi,
             num=v.numel(),
-            sum=v.sum().item(),
-            sum_squares=v.pow(2).sum().item(),
+            sum=total,
+            sum_squares=squares,
             bucket_limits=torch.linspace(lo, hi, bins + 1)[1:].tolist(),
             bucket_counts=counts.tolist(),
             global_step=step,
