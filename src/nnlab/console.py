@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
+from datetime import datetime
 
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
+from rich.logging import RichHandler
 from rich.syntax import Syntax
 from rich.table import Table
 from rich.tree import Tree
@@ -20,6 +23,40 @@ if not CONSOLE.is_terminal:
 
 def console() -> Console:
     return CONSOLE
+
+
+class LogHandler(RichHandler):
+    """The console log handler of every run (configs/hydra/job_logging/rich.yaml): rich's
+    RichHandler, with a fast path for INFO lines.
+
+    RichHandler lays each record out as a table (time, level, message) and scans the message
+    for numbers, paths and strings to colour: 0.6-0.7 ms a line, 2-3% of the default MLP's
+    training time when it logs its line per epoch. INFO lines are assembled here as one text in
+    the same columns (time, shown once per second; level; message) and printed unwrapped: ~40
+    us. Warnings and errors, paragraphs that read better wrapped in the message column and
+    highlighted, keep RichHandler's layout.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._last_time = ""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno >= logging.WARNING or record.exc_info:
+            super().emit(record)
+            return
+        try:
+            from rich.text import Text
+
+            shown = datetime.fromtimestamp(record.created).strftime("[%x %X]")
+            if shown == self._last_time:
+                shown = " " * len(shown)
+            else:
+                self._last_time = shown
+            line = Text.assemble((shown, "log.time"), " ", self.get_level_text(record), " ", self.format(record))
+            self.console.print(line, soft_wrap=True)
+        except Exception:  # noqa: BLE001 - logging's contract: report, never raise
+            self.handleError(record)
 
 
 def print_config_tree(

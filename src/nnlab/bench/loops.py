@@ -6,7 +6,7 @@ model before it, and testing after it, are outside the clock.
 
   nnlab       `nnlab.pipeline.build(cfg)` then `trainer.fit`, exactly as `nnlab-train` builds the
               run: TensorBoard logger, checkpoints (last + best), the rich progress bar, the
-              health monitor, train.log, all at their defaults.
+              health monitor, the log lines (train.log and the console's), all at their defaults.
   nnlab_lean  the same without the health monitor and the checkpoints (logger and progress bar on).
   raw         the limit: a hand-written loop over batches sliced from the in-memory tensors
               before each epoch's clock starts. Same seed, the same `build_model` (so the same
@@ -103,16 +103,30 @@ def accuracy(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tenso
 # ---------------------------------------------------------------------------------------------
 def nnlab_loop(cfg: DictConfig, device: str) -> Outcome:
     """`nnlab-train`'s run: seed, `build(cfg)`, then `trainer.fit` under the clock."""
+    import os
+
+    from rich.console import Console
+
+    from nnlab.console import CONSOLE, LogHandler
     from nnlab.engine.rng import seed_everything
     from nnlab.pipeline import build
 
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    # nnlab-train's Hydra job logging writes INFO lines to <run>/train.log; so does this run.
-    handler = logging.FileHandler(output_dir / "train.log")
+    # nnlab-train's Hydra job logging (configs/hydra/job_logging/rich.yaml) writes INFO lines to
+    # <run>/train.log and to the console; so does this run, its console lines rendered as the
+    # real console would render them (a terminal or not, its width) and then dropped.
+    null = open(os.devnull, "w")  # noqa: SIM115 - closed below
+    shown = LogHandler(
+        console=Console(file=null, force_terminal=CONSOLE.is_terminal, width=CONSOLE.width), show_path=False
+    )
+    handlers = [logging.FileHandler(output_dir / "train.log"), shown]
+    for handler, pattern in zip(handlers, ("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s", "%(message)s")):
+        handler.setFormatter(logging.Formatter(pattern))
     nnlab_log = logging.getLogger("nnlab")
     level = nnlab_log.level
-    nnlab_log.addHandler(handler)
+    for handler in handlers:
+        nnlab_log.addHandler(handler)
     nnlab_log.setLevel(logging.INFO)
     try:
         seed_everything(cfg.seed)
@@ -125,9 +139,11 @@ def nnlab_loop(cfg: DictConfig, device: str) -> Outcome:
             if parts.logger is not None:
                 parts.logger.close()
     finally:
-        nnlab_log.removeHandler(handler)
+        for handler in handlers:
+            nnlab_log.removeHandler(handler)
+            handler.close()
         nnlab_log.setLevel(level)
-        handler.close()
+        null.close()
     trainer, data = parts.trainer, parts.data
     return Outcome(
         seconds=timer.seconds,
