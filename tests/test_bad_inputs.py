@@ -294,11 +294,12 @@ CASES = [
         files=(write("blocker", "a file, not a folder\n"),),
         run_dir=None,
     ),
-    # Training that diverges after epoch 1 was checkpointed: SGD with lr 1e30 blows the weights
-    # up in its first update, so epoch 2's first forward pass overflows.
+    # Training that diverges after epoch 1 was checkpointed (every epoch's, for this case): SGD
+    # with lr 1e30 blows the weights up in its first update, so epoch 2's first forward pass overflows.
     case(
         "loss becomes non-finite",
-        "optimizer=sgd optimizer.lr=1e30 model.batch_norm=false trainer.max_epochs=2 trainer.limit_train_batches=1",
+        "optimizer=sgd optimizer.lr=1e30 model.batch_norm=false trainer.max_epochs=2 trainer.limit_train_batches=1 "
+        "callbacks.model_checkpoint.save_interval_s=0",
         ("step 2 of epoch 2", "loss became non-finite", "checkpoints written before it are kept"),
         "trainer.gradient_clip_val=1.0",
         run_dir=None,

@@ -97,7 +97,8 @@ def test_a_dead_rank_ends_the_job_with_an_error_instead_of_a_hang(tmp_path: Path
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 180
-        while not (tmp_path / "run" / "checkpoints" / "last.ckpt").exists():  # training is under way
+        log = tmp_path / "run" / "train.log"
+        while not (log.exists() and "epoch 1/100000" in log.read_text()):  # training is under way
             assert proc.poll() is None and time.monotonic() < deadline
             time.sleep(0.2)
         workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
