@@ -7,6 +7,7 @@ LR schedule, an EMA of the weights, Adam's moments, in deterministic mode on the
 from __future__ import annotations
 
 import shutil
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from helpers import Run, compose_config, train_tiny
+from nnlab.errors import Stopped
 from nnlab.pipeline import train
 
 STATEFUL = (
@@ -101,7 +103,7 @@ def test_resume_auto_continues_the_interrupted_run_in_its_folder(tmp_path: Path)
     class StopAt:  # what a first Ctrl-C does, at a known step
         def on_train_batch_end(self, trainer) -> None:
             if trainer.global_step == stop_at:
-                trainer._stop_requested = True
+                trainer._stop_requested = signal.SIGINT
 
     import nnlab.pipeline as nnlab_pipeline
 
@@ -114,8 +116,9 @@ def test_resume_auto_continues_the_interrupted_run_in_its_folder(tmp_path: Path)
 
     nnlab_pipeline.build = build_with_stop
     try:
-        with pytest.raises(KeyboardInterrupt):
+        with pytest.raises(Stopped) as stopped:
             train(cfg)
+        assert stopped.value.signum == signal.SIGINT and stopped.value.cause == "Ctrl-C"
     finally:
         nnlab_pipeline.build = build
     interrupted = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
