@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import math
 import re
@@ -46,6 +47,7 @@ def test_checkpoints_load_safely_and_rebuild_the_model(digits_run: Run, name: st
     state = torch.load(digits_run.dir / "checkpoints" / f"{name}.ckpt", weights_only=True)
     assert {"model", "task", "epoch", "global_step", "metrics", "rng", "config", "nnlab_version"} <= set(state)
     assert state["nnlab_version"] == nnlab.__version__
+    assert nnlab.__version__ == importlib.metadata.version("nnlab")  # pyproject.toml reads it from nnlab
     assert set(state["task"]["optim"]) == {"optimizer", "scheduler", "scaler"}
     assert {"python", "numpy", "torch"} <= set(state["rng"])
     config = OmegaConf.create(state["config"])  # the resolved config, as YAML text
