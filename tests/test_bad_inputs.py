@@ -186,16 +186,17 @@ CASES = [
     case("range seed=-1", "seed=-1", "seed=-1", "must be in [0, 4294967295]", slow=True),
     case("range gradient_clip_val=-1", "trainer.gradient_clip_val=-1", "trainer.gradient_clip_val", "> 0", slow=True),
     # A model that cannot take the data.
-    case("pair model=cnn data=iris", "model=cnn data=iris", ("model=cnn", "data=iris"), "Use model=mlp"),
+    case("pair model=cnn data=iris", "model=cnn data=iris", ("model=cnn", "data=iris"), "Use model=mlp", slow=True),
     case("pair model=lstm data=iris", "model=lstm data=iris", ("model=lstm", "data=iris"), "Use model=mlp", slow=True),
     # Checkpoints to continue from.
-    case("ckpt missing", "ckpt_path=gone.ckpt", "ckpt_path=gone.ckpt", "Point it at a checkpoint"),
+    case("ckpt missing", "ckpt_path=gone.ckpt", "ckpt_path=gone.ckpt", "Point it at a checkpoint", slow=True),
     case(
         "ckpt truncated",
         "ckpt_path=half.ckpt",
         "half.ckpt",
         "Use another checkpoint",
         files=(write_bytes("half.ckpt", truncated),),
+        slow=True,
     ),
     case(
         "ckpt random bytes",
@@ -277,6 +278,7 @@ CASES = [
         ("rows.csv, line 9", "4 fields"),
         "Quote a value that contains the delimiter",
         files=(write("rows.csv", good_rows().replace("\n7,0,1\n", "\n7,0,1,9\n")),),
+        slow=True,
     ),
     case(
         "csv missing file",
