@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.syntax import Syntax
 from rich.table import Table
+from rich.text import Text
 from rich.tree import Tree
 
 # One console for the log handler, the progress bar and tables, so a log line printed while
@@ -46,8 +47,6 @@ class LogHandler(RichHandler):
             super().emit(record)
             return
         try:
-            from rich.text import Text
-
             shown = datetime.fromtimestamp(record.created).strftime("[%x %X]")
             if shown == self._last_time:
                 shown = " " * len(shown)

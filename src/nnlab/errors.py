@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import signal
 from collections.abc import Iterable
 
 
@@ -17,8 +18,6 @@ class Stopped(KeyboardInterrupt):
 
     @property
     def cause(self) -> str:
-        import signal
-
         return "Ctrl-C" if self.signum == signal.SIGINT else signal.Signals(self.signum).name
 
 

@@ -25,10 +25,11 @@ class TensorBoardLogger:
         if self._writer is None:
             from torch.utils.tensorboard import SummaryWriter
 
-            use_fast_crc32c()
+            fast = use_fast_crc32c()
             _after_earlier_event_files(self.save_dir)
             self._writer = SummaryWriter(log_dir=str(self.save_dir), flush_secs=self.flush_secs)
-            write_in_this_thread(self._writer)
+            if fast:  # (with the checksum in Python, the writer thread keeps it off the training thread)
+                write_in_this_thread(self._writer)
         return self._writer
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
@@ -180,7 +181,7 @@ def write_in_this_thread(writer: Any) -> bool:
     """Make a `SummaryWriter` write its records in the calling thread, each as it is logged.
 
     TensorBoard's event writer hands every record to a thread of its own through a queue, which
-    pays when the record's checksum is slow Python; with `use_fast_crc32c` a record costs a few
+    pays when the record's checksum is slow Python; after `use_fast_crc32c` a record costs a few
     microseconds to write, and the hand-over (a lock, waking the thread, passing Python's lock
     back and forth) costs ten times that: 90 us per `log_metrics` call and ~0.7 ms of the
     writer thread's time per epoch of the default MLP. Each record is one write to the
@@ -188,8 +189,6 @@ def write_in_this_thread(writer: Any) -> bool:
     outright loses nothing already logged and TensorBoard shows a running run up to its last
     value. Uses TensorBoard's private attributes (EventFileWriter._async_writer, its _worker and
     _file_name): where they are missing, the writer is left as it was and False is returned."""
-    if not use_fast_crc32c():
-        return False  # the checksum in Python: better off the training thread
     event_writer = getattr(writer.file_writer, "event_writer", None)
     queued = getattr(event_writer, "_async_writer", None)
     worker = getattr(queued, "_worker", None)

@@ -556,8 +556,8 @@ def _install_stop_signals(trainer: Trainer) -> dict[int, Any]:
         if trainer._stop_requested:
             raise Stopped(signum)
         trainer._stop_requested = signum
-        again = "press Ctrl-C again" if signum == signal.SIGINT else f"a second {signal.Signals(signum).name}"
         cause = Stopped(signum).cause
+        again = "press Ctrl-C again" if signum == signal.SIGINT else f"a second {cause}"
         log.warning("%s: stopping after this step and saving last.ckpt (%s stops at once).", cause, again)
 
     previous = {}
