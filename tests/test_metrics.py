@@ -142,3 +142,59 @@ def test_run_logs_the_confusion_matrix(digits_run: Run) -> None:
     image = events.Images("test/confusion_matrix")[-1]
     assert image.width > 100 and image.height > 100
     assert math.isfinite(digits_run.metrics["test/macro_f1"])
+
+
+# ---- step metrics: the trainer's running means ------------------------------------------------
+def test_running_means_weight_batches_by_size_and_count_accuracy_at_read() -> None:
+    from nnlab.engine.metrics import Accuracy, RunningMean
+
+    window = RunningMean()
+    scores = torch.tensor([[2.0, 1.0], [0.0, 3.0], [5.0, 1.0]])  # predicts 0, 1, 0
+    window.update({"loss": torch.tensor(1.0), "acc": Accuracy(scores[:2], torch.tensor([0, 0]))}, 2)
+    window.update({"loss": torch.tensor(4.0), "acc": Accuracy(scores[2:], torch.tensor([0]))}, 1)
+    means, count = window.pop()
+    assert count == 3
+    assert means["loss"] == pytest.approx((1.0 * 2 + 4.0 * 1) / 3)  # sizes differ: weighted
+    assert means["acc"] == pytest.approx(2 / 3)  # 2 of the 3 rows right
+    assert window.pop() == ({}, 0)  # reset
+    for _ in range(4):  # equal sizes: the sum times the size, on the host
+        window.update({"loss": torch.tensor(0.25)}, 64)
+    assert window.pop() == ({"loss": 0.25}, 256)
+
+
+def test_running_means_resume_to_the_same_bits() -> None:
+    """A window checkpointed mid-way and restored sums the same values in the same order: the
+    mean read after the resume equals, bit for bit, the one an uninterrupted window reads."""
+    from nnlab.engine.metrics import Accuracy, RunningMean
+
+    g = torch.Generator().manual_seed(0)
+    steps = [
+        (
+            {
+                "loss": torch.rand((), generator=g),
+                "acc": Accuracy(torch.randn(64, 10, generator=g), torch.arange(64) % 10),
+            },
+            64,
+        )
+        for _ in range(10)
+    ]
+    whole = RunningMean()
+    for values, n in steps:
+        whole.update(values, n)
+    first = RunningMean()
+    for values, n in steps[:7]:
+        first.update(values, n)
+    resumed = RunningMean()
+    resumed.load_state_dict(first.state_dict())
+    for values, n in steps[7:]:
+        resumed.update(values, n)
+    assert resumed.pop() == whole.pop()
+
+
+def test_running_means_read_an_older_checkpoints_sums() -> None:
+    from nnlab.engine.metrics import RunningMean
+
+    window = RunningMean()
+    window.load_state_dict({"sums": {"loss": torch.tensor(6.0)}, "count": 4})
+    window.update({"loss": torch.tensor(2.0)}, 2)
+    assert window.pop() == ({"loss": (6.0 + 4.0) / 6}, 6)

@@ -22,7 +22,7 @@ import nnlab.pipeline
 from helpers import run_cli, train_tiny, with_parts
 from nnlab.engine.checkpoint import load_checkpoint
 from nnlab.engine.nonfinite import TrainingDiverged, locate_nonfinite
-from nnlab.engine.optim import NonFiniteStep, Optimization
+from nnlab.engine.optim import NonFiniteStep, Optimization, UpdateRules
 from nnlab.engine.precision import Precision
 from nnlab.errors import UserError
 
@@ -282,11 +282,12 @@ def test_locating_leaves_no_trace_on_random_generators_and_batch_norm() -> None:
     assert model.training  # still in training mode
 
 
-def test_finite_gradients_whose_norm_overflows_are_an_explosion() -> None:
+def test_finite_gradients_whose_norm_overflows_are_an_explosion_under_norm_clipping() -> None:
     """Gradients of 1e30 are finite, but their L2 norm (sqrt of a sum of 1e60 squares)
-    overflows float32: the update is refused and the largest gradient is named."""
+    overflows float32, and norm clipping would divide by it: the update is refused and the
+    largest gradient is named."""
     model = nn.Sequential(nn.Linear(4, 4, bias=False), nn.Linear(4, 1, bias=False))
-    optim = Optimization(torch.optim.SGD(model.parameters(), lr=0.1))
+    optim = Optimization(torch.optim.SGD(model.parameters(), lr=0.1), rules=UpdateRules(gradient_clip_val=1.0))
     before = [p.detach().clone() for p in model.parameters()]
     loss = model(torch.ones(2, 4)).sum() * 1e30
     with pytest.raises(NonFiniteStep) as caught:
@@ -297,3 +298,19 @@ def test_finite_gradients_whose_norm_overflows_are_an_explosion() -> None:
     assert all(torch.equal(b, p) for b, p in zip(before, model.parameters()))  # no update applied
     where = locate_nonfinite(model, (torch.ones(2, 4),), error, Precision("32", torch.device("cpu")))
     assert "total norm overflows" in where and re.search(r"largest in [01]\.weight", where)
+
+
+def test_finite_gradients_whose_norm_overflows_are_applied_without_clipping() -> None:
+    """Without norm clipping nothing divides by the norm: finite gradients, however large, are
+    a finite update, and the check (NaN/inf in the losses and gradients) lets it through."""
+    model = nn.Sequential(nn.Linear(4, 4, bias=False), nn.Linear(4, 1, bias=False))
+    optim = Optimization(torch.optim.SGD(model.parameters(), lr=1e-30))
+    before = [p.detach().clone() for p in model.parameters()]
+    grads_seen = []
+    model[0].weight.register_hook(lambda g: grads_seen.append(g.clone()))
+    optim.step(model(torch.ones(2, 4)).sum() * 1e30)
+    (grad,) = grads_seen
+    assert torch.isfinite(grad).all() and torch.isinf(torch.nn.utils.get_total_norm([grad]))  # the norm overflows
+    after = list(model.parameters())
+    assert all(torch.isfinite(p).all() for p in after)
+    assert torch.allclose(after[0], before[0] - 1e-30 * grad)  # the update was applied as is

@@ -93,7 +93,7 @@ def test_resumed_run_ends_bitwise_identical(reference: Run, snapshot: str, tmp_p
 def test_resume_auto_continues_the_interrupted_run_in_its_folder(tmp_path: Path) -> None:
     """Stop a run with Ctrl-C's path (a step boundary), then `trainer.resume=auto` in the same
     folder: the TensorBoard run keeps growing and the result equals an uninterrupted run."""
-    overrides = [*STATEFUL, "trainer.max_epochs=2"]
+    overrides = [*STATEFUL, "trainer.max_epochs=2", "trainer.log_every_n_steps=10"]
     whole = train_tiny(overrides, tmp_path / "whole")
 
     run_dir = tmp_path / "interrupted"

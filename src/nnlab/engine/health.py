@@ -210,27 +210,36 @@ class HealthMonitor:
         model = trainer.task.model
         step = trainer.global_step
         names = list(self._grad_norms)
-        values = torch.stack(list(self._grad_norms.values())).tolist() if names else []  # one device sync
+        moved = [
+            (name, before, p.detach())
+            for name, p in model.named_parameters()
+            if (before := self._before.get(name)) is not None
+        ]
+        sizes = torch._foreach_norm([before.float() for _, before, _ in moved]) if moved else []
+        changes = (
+            torch._foreach_norm(torch._foreach_sub([p.float() for *_, p in moved], [b.float() for _, b, _ in moved]))
+            if moved
+            else []
+        )
+        read = [*self._grad_norms.values(), *sizes, *changes, *self._dead.values()]
+        values = torch.stack([v.float() for v in read]).tolist() if read else []  # one device sync
         norms = dict(zip(names, values))
-        weights = [n for n, p in model.named_parameters() if n in self._before and n in norms]
+        weights = [n for n, _, _ in moved if n in norms]
         scalars: dict[str, float] = {}
         for name in weights:
             scalars[f"health/grad_norm/{name}"] = norms[name]
-        total = math.sqrt(sum(v * v for v in values)) if values else None
+        grad_values = values[: len(names)]
+        total = math.sqrt(sum(v * v for v in grad_values)) if grad_values else None
         if total is not None:
             scalars["health/grad_norm_total"] = total
         if len(weights) > 1 and norms[weights[-1]] > 0:
             scalars["health/grad_norm_ratio"] = norms[weights[0]] / norms[weights[-1]]
-        for name, p in model.named_parameters():
-            before = self._before.get(name)
-            if before is None:
-                continue
-            size = torch.linalg.vector_norm(before.float()).item()
+        rest = values[len(names) :]
+        for (name, _, _), size, change in zip(moved, rest, rest[len(moved) :]):
             if size > 0:  # a zero-initialised layer (the perceptron's) has no ratio
-                change = torch.linalg.vector_norm((p.detach() - before).float()).item()
                 scalars[f"health/update_ratio/{name}"] = change / size
-        for name, fraction in self._dead.items():
-            scalars[f"health/dead_relu/{name}"] = fraction.item()
+        for name, fraction in zip(self._dead, rest[2 * len(moved) :]):
+            scalars[f"health/dead_relu/{name}"] = fraction
 
         logger = trainer.logger
         if logger is not None:

@@ -10,7 +10,6 @@ Every gradient-based task (supervised, reconstruction, GAN) updates its weights 
 from __future__ import annotations
 
 import inspect
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -55,7 +54,7 @@ class UpdateRules:
         gradient_clip_algorithm: ... "norm": rescale all gradients together so their global L2
             norm is at most the value (direction kept); "value": clamp each entry to +-value.
         regularization: L1/L2 penalties and the max-norm constraint (None: none).
-        check_finite: check the loss and the gradient norm before each update (one host sync
+        check_finite: check the losses and the gradients before each update (one host sync
             per update) and raise `NonFiniteStep` instead of stepping on NaN/inf.
         update_now: set by the trainer before each batch: False while an accumulation window
             is still open (backward only), True on the batch that completes it (update).
@@ -89,6 +88,32 @@ def require_no_gradient_rules(rules: UpdateRules | None, task: str) -> None:
             f"task={task} learns without gradients, "
             "so they would do nothing. Remove them from the command line (or the experiment)."
         )
+
+
+def any_nonfinite(tensors: list[torch.Tensor], same_kind: bool = False) -> bool:
+    """Whether any of the tensors holds a NaN or inf: `torch._amp_foreach_non_finite_check_and_unscale_`
+    (GradScaler's check, one fused kernel per device and dtype) with a scale of 1, so the values
+    are left as they are, then one flag read back. `same_kind`: the caller knows all the tensors
+    share one device and dtype (then they are not grouped)."""
+    if same_kind:
+        groups = {(tensors[0].device, tensors[0].dtype): tensors}
+    else:
+        groups = {}
+        for t in tensors:
+            groups.setdefault((t.device, t.dtype), []).append(t)
+    found = False
+    for (device, _), group in groups.items():
+        if device not in _FLAGS:  # (made once per device: two kernels fewer per step)
+            _FLAGS[device] = (torch.zeros(1, device=device), torch.ones(1, device=device))
+        flag, one = _FLAGS[device]
+        torch._amp_foreach_non_finite_check_and_unscale_(group, flag, one)
+        if flag.item():
+            flag.zero_()
+            found = True
+    return found
+
+
+_FLAGS: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}  # per device: (found-inf flag, scale 1)
 
 
 class NonFiniteStep(Exception):
@@ -131,6 +156,10 @@ class Optimization:
         self.rules = rules or UpdateRules()
         self.per_step = isinstance(scheduler, PER_STEP_SCHEDULERS)
         self.params = [p for group in optimizer.param_groups for p in group["params"]]
+        # The (device, dtype) all parameters share, if they do: their gradients are then checked
+        # for NaN/inf without sorting them by kind first, a step's most frequent case.
+        kinds = {(p.device, p.dtype) for p in self.params}
+        self._kind = kinds.pop() if len(kinds) == 1 else None
         # Resolved once, so the default config (every regularizer off) adds nothing to a step.
         reg = self.rules.regularization
         self._penalty = reg if reg is not None and reg.penalizes else None
@@ -159,14 +188,16 @@ class Optimization:
         if self.scaler is not None and (rules.gradient_clip_val is not None or rules.check_finite):
             self.scaler.unscale_(self.optimizer)  # clip and check true gradients, not scaled ones
         grads = [p.grad for p in self.params if p.grad is not None]
+        clip = rules.gradient_clip_val
         norm = None
-        if rules.gradient_clip_val is not None:
-            if rules.gradient_clip_algorithm == "norm":
-                norm = torch.nn.utils.clip_grad_norm_(self.params, rules.gradient_clip_val)
-            else:
-                torch.nn.utils.clip_grad_value_(self.params, rules.gradient_clip_val)
+        if clip is not None and rules.gradient_clip_algorithm == "norm":
+            norm = torch.nn.utils.get_total_norm(grads)  # checked before the gradients are scaled by it
         if rules.check_finite:
             self._check_finite(grads, norm)
+        if norm is not None:
+            torch.nn.utils.clip_grads_with_norm_(self.params, clip, norm)
+        elif clip is not None:
+            torch.nn.utils.clip_grad_value_(self.params, clip)
         if self.scaler is None:
             self.optimizer.step()
         else:
@@ -180,22 +211,29 @@ class Optimization:
 
     def _check_finite(self, grads: list[torch.Tensor], norm: torch.Tensor | None) -> None:
         """One host read-back: are the window's losses and (without a grad scaler, which handles
-        overflow itself by skipping the step) the gradients all finite?
+        overflow itself by skipping the step) the gradients all finite? With norm clipping, the
+        norm it divides by is checked instead of the gradients: it is NaN/inf when any gradient
+        is, and also when finite gradients are so large that their norm overflows (clipping
+        would then zero them). Without clipping such gradients are a finite update.
 
-        One fused `_foreach_norm` over the losses and gradients (or the clipping norm, when
-        there is one), summed: finite exactly when no loss or gradient holds a NaN or inf and
-        no gradient's norm overflows. Cheaper than a check per tensor: on a small model every
-        extra op is a visible share of the step."""
+        The check is PyTorch's fused one (what `GradScaler` runs): one kernel over all the
+        tensors and one flag read back. On a small model every extra kernel of a step is a
+        visible share of it."""
         losses, self._losses = self._losses, []
         checked = list(losses)
         if self.scaler is None:
             checked += [norm] if norm is not None else grads
-        if not checked or math.isfinite(torch.stack(torch._foreach_norm(checked)).sum().item()):
+        if not checked:
+            return
+        grads_checked = self.scaler is None and norm is None  # (gradients share the parameters' kind)
+        others = losses if grads_checked else checked
+        same = self._kind is not None and all((t.device, t.dtype) == self._kind for t in others)
+        if not any_nonfinite(checked, same_kind=same):
             return
         loss_finite = all(bool(torch.isfinite(loss)) for loss in losses)
         bad = [p for p in self.params if p.grad is not None and not bool(torch.isfinite(p.grad).all())]
         largest = None
-        if loss_finite and not bad and grads:  # every gradient finite, but so large that a norm overflows
+        if loss_finite and not bad and norm is not None:  # every gradient finite, but their norm overflows
             largest = max((p for p in self.params if p.grad is not None), key=lambda p: p.grad.abs().max().item())
         self.optimizer.zero_grad(set_to_none=True)
         raise NonFiniteStep(loss_finite=loss_finite, bad_grads=bad, largest_grad=largest)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 if TYPE_CHECKING:
     from nnlab.engine.trainer import Trainer
@@ -21,6 +22,7 @@ class RichProgress:
         self._progress: Progress | None = None
         self._bar = None
         self._next_update = 0.0  # time.monotonic() of the next update of the bar
+        self._start = 0.0  # time.monotonic() at the start of training
 
     def on_fit_start(self, trainer: Trainer) -> None:
         from nnlab.console import console
@@ -29,31 +31,38 @@ class RichProgress:
             TextColumn("[bold]epoch {task.fields[epoch]}"),
             BarColumn(),
             MofNCompleteColumn(),
-            TimeElapsedColumn(),
+            TextColumn("[progress.elapsed]{task.fields[elapsed]}"),  # the run's time, set with each update
             TextColumn("{task.fields[loss]}"),
             console=console(),
             refresh_per_second=self.refresh_per_second,
             transient=True,
         )
         self._progress.start()
+        self._start = time.monotonic()
 
     def on_train_batch_end(self, trainer: Trainer) -> None:
-        if self._bar is None or trainer.epoch_step == 1:
-            epoch = f"{trainer.epoch + 1}/{trainer.max_epochs}"
-            if self._bar is None:
-                self._bar = self._progress.add_task("train", total=trainer.steps_per_epoch, epoch=epoch, loss="")
-            else:  # the same bar, from zero (its clock too)
-                self._progress.reset(self._bar, total=trainer.steps_per_epoch, epoch=epoch, loss="")
-            self._next_update = 0.0
-        # The bar redraws refresh_per_second times a second: updating it on every step of a fast
-        # model would cost more than the step's own bookkeeping, so it is updated twice as often
-        # as it redraws, and at the epoch's last step.
+        # The bar redraws refresh_per_second times a second: updating it on every step (or every
+        # epoch) of a fast model would cost more than the step's own bookkeeping, so it is
+        # updated twice as often as it redraws, with the step (and epoch) training is at then.
         now = time.monotonic()
-        if now < self._next_update and trainer.epoch_step != trainer.steps_per_epoch:
+        if now < self._next_update:
             return
         self._next_update = now + 0.5 / self.refresh_per_second
+        epoch = f"{trainer.epoch + 1}/{trainer.max_epochs}"
         loss = trainer.last_step_metrics.get("loss")
-        self._progress.update(self._bar, completed=trainer.epoch_step, loss="" if loss is None else f"loss {loss:.4f}")
+        shown = "" if loss is None else f"loss {loss:.4f}"
+        elapsed = str(timedelta(seconds=int(now - self._start)))  # (h:mm:ss, as rich's TimeElapsedColumn)
+        if self._bar is None:  # one bar for the whole run
+            self._bar = self._progress.add_task("train", total=None, epoch="", loss="", elapsed="")
+        # (`update`, not rich's `reset`, which redraws the bar at once: 100 us, more in a terminal)
+        self._progress.update(
+            self._bar,
+            total=trainer.steps_per_epoch,
+            completed=trainer.epoch_step,
+            epoch=epoch,
+            loss=shown,
+            elapsed=elapsed,
+        )
 
     def on_fit_end(self, trainer: Trainer) -> None:
         if self._progress is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -44,21 +45,26 @@ class TensorBoardLogger:
     def log_histogram(self, tag: str, values: Any, step: int, bins: int = 64) -> None:
         """The distribution of a tensor's finite values (TensorBoard's Histograms and Distributions
         tabs), in `bins` equal-width buckets between its min and max; nothing when none is
-        finite. Binned with `torch.histc` and written raw: several times faster than
-        `add_histogram`'s NumPy binning, which matters for the health monitor's per-step cost."""
+        finite. Binned with `torch.bincount` and written raw: several times faster than
+        `add_histogram`'s NumPy binning (and 2x `torch.histc`), which matters for the health
+        monitor's cost."""
         import torch
 
         v = torch.as_tensor(values).detach().float().flatten().cpu()
-        lo, hi = torch.aminmax(v)
-        if not (lo.isfinite() and hi.isfinite()):  # (NaN spreads to min and max): bin the finite values
+        if v.numel() == 0:
+            return
+        lo, hi, total, squares = torch.stack([*torch.aminmax(v), v.sum(), v.dot(v)]).tolist()  # one read-back
+        if not (math.isfinite(lo) and math.isfinite(hi)):  # (NaN spreads to min and max): the finite values
             v = v[torch.isfinite(v)]
             if v.numel() == 0:
                 return
-            lo, hi = torch.aminmax(v)
-        lo, hi, total, squares = torch.stack([lo, hi, v.sum(), v.dot(v)]).tolist()
+            lo, hi, total, squares = torch.stack([*torch.aminmax(v), v.sum(), v.dot(v)]).tolist()
         if hi <= lo:  # a constant tensor: one bucket just above it
             hi = lo + max(abs(lo) * 1e-6, 1e-12)
-        counts = torch.histc(v, bins=bins, min=lo, max=hi)
+        # Bucket i holds [lo + i w, lo + (i + 1) w); the maximum goes in the last one.
+        x = v if hi - lo < 1e38 else v.double()  # (v - lo would overflow float32)
+        index = ((x - lo) * (bins / (hi - lo))).long().clamp_(0, bins - 1)
+        counts = torch.bincount(index, minlength=bins)
         self.writer.add_histogram_raw(
             tag,
             min=lo,

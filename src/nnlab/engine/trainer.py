@@ -99,7 +99,7 @@ class Trainer:
         max_epochs: int = 30,
         device: str = "auto",
         precision: str | int = "32",
-        log_every_n_steps: int = 10,
+        log_every_n_steps: int = 50,
         limit_train_batches: int | None = None,
         limit_eval_batches: int | None = None,
         deterministic: bool = False,
@@ -185,6 +185,7 @@ class Trainer:
         self._totals: dict[str, float] = {}  # sample-weighted sums over the epoch so far
         self._seen = 0
         self._stop_requested = 0  # a signal (Ctrl-C, SIGTERM) asked to stop at the next step boundary
+        self._hooks: dict[str, list[Callable[..., None]]] = {}  # hook name -> the callbacks' methods
 
     @property
     def pending_grads(self) -> bool:
@@ -211,6 +212,7 @@ class Trainer:
             torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
         self.task = task
         self.module = task.model
+        self._hooks = {}  # (the callbacks may have changed since the last fit)
         dist_info = distributed.current()
         if self.strategy == "ddp":
             check_ddp_task(task)
@@ -538,10 +540,11 @@ class Trainer:
         return channels_last_batches(batches) if self.channels_last else batches
 
     def _call(self, hook: str, *args: Any) -> None:
-        for cb in self.callbacks:
-            fn = getattr(cb, hook, None)
-            if fn is not None:
-                fn(self, *args)
+        fns = self._hooks.get(hook)
+        if fns is None:  # looked up once per fit: two hooks run every step
+            fns = self._hooks[hook] = [getattr(cb, hook) for cb in self.callbacks if hasattr(cb, hook)]
+        for fn in fns:
+            fn(self, *args)
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)

@@ -20,10 +20,10 @@ def classification_metrics(logits: torch.Tensor, y: torch.Tensor, class_names: l
     Returns (metrics, confusion matrix as a (K, K) array with true classes as rows).
     """
     k = logits.shape[1]
-    labels = list(range(k))
-    names = class_names or [str(c) for c in labels]
     confusion = confusion_counts(logits.argmax(1), y, k)
     metrics = {"acc": float(confusion.diagonal().sum() / max(confusion.sum(), 1)), "macro_f1": macro_f1(confusion)}
+    if not (detailed or k == 2):
+        return metrics, confusion  # (an epoch's validation, k > 2: nothing more to compute)
     true = y.cpu().numpy()
     if k == 2 and len(np.unique(true)) == 2:
         from sklearn.metrics import roc_auc_score
@@ -33,6 +33,8 @@ def classification_metrics(logits: torch.Tensor, y: torch.Tensor, class_names: l
     if detailed:
         from sklearn.metrics import precision_recall_fscore_support
 
+        labels = list(range(k))
+        names = class_names or [str(c) for c in labels]
         pred = logits.argmax(1).cpu().numpy()
         p, r, f, _ = precision_recall_fscore_support(true, pred, labels=labels, zero_division=0)
         for i, name in enumerate(names):

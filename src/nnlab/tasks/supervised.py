@@ -11,6 +11,7 @@ from torch import nn
 
 from nnlab.analysis.adversarial import METHODS as ATTACKS
 from nnlab.analysis.adversarial import perturb
+from nnlab.engine.metrics import Accuracy
 from nnlab.engine.optim import Optimization, UpdateRules, build_scheduler
 from nnlab.engine.precision import Precision
 from nnlab.errors import ConfigValueError, check_choice, check_range
@@ -173,9 +174,9 @@ class Supervised:
             out = self.model(x)
             loss = self.loss(out.float(), y)
         self.optim.step(loss)
-        metrics = {"loss": loss.detach()}
+        metrics: dict[str, torch.Tensor | Accuracy] = {"loss": loss.detach()}
         if self.kind == "classification":
-            metrics["acc"] = (out.detach().argmax(1) == y).float().mean()
+            metrics["acc"] = Accuracy(out.detach(), y)  # counted when the trainer logs
         return metrics
 
     def adversarial_batch(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -208,7 +209,7 @@ class Supervised:
             with self.precision.autocast():
                 outs.append(self.model(x).float())
             ys.append(y)
-        out, y = torch.cat(outs), torch.cat(ys)
+        out, y = (outs[0], ys[0]) if len(outs) == 1 else (torch.cat(outs), torch.cat(ys))  # (one batch: no copy)
         metrics = {"loss": self.loss(out, y).item()}
         if self.kind == "classification":
             more, confusion = classification_metrics(out, y, self.class_names, detailed)
