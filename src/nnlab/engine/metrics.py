@@ -12,7 +12,8 @@ class Accuracy(NamedTuple):
 
     A step that returns `Accuracy(scores.detach(), labels)` pays for no kernel; `RunningMean.pop`
     takes the argmax of the whole window's scores at once. On a small model each kernel of the
-    step's bookkeeping is a visible share of the step.
+    step's bookkeeping is a visible share of the step. The cost is memory: the scores of up to
+    `trainer.log_every_n_steps` batches are kept until the next log.
     """
 
     scores: torch.Tensor  # (B, K), detached

@@ -1,0 +1,124 @@
+"""Per-epoch overhead of nnlab's engine against the raw loop, measured in pairs of epochs.
+
+    python scripts/bench_paired.py                       # the default experiment, 150 epoch pairs
+    python scripts/bench_paired.py --epochs 300 -- experiment=mnist1d_cnn
+
+`nnlab-bench` times whole runs one after another; on a virtual machine whose speed drifts from
+minute to minute, two runs a minute apart can differ by more than the engine's whole overhead.
+This script takes turns instead, epoch by epoch, in one process: an epoch of the raw loop
+(`nnlab.bench.loops`: the same model, data order, optimizer and validation pass), then an epoch
+of nnlab's trainer with every default on (TensorBoard, progress bar, checkpoints, health monitor,
+log lines to a file and to a console rendered off-screen), then one without the callbacks and the
+logger ("bare"). Each nnlab epoch is compared with the raw epoch just before it, so a drift of the
+machine's speed cancels; the median of those differences is the engine's cost per epoch.
+
+The costs of a run that are paid once (creating the event file, the last checkpoint, start-up)
+are outside these epochs: `nnlab-bench` includes them. Run with one torch thread
+(`OMP_NUM_THREADS=1`, as the script sets) on an otherwise idle machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import torch  # noqa: E402
+from omegaconf import open_dict  # noqa: E402
+from rich.console import Console  # noqa: E402
+
+from nnlab.bench import loops  # noqa: E402
+from nnlab.bench.cases import compose  # noqa: E402
+from nnlab.console import CONSOLE, LogHandler  # noqa: E402
+from nnlab.engine.rng import seed_everything  # noqa: E402
+from nnlab.pipeline import build  # noqa: E402
+
+WARMUP = 3  # epoch pairs left out of the statistics (first allocations, the event file's creation)
+
+
+def nnlab_trainer(overrides: list[str], epochs: int, run_dir: Path, bare: bool):
+    """The run's parts, set up as `Trainer.fit` sets them up before its first epoch."""
+    cfg = compose([*overrides, f"trainer.max_epochs={epochs}"], run_dir)
+    if bare:
+        with open_dict(cfg):
+            cfg.logger = None
+            for name in list(cfg.callbacks):
+                cfg.callbacks.pop(name)
+    seed_everything(cfg.seed)
+    parts = build(cfg)
+    trainer = parts.trainer
+    trainer.task, trainer.module = parts.task, parts.task.model
+    parts.data.setup(trainer.device)
+    trainer.steps_per_epoch = parts.data.steps_per_epoch
+    parts.task.configure(
+        trainer.device, trainer.precision, total_steps=epochs * trainer.steps_per_epoch, rules=trainer.rules
+    )
+    trainer._call("on_fit_start")
+    return parts
+
+
+def log_like_nnlab_train(folder: Path) -> list[logging.Handler]:
+    """nnlab-train's log lines: to <run>/train.log and to a console (rendered, then dropped)."""
+    null = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
+    console = LogHandler(
+        console=Console(file=null, force_terminal=CONSOLE.is_terminal, width=CONSOLE.width), show_path=False
+    )
+    handlers = [logging.FileHandler(folder / "train.log"), console]
+    for handler, pattern in zip(handlers, ("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s", "%(message)s")):
+        handler.setFormatter(logging.Formatter(pattern))
+        logging.getLogger("nnlab").addHandler(handler)
+    logging.getLogger("nnlab").setLevel(logging.INFO)
+    return handlers
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--epochs", type=int, default=150, help="epoch pairs (default 150)")
+    parser.add_argument("overrides", nargs="*", default=["experiment=digits_mlp"], help="nnlab-train overrides")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    work = Path(tempfile.mkdtemp(prefix="bench_paired_"))
+    log_like_nnlab_train(work)
+    epochs = args.epochs + WARMUP
+    runs = {
+        name: nnlab_trainer(args.overrides, epochs, work / name, bare=name == "bare") for name in ("defaults", "bare")
+    }
+    data, model, optimizer, scheduler, device = loops._build(compose(args.overrides, work / "raw"))
+    x, y = loops.whole_split(data, "train")
+    val = list(data.eval_batches("val"))
+    seconds: dict[str, list[float]] = {"raw": [], **{name: [] for name in runs}}
+    for epoch in range(epochs):
+        order = data.epoch_order(epoch)  # the raw loop's batches, built before its clock starts
+        batches = [(x[i], y[i]) for i in order.split(data.batch_size)]
+        start = time.perf_counter()
+        loops._train_epoch(model, optimizer, scheduler, batches, val, device)
+        seconds["raw"].append(time.perf_counter() - start)
+        for name, parts in runs.items():
+            start = time.perf_counter()
+            parts.trainer._run_epoch(parts.task, parts.data)
+            seconds[name].append(time.perf_counter() - start)
+    for parts in runs.values():
+        parts.trainer._call("on_fit_end")
+        if parts.logger is not None:
+            parts.logger.close()
+    raw = statistics.median(seconds["raw"][WARMUP:])
+    print(f"{' '.join(args.overrides)}: {args.epochs} epoch pairs, raw loop median {raw * 1e3:.2f} ms/epoch")
+    print("| nnlab | extra per epoch (median of pairs) | middle half of pairs | vs raw loop |")
+    print("|---|---:|---:|---:|")
+    for name in runs:
+        extra = sorted((b - a) * 1e3 for a, b in zip(seconds["raw"][WARMUP:], seconds[name][WARMUP:]))
+        n = len(extra)
+        median, q1, q3 = extra[n // 2], extra[n // 4], extra[3 * n // 4]
+        print(f"| {name} | {median:.2f} ms | {q1:.2f} to {q3:.2f} ms | {raw / (raw + median / 1e3):.3f}x |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
