@@ -48,6 +48,7 @@ CONFIG = (
     "trainer.deterministic=true",
     "trainer.device=cpu",
     "trainer.summary=false",
+    "trainer.log_every_n_steps=10",  # (the TensorBoard moments below count on it)
     "callbacks.progress=null",
     "model.hidden_sizes=[32]",
     "augmentation=shift",
