@@ -20,7 +20,6 @@ are outside these epochs: `nnlab-bench` includes them. Run with one torch thread
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import statistics
 import sys
@@ -32,11 +31,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch  # noqa: E402
 from omegaconf import open_dict  # noqa: E402
-from rich.console import Console  # noqa: E402
 
 from nnlab.bench import loops  # noqa: E402
 from nnlab.bench.cases import compose  # noqa: E402
-from nnlab.console import CONSOLE, LogHandler  # noqa: E402
 from nnlab.engine.rng import seed_everything  # noqa: E402
 from nnlab.pipeline import build  # noqa: E402
 
@@ -44,7 +41,8 @@ WARMUP = 3  # epoch pairs left out of the statistics (first allocations, the eve
 
 
 def nnlab_trainer(overrides: list[str], epochs: int, run_dir: Path, bare: bool):
-    """The run's parts, set up as `Trainer.fit` sets them up before its first epoch."""
+    """The run's parts, set up as `Trainer.fit` sets them up before its first epoch (for a
+    supervised or reconstruction task without EMA: no `task.prepare`, no averaged model)."""
     cfg = compose([*overrides, f"trainer.max_epochs={epochs}"], run_dir)
     if bare:
         with open_dict(cfg):
@@ -64,20 +62,6 @@ def nnlab_trainer(overrides: list[str], epochs: int, run_dir: Path, bare: bool):
     return parts
 
 
-def log_like_nnlab_train(folder: Path) -> list[logging.Handler]:
-    """nnlab-train's log lines: to <run>/train.log and to a console (rendered, then dropped)."""
-    null = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
-    console = LogHandler(
-        console=Console(file=null, force_terminal=CONSOLE.is_terminal, width=CONSOLE.width), show_path=False
-    )
-    handlers = [logging.FileHandler(folder / "train.log"), console]
-    for handler, pattern in zip(handlers, ("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s", "%(message)s")):
-        handler.setFormatter(logging.Formatter(pattern))
-        logging.getLogger("nnlab").addHandler(handler)
-    logging.getLogger("nnlab").setLevel(logging.INFO)
-    return handlers
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=150, help="epoch pairs (default 150)")
@@ -85,7 +69,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     work = Path(tempfile.mkdtemp(prefix="bench_paired_"))
-    log_like_nnlab_train(work)
+    with loops.nnlab_train_logging(work):
+        paired(args, work)
+    return 0
+
+
+def paired(args: argparse.Namespace, work: Path) -> None:
+    """The epoch pairs, then the table."""
     epochs = args.epochs + WARMUP
     runs = {
         name: nnlab_trainer(args.overrides, epochs, work / name, bare=name == "bare") for name in ("defaults", "bare")
@@ -117,7 +107,6 @@ def main(argv: list[str] | None = None) -> int:
         n = len(extra)
         median, q1, q3 = extra[n // 2], extra[n // 4], extra[3 * n // 4]
         print(f"| {name} | {median:.2f} ms | {q1:.2f} to {q3:.2f} ms | {raw / (raw + median / 1e3):.3f}x |")
-    return 0
 
 
 if __name__ == "__main__":

@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,26 +102,23 @@ def accuracy(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tenso
 
 
 # ---------------------------------------------------------------------------------------------
-def nnlab_loop(cfg: DictConfig, device: str) -> Outcome:
-    """`nnlab-train`'s run: seed, `build(cfg)`, then `trainer.fit` under the clock."""
+@contextmanager
+def nnlab_train_logging(folder: Path) -> Iterator[None]:
+    """nnlab-train's log lines while the block runs: its Hydra job logging
+    (configs/hydra/job_logging/rich.yaml) writes INFO lines to <run>/train.log and to the
+    console; so does this, its console lines rendered as the real console would render them (a
+    terminal or not, its width) and then dropped."""
     import os
 
     from rich.console import Console
 
     from nnlab.console import CONSOLE, LogHandler
-    from nnlab.engine.rng import seed_everything
-    from nnlab.pipeline import build
 
-    output_dir = Path(cfg.paths.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    # nnlab-train's Hydra job logging (configs/hydra/job_logging/rich.yaml) writes INFO lines to
-    # <run>/train.log and to the console; so does this run, its console lines rendered as the
-    # real console would render them (a terminal or not, its width) and then dropped.
     null = open(os.devnull, "w")  # noqa: SIM115 - closed below
     shown = LogHandler(
         console=Console(file=null, force_terminal=CONSOLE.is_terminal, width=CONSOLE.width), show_path=False
     )
-    handlers = [logging.FileHandler(output_dir / "train.log"), shown]
+    handlers = [logging.FileHandler(folder / "train.log"), shown]
     for handler, pattern in zip(handlers, ("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s", "%(message)s")):
         handler.setFormatter(logging.Formatter(pattern))
     nnlab_log = logging.getLogger("nnlab")
@@ -129,6 +127,23 @@ def nnlab_loop(cfg: DictConfig, device: str) -> Outcome:
         nnlab_log.addHandler(handler)
     nnlab_log.setLevel(logging.INFO)
     try:
+        yield
+    finally:
+        for handler in handlers:
+            nnlab_log.removeHandler(handler)
+            handler.close()
+        nnlab_log.setLevel(level)
+        null.close()
+
+
+def nnlab_loop(cfg: DictConfig, device: str) -> Outcome:
+    """`nnlab-train`'s run: seed, `build(cfg)`, then `trainer.fit` under the clock."""
+    from nnlab.engine.rng import seed_everything
+    from nnlab.pipeline import build
+
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with nnlab_train_logging(output_dir):
         seed_everything(cfg.seed)
         parts = build(cfg)
         timer = Timer(parts.trainer.device)
@@ -138,12 +153,6 @@ def nnlab_loop(cfg: DictConfig, device: str) -> Outcome:
         finally:
             if parts.logger is not None:
                 parts.logger.close()
-    finally:
-        for handler in handlers:
-            nnlab_log.removeHandler(handler)
-            handler.close()
-        nnlab_log.setLevel(level)
-        null.close()
     trainer, data = parts.trainer, parts.data
     return Outcome(
         seconds=timer.seconds,

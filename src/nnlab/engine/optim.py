@@ -90,17 +90,13 @@ def require_no_gradient_rules(rules: UpdateRules | None, task: str) -> None:
         )
 
 
-def any_nonfinite(tensors: list[torch.Tensor], same_kind: bool = False) -> bool:
+def any_nonfinite(tensors: list[torch.Tensor]) -> bool:
     """Whether any of the tensors holds a NaN or inf: `torch._amp_foreach_non_finite_check_and_unscale_`
     (GradScaler's check, one fused kernel per device and dtype) with a scale of 1, so the values
-    are left as they are, then one flag read back. `same_kind`: the caller knows all the tensors
-    share one device and dtype (then they are not grouped)."""
-    if same_kind:
-        groups = {(tensors[0].device, tensors[0].dtype): tensors}
-    else:
-        groups = {}
-        for t in tensors:
-            groups.setdefault((t.device, t.dtype), []).append(t)
+    are left as they are, then one flag read back."""
+    groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
+    for t in tensors:
+        groups.setdefault((t.device, t.dtype), []).append(t)
     found = False
     for (device, _), group in groups.items():
         if device not in _FLAGS:  # (made once per device: two kernels fewer per step)
@@ -156,10 +152,6 @@ class Optimization:
         self.rules = rules or UpdateRules()
         self.per_step = isinstance(scheduler, PER_STEP_SCHEDULERS)
         self.params = [p for group in optimizer.param_groups for p in group["params"]]
-        # The (device, dtype) all parameters share, if they do: their gradients are then checked
-        # for NaN/inf without sorting them by kind first, a step's most frequent case.
-        kinds = {(p.device, p.dtype) for p in self.params}
-        self._kind = kinds.pop() if len(kinds) == 1 else None
         # Resolved once, so the default config (every regularizer off) adds nothing to a step.
         reg = self.rules.regularization
         self._penalty = reg if reg is not None and reg.penalizes else None
@@ -223,12 +215,7 @@ class Optimization:
         checked = list(losses)
         if self.scaler is None:
             checked += [norm] if norm is not None else grads
-        if not checked:
-            return
-        grads_checked = self.scaler is None and norm is None  # (gradients share the parameters' kind)
-        others = losses if grads_checked else checked
-        same = self._kind is not None and all((t.device, t.dtype) == self._kind for t in others)
-        if not any_nonfinite(checked, same_kind=same):
+        if not checked or not any_nonfinite(checked):
             return
         loss_finite = all(bool(torch.isfinite(loss)) for loss in losses)
         bad = [p for p in self.params if p.grad is not None and not bool(torch.isfinite(p.grad).all())]
