@@ -191,6 +191,20 @@ def test_running_means_resume_to_the_same_bits() -> None:
     assert resumed.pop() == whole.pop()
 
 
+def test_running_means_count_and_sum_low_precision_metrics_exactly() -> None:
+    """bfloat16 batch means (a bf16 run) are summed in float64, and a window's count of correct
+    predictions stays exact past bfloat16's 256 (257 would round to 256)."""
+    from nnlab.engine.metrics import Accuracy, RunningMean
+
+    window = RunningMean()
+    for n in (200, 57):  # all right: 257 correct
+        scores = torch.zeros(n, 3, dtype=torch.bfloat16)
+        scores[:, 1] = 1
+        window.update({"loss": torch.tensor(0.5, dtype=torch.bfloat16), "acc": Accuracy(scores, torch.ones(n))}, n)
+    means, count = window.pop()
+    assert count == 257 and means == {"loss": 0.5, "acc": 1.0}
+
+
 def test_running_means_read_an_older_checkpoints_sums() -> None:
     from nnlab.engine.metrics import RunningMean
 

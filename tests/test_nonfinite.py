@@ -314,3 +314,19 @@ def test_finite_gradients_whose_norm_overflows_are_applied_without_clipping() ->
     after = list(model.parameters())
     assert all(torch.isfinite(p).all() for p in after)
     assert torch.allclose(after[0], before[0] - 1e-30 * grad)  # the update was applied as is
+
+
+def test_the_check_finds_a_nan_among_tensors_of_several_dtypes_and_resets() -> None:
+    """One check over tensors of mixed dtypes (a float64 loss beside float32 and bfloat16
+    gradients) finds the one NaN, leaves the values as they are, and starts clean next time."""
+    from nnlab.engine.optim import any_nonfinite
+
+    tensors = [
+        torch.ones(3),
+        torch.full((2,), 1e300, dtype=torch.float64),
+        torch.tensor([1.0, float("nan")]).bfloat16(),
+    ]
+    assert any_nonfinite(tensors)
+    assert tensors[1][0].item() == 1e300 and torch.isnan(tensors[2][1])  # (checked with a scale of 1: unchanged)
+    assert not any_nonfinite(tensors[:2])  # the flag was cleared
+    assert any_nonfinite([torch.tensor([float("-inf")], dtype=torch.float16)])

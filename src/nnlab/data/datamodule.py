@@ -379,9 +379,10 @@ class DataModule:
         x, y = self._tensors["train"]
         order = order.to(self.device)
         x, y = x[order], y[order]  # the epoch's rows in order, gathered once: batches are views
-        stop = len(order) - (len(order) % self.batch_size if self.drop_last else 0)
-        for i in range(0, stop, self.batch_size):
-            yield x[i : i + self.batch_size], y[i : i + self.batch_size]
+        if self.drop_last and len(order) % self.batch_size:
+            stop = len(order) - len(order) % self.batch_size
+            x, y = x[:stop], y[:stop]
+        yield from zip(x.split(self.batch_size), y.split(self.batch_size))  # (views made in one call each)
 
     def eval_batches(self, split: Split) -> Iterator[Batch]:
         """Yield the (x, y) batches of `split` in a fixed order, on the training device."""
@@ -389,8 +390,7 @@ class DataModule:
             yield from self._loader(split, None)
             return
         x, y = self._tensors[split]
-        for i in range(0, len(x), self.eval_batch_size):
-            yield x[i : i + self.eval_batch_size], y[i : i + self.eval_batch_size]
+        yield from zip(x.split(self.eval_batch_size), y.split(self.eval_batch_size))
 
     def _loader(self, split: Split, order: torch.Tensor | None) -> Iterator[Batch]:
         """Stream a split through a DataLoader (kept between epochs so workers persist)."""

@@ -24,33 +24,50 @@ class RunningMean:
     """Sample-weighted means of step metrics, over the steps since the last `pop`.
 
     A step's metric is a 0-d tensor (the batch's mean, weighted by its number of samples) or an
-    `Accuracy`. `update` only keeps references; `pop` sums each metric's window in a few kernels
-    and reads every mean back in one transfer: one host synchronisation per logging interval,
-    and no device work between intervals.
+    `Accuracy`. `update` only keeps a reference to the step's metrics; `pop` counts the
+    accuracies in a few kernels, reads every batch mean and count back in one transfer and sums
+    them on the host: one host synchronisation per logging interval, and no device work
+    between intervals.
     """
 
     def __init__(self) -> None:
-        self._values: dict[str, list[torch.Tensor | Accuracy]] = {}
-        self._sizes: dict[str, list[int]] = {}
+        self._steps: list[dict[str, torch.Tensor | Accuracy]] = []  # each step's metrics ...
+        self._ns: list[int] = []  # ... and its number of samples
         self._base: dict[str, float] = {}  # sums restored from a checkpoint
         self.count = 0
 
     def update(self, values: dict[str, torch.Tensor | Accuracy], n: int) -> None:
-        for k, v in values.items():
-            if k not in self._values:
-                self._values[k], self._sizes[k] = [], []
-            self._values[k].append(v)
-            self._sizes[k].append(n)
+        self._steps.append(values)
+        self._ns.append(n)
         self.count += n
+
+    def _windows(self) -> dict[str, tuple[list[torch.Tensor | Accuracy], list[int]]]:
+        """Each metric's values over the window, with the sample counts of their steps."""
+        steps, ns = self._steps, self._ns
+        keys = steps[0].keys() if steps else ()
+        if all(step.keys() == keys for step in steps):  # (every step reports the same metrics)
+            return {key: ([step[key] for step in steps], ns) for key in keys}
+        windows: dict[str, tuple[list[torch.Tensor | Accuracy], list[int]]] = {}
+        for step, n in zip(steps, ns):
+            for key, value in step.items():
+                values, sizes = windows.setdefault(key, ([], []))
+                values.append(value)
+                sizes.append(n)
+        return windows
 
     def _sums(self) -> dict[str, float]:
         """Each metric's sample-weighted sum over the window (plus any restored sum)."""
-        keys = list(self._values)
-        parts = [_window_sum(self._values[k], self._sizes[k]) for k in keys]
-        read = torch.stack([total for total, _ in parts]).tolist() if parts else []
-        sums = dict(self._base)
-        for key, value, (_, scale) in zip(keys, read, parts):
-            sums[key] = sums.get(key, 0.0) + value * scale
+        windows = self._windows()
+        parts = [_window_values(values) for values, _ in windows.values()]
+        read = torch.cat(parts).tolist() if parts else []
+        sums, i = dict(self._base), 0
+        for key, (values, sizes) in windows.items():
+            if isinstance(values[0], Accuracy):  # (one value: the count of correct predictions)
+                total, i = read[i], i + 1
+            else:
+                total = sum(v * n for v, n in zip(read[i : i + len(sizes)], sizes))
+                i += len(sizes)
+            sums[key] = sums.get(key, 0.0) + total
         return sums
 
     def pop(self) -> tuple[dict[str, float], int]:
@@ -58,43 +75,39 @@ class RunningMean:
         if not self.count:
             return {}, 0
         sums, count = self._sums(), self.count
-        self._values, self._sizes, self._base, self.count = {}, {}, {}, 0
+        self._steps, self._ns, self._base, self.count = [], [], {}, 0
         return {k: v / count for k, v in sums.items()}, count
 
     def state_dict(self) -> dict[str, object]:
         """The open window, for a mid-epoch checkpoint: the batch means themselves (so a resumed
         run sums them in the same order, to the same bits) and the accuracies' counts."""
         values, sizes, base = {}, {}, dict(self._base)
-        for key, window in self._values.items():
+        for key, (window, ns) in self._windows().items():
             if isinstance(window[0], Accuracy):  # (an integer: exact however it is split)
-                base[key] = base.get(key, 0.0) + float(_window_sum(window, self._sizes[key])[0])
+                base[key] = base.get(key, 0.0) + float(_window_values(window)[0])
             else:
-                values[key], sizes[key] = list(window), list(self._sizes[key])
+                values[key], sizes[key] = list(window), list(ns)
         return {"values": values, "sizes": sizes, "base": base, "count": self.count}
 
     def load_state_dict(self, state: dict[str, object]) -> None:
+        self._steps, self._ns = [], []
         if "sums" in state:  # (an older checkpoint: the window's sums)
-            self._values, self._sizes = {}, {}
             self._base = {k: float(v) for k, v in state["sums"].items()}
         else:
-            self._values = {k: list(v) for k, v in state["values"].items()}
-            self._sizes = {k: list(v) for k, v in state["sizes"].items()}
             self._base = dict(state["base"])
+            for key, window in state["values"].items():  # back into steps, one metric at a time
+                for value, n in zip(window, state["sizes"][key]):
+                    self._steps.append({key: value})
+                    self._ns.append(n)
         self.count = int(state["count"])
 
 
-def _window_sum(values: list[torch.Tensor | Accuracy], sizes: list[int]) -> tuple[torch.Tensor, int]:
-    """One metric's window: (a 0-d tensor, a factor applied on the host) whose product is
-    its sample-weighted sum. For `Accuracy` the number of correct predictions; for batch means
-    their sum times the batch size when all batches are the same size (the common case: one
-    kernel fewer), else their dot product with the sizes."""
+def _window_values(values: list[torch.Tensor | Accuracy]) -> torch.Tensor:
+    """One metric's window as a 1-d float64 tensor to read back: for `Accuracy` one value, the
+    number of correct predictions in the window; for batch means, the means themselves (summed
+    on the host, weighted by their batch sizes)."""
     if isinstance(values[0], Accuracy):
         scores = torch.cat([v.scores for v in values])
         labels = torch.cat([v.labels for v in values])
-        return (scores.argmax(1) == labels).sum(), 1  # (an integer: `stack` in `_sums` promotes it)
-    stacked = torch.stack(values)
-    if stacked.dtype != torch.float32 and stacked.dtype != torch.float64:
-        stacked = stacked.float()  # (sums of bfloat16 values would lose digits)
-    if len(set(sizes)) == 1:
-        return stacked.sum(), sizes[0]
-    return stacked @ torch.tensor(sizes, dtype=stacked.dtype, device=stacked.device), 1
+        return (scores.argmax(1) == labels).sum().double().view(1)
+    return torch.stack(values).double().view(-1)

@@ -92,21 +92,29 @@ def require_no_gradient_rules(rules: UpdateRules | None, task: str) -> None:
 
 def any_nonfinite(tensors: list[torch.Tensor]) -> bool:
     """Whether any of the tensors holds a NaN or inf: `torch._amp_foreach_non_finite_check_and_unscale_`
-    (GradScaler's check, one fused kernel per device and dtype) with a scale of 1, so the values
-    are left as they are, then one flag read back."""
-    groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
-    for t in tensors:
-        groups.setdefault((t.device, t.dtype), []).append(t)
-    found = False
-    for (device, _), group in groups.items():
-        if device not in _FLAGS:  # (made once per device: two kernels fewer per step)
-            _FLAGS[device] = (torch.zeros(1, device=device), torch.ones(1, device=device))
-        flag, one = _FLAGS[device]
-        torch._amp_foreach_non_finite_check_and_unscale_(group, flag, one)
-        if flag.item():
-            flag.zero_()
-            found = True
-    return found
+    (GradScaler's check, one fused kernel) with a scale of 1, so the values are left as they
+    are, then one flag read back. Tensors of several dtypes take one call too (on a GPU, a
+    kernel per tensor then); tensors on several devices, a call per device."""
+    try:
+        return _nonfinite_on(tensors[0].device, tensors)
+    except RuntimeError:  # (the kernel takes the tensors of one device)
+        _FLAGS[tensors[0].device][0].zero_()
+        devices: dict[torch.device, list[torch.Tensor]] = {}
+        for t in tensors:
+            devices.setdefault(t.device, []).append(t)
+        return any([_nonfinite_on(device, group) for device, group in devices.items()])
+
+
+def _nonfinite_on(device: torch.device, tensors: list[torch.Tensor]) -> bool:
+    flags = _FLAGS.get(device)
+    if flags is None:  # (made once per device: two kernels fewer per step)
+        flags = _FLAGS[device] = (torch.zeros(1, device=device), torch.ones(1, device=device))
+    flag, one = flags
+    torch._amp_foreach_non_finite_check_and_unscale_(tensors, flag, one)
+    if flag.item():
+        flag.zero_()
+        return True
+    return False
 
 
 _FLAGS: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}  # per device: (found-inf flag, scale 1)
@@ -212,9 +220,7 @@ class Optimization:
         tensors and one flag read back. On a small model every extra kernel of a step is a
         visible share of it."""
         losses, self._losses = self._losses, []
-        checked = list(losses)
-        if self.scaler is None:
-            checked += [norm] if norm is not None else grads
+        checked = losses if self.scaler is not None else losses + ([norm] if norm is not None else grads)
         if not checked or not any_nonfinite(checked):
             return
         loss_finite = all(bool(torch.isfinite(loss)) for loss in losses)

@@ -299,7 +299,7 @@ class Trainer:
                 self.consecutive_skips = 0
             except NonFiniteStep as e:
                 out = self._on_nonfinite(e, task, batch)
-            n = len(batch[0])
+            n = batch[0].shape[0]
             if out is not None:
                 self._window.update(out, n)
                 if self.ema is not None and self.rules.update_now:

@@ -21,7 +21,7 @@ def classification_metrics(logits: torch.Tensor, y: torch.Tensor, class_names: l
     """
     k = logits.shape[1]
     confusion = confusion_counts(logits.argmax(1), y, k)
-    metrics = {"acc": float(confusion.diagonal().sum() / max(confusion.sum(), 1)), "macro_f1": macro_f1(confusion)}
+    metrics = {"acc": float(confusion.trace() / max(confusion.sum(), 1)), "macro_f1": macro_f1(confusion)}
     if not (detailed or k == 2):
         return metrics, confusion  # (an epoch's validation, k > 2: nothing more to compute)
     true = y.cpu().numpy()
@@ -52,10 +52,8 @@ def confusion_counts(pred: torch.Tensor, true: torch.Tensor, k: int) -> np.ndarr
 def macro_f1(confusion: np.ndarray) -> float:
     """Mean over classes of F1 = 2 TP / (2 TP + FP + FN), 0 for a class never true nor predicted
     (scikit-learn's f1_score(average="macro", zero_division=0) over all k labels)."""
-    tp = np.diagonal(confusion).astype(np.float64)
-    denominator = confusion.sum(0) + confusion.sum(1)  # (TP + FP) + (TP + FN)
-    f1 = np.divide(2 * tp, denominator, out=np.zeros_like(tp), where=denominator > 0)
-    return float(f1.mean())
+    denominator = confusion.sum(0) + confusion.sum(1)  # (TP + FP) + (TP + FN): 0 only where TP is 0 too
+    return float((2 * confusion.diagonal() / np.maximum(denominator, 1)).mean())
 
 
 def regression_metrics(out: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
