@@ -265,3 +265,38 @@ def test_a_user_config_dir_adds_choices(compose_cfg, tmp_path: Path) -> None:
     assert HydraConfig.get().runtime.choices["model"] == "wide"
     assert cfg.model.hidden_sizes == [512]
     assert cfg.data.dataset._target_ == "nnlab.data.sklearn.digits"  # the built-in defaults still apply
+
+
+@pytest.mark.parametrize("path", params(ALL_YAML))
+def test_no_config_sets_hydra_mode(path: Path) -> None:
+    """nnlab.app skips Hydra's compose that only reads hydra.mode (~0.1 s a launch) unless the
+    command line brings in configs of the user's: it relies on no packaged file setting it."""
+    content = yaml.safe_load(path.read_text()) or {}
+    settings = content if path in HYDRA_YAML else content.get("hydra") or {}
+    assert "mode" not in settings, f"{rel(path)} sets hydra.mode"
+
+
+@pytest.mark.parametrize(
+    ("argv", "skipped"),
+    [
+        ([], True),
+        (["experiment=mnist1d_cnn", "-m", "optimizer.lr=0.1,0.01"], True),
+        (["hydra.mode=MULTIRUN"], False),
+        (["+hydra.mode=MULTIRUN"], False),
+        (["--config-dir", "myconfigs"], False),
+        (["-cd=myconfigs"], False),
+        (["hydra.searchpath=[file://myconfigs]"], False),
+        (["--config-name", "mine"], False),
+    ],
+)
+def test_the_mode_compose_is_skipped_only_without_configs_of_the_users(argv: list[str], skipped: bool) -> None:
+    from hydra._internal.hydra import Hydra
+
+    from nnlab.app import _one_compose
+
+    original = Hydra.get_mode
+    with _one_compose(argv):
+        assert (Hydra.get_mode is not original) == skipped
+        if skipped:
+            assert Hydra.get_mode(object(), "train", argv) is None
+    assert Hydra.get_mode is original
