@@ -11,9 +11,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.segment import Segment, Segments
 from rich.style import Style
-from rich.syntax import Syntax
 from rich.table import Table
-from rich.tree import Tree
 
 # One console for the log handler, the progress bar and tables, so a log line printed while
 # the bar is live appears above it instead of tearing it. Outside a terminal (CI, files) rich
@@ -83,6 +81,9 @@ def print_config_tree(
     cfg: DictConfig, order: Sequence[str] = ("data", "model", "task", "optimizer", "scheduler", "trainer")
 ) -> None:
     """Print the resolved config as a tree, one branch per top-level group."""
+    from rich.syntax import Syntax  # (pygments: off the start-up path of runs that print no tree)
+    from rich.tree import Tree
+
     tree = Tree("config", guide_style="dim")
     keys = [k for k in order if k in cfg] + [k for k in cfg if k not in order and k != "hydra"]
     for key in keys:
