@@ -50,3 +50,19 @@ def test_warnings_keep_richs_wrapped_layout() -> None:
     assert "WARNING" in lines[0]
     assert " ".join(" ".join(lines).split()).count("word") == 30
     assert all(len(line) <= 60 for line in lines)
+
+
+def test_tabs_and_lines_of_a_message_print_as_richs_text_would() -> None:
+    """Tab stops count from the line's start (after the time and level columns), each line of
+    a message keeps its own, and the level is coloured on a terminal as RichHandler colours it."""
+    h, out = handler(width=100)
+    h.emit(record(logging.INFO, "a\tb\n\tc [bold]d[/bold]", created=1_700_000_000.0))
+    first, second = out.getvalue().splitlines()
+    prefix = first.index("INFO") + 9  # the time, a space, the level in 8 columns, a space
+    assert first[prefix:] == "a" + " " * (8 - (prefix + 1) % 8) + "b"
+    assert second == " " * 8 + "c [bold]d[/bold]"  # (no markup: shown as written)
+    term = io.StringIO()
+    colour = LogHandler(console=Console(file=term, width=100, force_terminal=True, color_system="standard"))
+    colour.setFormatter(logging.Formatter("%(message)s"))
+    colour.emit(record(logging.DEBUG, "x", created=1_700_000_000.0))
+    assert "\x1b[32mDEBUG   \x1b[0m x\n" in term.getvalue()  # logging.level.debug: green
