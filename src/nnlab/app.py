@@ -125,9 +125,8 @@ def _one_compose(argv: list[str]) -> Iterator[None]:
     mode its flags ask for (-m or not), as it does when the answer is "not set"."""
     from hydra._internal.hydra import Hydra
 
-    own_configs = any(
-        arg.split("=", 1)[0] in OWN_CONFIG_FLAGS or arg.split("=", 1)[0].lstrip("+~") in OWN_CONFIG_KEYS for arg in argv
-    )
+    keys = [arg.split("=", 1)[0] for arg in argv]
+    own_configs = any(key in OWN_CONFIG_FLAGS or key.lstrip("+~") in OWN_CONFIG_KEYS for key in keys)
     if own_configs or not callable(getattr(Hydra, "get_mode", None)):
         yield
         return

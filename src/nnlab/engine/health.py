@@ -215,12 +215,9 @@ class HealthMonitor:
             for name, p in model.named_parameters()
             if (before := self._before.get(name)) is not None
         ]
-        sizes = torch._foreach_norm([before.float() for _, before, _ in moved]) if moved else []
-        changes = (
-            torch._foreach_norm(torch._foreach_sub([p.float() for *_, p in moved], [b.float() for _, b, _ in moved]))
-            if moved
-            else []
-        )
+        befores = [before.float() for _, before, _ in moved]
+        sizes = torch._foreach_norm(befores) if moved else []
+        changes = torch._foreach_norm(torch._foreach_sub([p.float() for *_, p in moved], befores)) if moved else []
         read = [*self._grad_norms.values(), *sizes, *changes, *self._dead.values()]
         values = torch.stack([v.float() for v in read]).tolist() if read else []  # one device sync
         norms = dict(zip(names, values))

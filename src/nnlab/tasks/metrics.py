@@ -20,7 +20,8 @@ def classification_metrics(logits: torch.Tensor, y: torch.Tensor, class_names: l
     Returns (metrics, confusion matrix as a (K, K) array with true classes as rows).
     """
     k = logits.shape[1]
-    confusion = confusion_counts(logits.argmax(1), y, k)
+    pred = logits.argmax(1)
+    confusion = confusion_counts(pred, y, k)
     metrics = {"acc": float(confusion.trace() / max(confusion.sum(), 1)), "macro_f1": macro_f1(confusion)}
     if not (detailed or k == 2):
         return metrics, confusion  # (an epoch's validation, k > 2: nothing more to compute)
@@ -35,8 +36,7 @@ def classification_metrics(logits: torch.Tensor, y: torch.Tensor, class_names: l
 
         labels = list(range(k))
         names = class_names or [str(c) for c in labels]
-        pred = logits.argmax(1).cpu().numpy()
-        p, r, f, _ = precision_recall_fscore_support(true, pred, labels=labels, zero_division=0)
+        p, r, f, _ = precision_recall_fscore_support(true, pred.cpu().numpy(), labels=labels, zero_division=0)
         for i, name in enumerate(names):
             metrics[f"precision/{name}"] = float(p[i])
             metrics[f"recall/{name}"] = float(r[i])
