@@ -56,6 +56,13 @@ def test_bad_in_memory(tmp_path: Path) -> None:
     assert_user_error(result, "data.in_memory")
 
 
+def test_fused_and_foreach_together(tmp_path: Path) -> None:
+    args = [*TINY, "optimizer.fused=true", "+optimizer.foreach=true"]
+    message = assert_user_error(run_cli([*args, f"hydra.run.dir={tmp_path / 'run'}"], tmp_path), "optimizer.fused")
+    assert "optimizer: torch.optim.Adam rejects" in message
+    assert "optimizer.fused=True, optimizer.foreach=True: `fused` and `foreach` cannot be `True` together." in message
+
+
 def test_nesterov_without_momentum(tmp_path: Path) -> None:
     args = [*TINY, "optimizer=sgd", "optimizer.nesterov=true", "optimizer.momentum=0"]
     message = assert_user_error(run_cli([*args, f"hydra.run.dir={tmp_path / 'run'}"], tmp_path), "optimizer.")

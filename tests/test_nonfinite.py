@@ -259,6 +259,27 @@ def test_an_infinite_gradient_with_a_finite_loss_names_the_parameter() -> None:
     assert "2 parameter tensor(s) affected" in where
 
 
+@pytest.mark.parametrize("fused", [False, True])
+def test_adam_takes_no_step_on_an_infinite_gradient_fused_or_not(fused: bool) -> None:
+    """optimizer.fused=true swaps Adam's update kernel, not the check before it: the update is
+    refused, the weights are untouched and Adam's state (its step count, its moments) is not
+    started; the next finite step then updates as the first one."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), InfGrad(), nn.Tanh(), nn.Linear(8, 2))
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.1, fused=fused)
+    assert optimizer.defaults["fused"] is fused
+    optim = Optimization(optimizer)
+    before = [p.detach().clone() for p in model.parameters()]
+    x, y = torch.randn(5, 4), torch.tensor([0, 1, 0, 1, 1])
+    with pytest.raises(NonFiniteStep):
+        optim.step(F.cross_entropy(model(x), y))
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
+    assert len(optimizer.state) == 0
+    optim.step(F.cross_entropy(model[2:](model[0](x)), y))  # around the bad layer: finite
+    assert {int(s["step"]) for s in optimizer.state.values()} == {1}
+    assert not torch.equal(model[0].weight, before[0])
+
+
 def test_locating_leaves_no_trace_on_random_generators_and_batch_norm() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Dropout(0.5), Blowup(), nn.Linear(8, 2)).train()

@@ -56,12 +56,12 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Run:
     return train_tiny(STATEFUL, tmp_path_factory.mktemp("reference"))
 
 
-def resume_from(snapshot: Path, run_dir: Path) -> Run:
+def resume_from(snapshot: Path, run_dir: Path, overrides: tuple[str, ...] = ()) -> Run:
     """Continue the same config from a copy of `snapshot` (in a folder of its own)."""
     run_dir.mkdir(parents=True)
     ckpt = run_dir / "start.ckpt"
     shutil.copy(snapshot, ckpt)
-    cfg = compose_config([*STATEFUL, "callbacks.progress=null", f"ckpt_path='{ckpt}'"], run_dir)
+    cfg = compose_config([*STATEFUL, *overrides, "callbacks.progress=null", f"ckpt_path='{ckpt}'"], run_dir)
     return Run(cfg, train(cfg), Path(cfg.paths.output_dir))
 
 
@@ -88,6 +88,21 @@ def test_resumed_run_ends_bitwise_identical(reference: Run, snapshot: str, tmp_p
     assert_same(want["rng"], got["rng"], "rng")
     # Epoch metrics too (a mid-epoch resume carries the partial epoch's averages).
     assert resumed.metrics == reference.metrics
+
+
+def test_a_fused_optimizer_resumes_bitwise_too_and_keeps_its_update(tmp_path: Path) -> None:
+    """optimizer.fused=true (one kernel for Adam's update): the resumed run ends identical to
+    the uninterrupted one. Resumed without the override, it keeps the checkpoint's setting (as
+    it keeps the checkpoint's learning rate): the same update, so the same weights."""
+    fused = ("optimizer.fused=true",)
+    reference = train_tiny((*STATEFUL, *fused), tmp_path / "reference")
+    snapshot = reference.dir / "checkpoints" / "step-000028.ckpt"
+    want = reference.checkpoint("last")
+    assert [g["fused"] for g in want["task"]["optim"]["optimizer"]["param_groups"]] == [True]
+    for name, overrides in (("same_config", fused), ("no_override", ())):
+        got = resume_from(snapshot, tmp_path / name, overrides).checkpoint("last")
+        assert_same(want["model"], got["model"], f"{name}: model")
+        assert_same(want["task"], got["task"], f"{name}: task")
 
 
 def test_resume_auto_continues_the_interrupted_run_in_its_folder(tmp_path: Path) -> None:

@@ -147,9 +147,9 @@ def _try_optimizer(optimizer_cls: Callable, node: DictConfig, path: str) -> None
     kwargs = {k: v for k, v in kwargs.items() if not k.startswith("_")}
     try:
         optimizer_cls([torch.nn.Parameter(torch.zeros(1))], **kwargs)
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, RuntimeError) as e:  # (RuntimeError: e.g. fused and foreach both true)
         settings = ", ".join(f"{path}.{k}={v}" for k, v in kwargs.items())
-        raise ConfigValueError(f"{path}: {node._target_} rejects {settings}: {e}.") from None
+        raise ConfigValueError(f"{path}: {node._target_} rejects {settings}: {str(e).rstrip('.')}.") from None
 
 
 def _matches(value: Any, hint: Any) -> bool:

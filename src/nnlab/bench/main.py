@@ -38,6 +38,7 @@ from nnlab.bench.cases import CASES, Case, compose
 LABELS = {
     "nnlab": "nnlab defaults (TB logger, progress bar, checkpoints, health monitor)",
     "nnlab_lean": "nnlab, no checkpoints or health monitor",
+    "nnlab_fused": "nnlab defaults + optimizer.fused=true",
     "raw": "raw PyTorch loop (the limit)",
     "dataloader": "PyTorch DataLoader loop",
     "lightning": "PyTorch Lightning",
@@ -48,11 +49,12 @@ LABELS = {
 def loops() -> dict[str, Callable[..., Any]]:
     """Name -> loop function (imported here: `nnlab-bench --help` needs no torch)."""
     from nnlab.bench.lightning_loop import lightning_loop
-    from nnlab.bench.loops import dataloader_loop, nnlab_lean_loop, nnlab_loop, raw_loop, sklearn_loop
+    from nnlab.bench.loops import dataloader_loop, nnlab_fused_loop, nnlab_lean_loop, nnlab_loop, raw_loop, sklearn_loop
 
     return {
         "nnlab": nnlab_loop,
         "nnlab_lean": nnlab_lean_loop,
+        "nnlab_fused": nnlab_fused_loop,
         "raw": raw_loop,
         "dataloader": dataloader_loop,
         "lightning": lightning_loop,
