@@ -2,6 +2,7 @@
 
     python scripts/bench_paired.py                       # the default experiment, 150 epoch pairs
     python scripts/bench_paired.py --epochs 300 -- experiment=mnist1d_cnn
+    python scripts/bench_paired.py --nnlab-extra optimizer.fused=true   # nnlab fused, the raw loop not
 
 `nnlab-bench` times whole runs one after another; on a virtual machine whose speed drifts from
 minute to minute, two runs a minute apart can differ by more than the engine's whole overhead.
@@ -65,6 +66,12 @@ def nnlab_trainer(overrides: list[str], epochs: int, run_dir: Path, bare: bool):
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=150, help="epoch pairs (default 150)")
+    parser.add_argument(
+        "--nnlab-extra",
+        action="append",
+        default=[],
+        help="an override for nnlab's runs only, not the raw loop's (repeatable), e.g. optimizer.fused=true",
+    )
     parser.add_argument("overrides", nargs="*", default=["experiment=digits_mlp"], help="nnlab-train overrides")
     args = parser.parse_args(argv)
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
@@ -78,7 +85,8 @@ def paired(args: argparse.Namespace, work: Path) -> None:
     """The epoch pairs, then the table."""
     epochs = args.epochs + WARMUP
     runs = {
-        name: nnlab_trainer(args.overrides, epochs, work / name, bare=name == "bare") for name in ("defaults", "bare")
+        name: nnlab_trainer([*args.overrides, *args.nnlab_extra], epochs, work / name, bare=name == "bare")
+        for name in ("defaults", "bare")
     }
     data, model, optimizer, scheduler, device = loops._build(compose(args.overrides, work / "raw"))
     x, y = loops.whole_split(data, "train")
@@ -99,7 +107,8 @@ def paired(args: argparse.Namespace, work: Path) -> None:
         if parts.logger is not None:
             parts.logger.close()
     raw = statistics.median(seconds["raw"][WARMUP:])
-    print(f"{' '.join(args.overrides)}: {args.epochs} epoch pairs, raw loop median {raw * 1e3:.2f} ms/epoch")
+    also = f" (nnlab also {' '.join(args.nnlab_extra)})" if args.nnlab_extra else ""
+    print(f"{' '.join(args.overrides)}{also}: {args.epochs} epoch pairs, raw loop median {raw * 1e3:.2f} ms/epoch")
     print("| nnlab | extra per epoch (median of pairs) | middle half of pairs | vs raw loop |")
     print("|---|---:|---:|---:|")
     for name in runs:
