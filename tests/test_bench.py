@@ -65,6 +65,32 @@ def test_lightning_skipped_when_absent(monkeypatch, tmp_path):
     assert result["rows"][0]["ratio_to_raw"] == 1.0
 
 
+def test_overrides_reach_every_implementation(tmp_path):
+    """`nnlab-bench -- KEY=VALUE`: the case's config with the user's settings, for nnlab and the
+    raw loop alike (so still the same computation: the same loss)."""
+    case = Case("tiny", CASES["mlp_digits"].overrides, 1, ("nnlab", "raw"))
+    result = run_torch_case(case, 1, 1, "cpu", tmp_path, overrides=["model.hidden_sizes=[16]", "model.dropout=0.0"])
+    rows = {r["implementation"]: r for r in result["rows"]}
+    assert round(rows["nnlab"]["train_loss"], 5) == round(rows["raw"]["train_loss"], 5)
+    weights = torch.load(tmp_path / "nnlab_0" / "checkpoints" / "last.ckpt", weights_only=True)["model"]
+    assert weights["net.1.weight"].shape == (16, 64)
+
+
+@pytest.mark.parametrize(
+    ("override", "reason"),
+    [
+        ("optimizer.fuzed=true", "Could not override 'optimizer.fuzed'"),
+        ("optimizer.lr=-1", "optimizer.lr=-1 is out of range: it must be > 0.0."),
+    ],
+)
+def test_overrides_that_do_not_apply_are_refused_before_any_run(capsys, override, reason):
+    with pytest.raises(SystemExit) as e:
+        main(["--cases", "mlp_digits", "--", override])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert f"the overrides {override} do not apply to case 'mlp_digits': {reason}" in err
+
+
 def test_unknown_case_names_the_closest(capsys):
     with pytest.raises(SystemExit) as e:
         main(["--cases", "mlp_digit"])

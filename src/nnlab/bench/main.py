@@ -4,6 +4,7 @@
     nnlab-bench --cases mlp_digits --epochs 10 --repeats 5 --out bench.json
     nnlab-bench --markdown docs/benchmarks_table.md   # the tables of docs/benchmarks.md, regenerated
     nnlab-bench --cases mlp_digits --profile      # where nnlab's fit spends its time (cProfile)
+    nnlab-bench --cases mlp_digits -- optimizer.fused=true 'model.hidden_sizes=[512,256]'   # your settings
 
 For each case (`nnlab.bench.cases`) every implementation (`nnlab.bench.loops`) trains the same
 model on the same rows with the same batch size, seed and number of epochs. Each is run once as a
@@ -62,12 +63,15 @@ def loops() -> dict[str, Callable[..., Any]]:
     }
 
 
-def run_torch_case(case: Case, epochs: int, repeats: int, device: str, workdir: Path) -> dict[str, Any]:
-    """Warm up each implementation, time `repeats` turns of all of them; one row each."""
+def run_torch_case(
+    case: Case, epochs: int, repeats: int, device: str, workdir: Path, overrides: Sequence[str] = ()
+) -> dict[str, Any]:
+    """Warm up each implementation, time `repeats` turns of all of them; one row each. `overrides`
+    (nnlab-train's syntax) apply after the case's own, to every implementation alike."""
     from nnlab.bench.loops import Unavailable
 
     table = loops()
-    base = [*case.overrides, f"trainer.device={device}"]
+    base = [*case.overrides, *overrides, f"trainer.device={device}"]
     active, notes = [], []
     for name in case.implementations:
         try:
@@ -109,11 +113,17 @@ def run_torch_case(case: Case, epochs: int, repeats: int, device: str, workdir: 
     return {"status": "ok", "kind": "steps", "rows": rows, "notes": notes}
 
 
-def run_case(case: Case, epochs: int, repeats: int, device: str, workdir: Path) -> dict[str, Any]:
+def run_case(
+    case: Case, epochs: int, repeats: int, device: str, workdir: Path, overrides: Sequence[str] = ()
+) -> dict[str, Any]:
     """One case's result: its rows, or why it was skipped."""
     import torch
 
-    result: dict[str, Any] = {"description": case.description, "overrides": list(case.overrides), "epochs": epochs}
+    result: dict[str, Any] = {
+        "description": case.description + (f", with {' '.join(overrides)}" if overrides else ""),
+        "overrides": [*case.overrides, *overrides],
+        "epochs": epochs,
+    }
     if case.needs_cuda and (device == "cpu" or not torch.cuda.is_available()):
         return {**result, "status": "skipped", "notes": ["needs a CUDA GPU; none here (or --device cpu)."]}
     missing = case.missing_configs()
@@ -128,8 +138,11 @@ def run_case(case: Case, epochs: int, repeats: int, device: str, workdir: Path) 
             rows, notes = som_rows(epochs, device, repeats)
         except Unavailable as e:
             return {**result, "status": "skipped", "notes": [str(e)]}
+        if overrides:
+            notes = [*notes, f"the overrides ({' '.join(overrides)}) do not apply to this comparison's fixed settings."]
+            result["overrides"] = list(case.overrides)
         return {**result, "status": "ok", "kind": "som", "rows": rows, "notes": notes}
-    return {**result, **run_torch_case(case, epochs, repeats, device, workdir / case.name)}
+    return {**result, **run_torch_case(case, epochs, repeats, device, workdir / case.name, overrides)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -248,6 +261,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--markdown", type=Path, help="write the tables as Markdown here (for docs/benchmarks.md)")
     parser.add_argument("--workdir", type=Path, help="keep the runs' folders here (default: a temporary folder)")
     parser.add_argument("--profile", action="store_true", help="also cProfile nnlab's fit on the first case")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        help="nnlab-train overrides applied to every case and implementation after the case's own "
+        "(after --, e.g. -- optimizer.fused=true 'model.hidden_sizes=[512,256]')",
+    )
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.cases.split(",") if n.strip()]
     from nnlab.errors import did_you_mean
@@ -256,6 +275,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         if n not in CASES:
             parser.error(f"--cases: unknown case '{n}'.{did_you_mean(n, CASES)} Choose from: {', '.join(CASES)}.")
     args.cases = names
+    for n in names:  # overrides that do not compose are refused now, not after the first cases ran
+        if args.overrides and CASES[n].implementations != ("som",) and not CASES[n].missing_configs():
+            try:
+                from nnlab.validation import validate_config
+
+                validate_config(compose([*CASES[n].overrides, *args.overrides], Path(tempfile.gettempdir()) / "check"))
+            except Exception as e:
+                lines = [line for line in str(e).splitlines()[:3] if line.strip() and not line.startswith(" ")]
+                reason = " ".join(lines) or type(e).__name__  # (Hydra's reason and hint, not its key dump)
+                parser.error(f"the overrides {' '.join(args.overrides)} do not apply to case '{n}': {reason}")
     if args.epochs is not None and args.epochs < 1:
         parser.error(f"--epochs={args.epochs}: give at least 1.")
     if args.repeats < 1:
@@ -278,10 +307,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             epochs = args.epochs or case.epochs
             print(f"\n== {name}: {case.description}, {epochs} epochs")
             try:
-                result = run_case(case, epochs, args.repeats, args.device, workdir)
+                result = run_case(case, epochs, args.repeats, args.device, workdir, args.overrides)
             except Exception as e:  # one broken case must not lose the others' results
                 traceback.print_exc()
-                result = {"description": case.description, "overrides": list(case.overrides), "epochs": epochs}
+                result = {"description": case.description, "overrides": [*case.overrides, *args.overrides]}
+                result["epochs"] = epochs
                 result.update(status="failed", notes=[f"{type(e).__name__}: {e}".splitlines()[0]])
             results["cases"][name] = result
             print("\n" + markdown_table(name, result))
