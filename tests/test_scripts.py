@@ -1,0 +1,43 @@
+"""The measurement scripts under scripts/ run and print their tables (a short run each: the
+figures themselves are for docs/benchmarks.md, not for tests)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers import CLI_TIMEOUT_S
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def run_script(name: str, *args: str) -> str:
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPTS / name), *args], capture_output=True, text=True, timeout=CLI_TIMEOUT_S
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+@pytest.mark.slow
+def test_bench_fused_times_each_optimizer_both_ways() -> None:
+    out = run_script("bench_fused.py", "--epochs", "1", "--optimizers", "adam,sgd_plain")
+    assert "the default experiment (51,210 parameters): median of 1 epochs each, 1 torch thread(s)" in out
+    rows = re.findall(r"^\| (\w+) \| ([\d.]+) ms/epoch \| ([\d.]+) ms/epoch \| ([\d.]+)x \|$", out, flags=re.M)
+    assert [r[0] for r in rows] == ["adam", "sgd_plain"]
+    for _, default, fused, speedup in rows:
+        assert float(default) > 0 and float(fused) > 0
+        assert float(speedup) == pytest.approx(float(default) / float(fused), abs=0.01)
+
+
+@pytest.mark.slow
+def test_bench_paired_compares_nnlab_with_the_raw_loop_epoch_by_epoch() -> None:
+    out = run_script("bench_paired.py", "--epochs", "2", "--nnlab-extra", "optimizer.fused=true")
+    assert "experiment=digits_mlp (nnlab also optimizer.fused=true): 2 epoch pairs, raw loop median" in out
+    rows = re.findall(r"^\| (defaults|bare) \| (-?[\d.]+) ms \| .* \| ([\d.]+)x \|$", out, flags=re.M)
+    assert [r[0] for r in rows] == ["defaults", "bare"]
+    assert all(float(ratio) > 0 for _, _, ratio in rows)
