@@ -275,11 +275,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         if n not in CASES:
             parser.error(f"--cases: unknown case '{n}'.{did_you_mean(n, CASES)} Choose from: {', '.join(CASES)}.")
     args.cases = names
-    for n in names:  # overrides that do not compose are refused now, not after the first cases ran
-        if args.overrides and CASES[n].implementations != ("som",) and not CASES[n].missing_configs():
-            try:
-                from nnlab.validation import validate_config
+    if args.overrides:  # refused now if they do not compose or validate, not after the first cases ran
+        from nnlab.validation import validate_config
 
+        for n in names:
+            if CASES[n].implementations == ("som",) or CASES[n].missing_configs():
+                continue
+            try:
                 validate_config(compose([*CASES[n].overrides, *args.overrides], Path(tempfile.gettempdir()) / "check"))
             except Exception as e:
                 lines = [line for line in str(e).splitlines()[:3] if line.strip() and not line.startswith(" ")]

@@ -43,12 +43,8 @@ class RunningMean:
 
     def _windows(self) -> dict[str, tuple[list[torch.Tensor | Accuracy], list[int]]]:
         """Each metric's values over the window, with the sample counts of their steps."""
-        steps, ns = self._steps, self._ns
-        keys = steps[0].keys() if steps else ()
-        if all(step.keys() == keys for step in steps):  # (every step reports the same metrics)
-            return {key: ([step[key] for step in steps], ns) for key in keys}
         windows: dict[str, tuple[list[torch.Tensor | Accuracy], list[int]]] = {}
-        for step, n in zip(steps, ns):
+        for step, n in zip(self._steps, self._ns):
             for key, value in step.items():
                 values, sizes = windows.setdefault(key, ([], []))
                 values.append(value)
