@@ -34,7 +34,7 @@ from nnlab.app import guarded
 from nnlab.console import print_config_tree
 from nnlab.engine.optim import NonFiniteStep
 from nnlab.engine.rng import seed_everything
-from nnlab.engine.tensorboard import TensorBoardLogger
+from nnlab.engine.tensorboard import TensorBoardLogger, save_image
 from nnlab.errors import ConfigValueError, UserError, check_range
 from nnlab.overrides import explainer
 from nnlab.pipeline import build, save_run_record
@@ -291,10 +291,9 @@ def lr_find(cfg: DictConfig) -> Suggestion:
         log.info("Sweep %s", curve.stopped)
         suggestion = suggest_lr(curve.lr, curve.smoothed_loss)
         figure = plot(curve, suggestion)
-        figure_path = output_dir / "figures" / "lr_find.png"
-        figure_path.parent.mkdir(parents=True, exist_ok=True)
-        figure.savefig(figure_path)
-        logger.log_figure("lr_find/loss_vs_lr", figure, len(curve.lr) - 1)  # closes the figure
+        figure_path = save_image(
+            figure, output_dir / "figures" / "lr_find.png", logger, "lr_find/loss_vs_lr", len(curve.lr) - 1
+        )
     finally:
         logger.close()
 
