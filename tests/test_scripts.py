@@ -41,3 +41,23 @@ def test_bench_paired_compares_nnlab_with_the_raw_loop_epoch_by_epoch() -> None:
     rows = re.findall(r"^\| (defaults|bare) \| (-?[\d.]+) ms \| .* \| ([\d.]+)x \|$", out, flags=re.M)
     assert [r[0] for r in rows] == ["defaults", "bare"]
     assert all(float(ratio) > 0 for _, _, ratio in rows)
+
+
+@pytest.mark.slow
+def test_time_main_job_pairs_each_run_with_the_plain_pytorch_floor(tmp_path: Path) -> None:
+    import json
+
+    from nnlab.pipeline import build_model
+    from nnlab.train import compose_run
+
+    out = run_script(
+        "time_main_job.py", "--runs", "1", "--floor", "--json", str(tmp_path / "t.json"), "trainer.max_epochs=1"
+    )
+    result = json.loads((tmp_path / "t.json").read_text())
+    (run,) = result["runs"]
+    assert 0 < run["floor_s"] < run["wall_s"] and 0 < run["to_first_step_s"] < run["wall_s"]
+    assert result["median"]["nnlab_over_floor_s"] == pytest.approx(run["to_first_step_s"] - run["floor_s"])
+    # The floor script builds the default experiment's model: the same number of parameters.
+    _, model, _ = build_model(compose_run([], tmp_path / "run"))
+    assert run["floor_params"] == sum(p.numel() for p in model.parameters())
+    assert f"plain PyTorch script ({run['floor_params']:,} parameters) to its first step" in out
