@@ -197,3 +197,28 @@ def test_a_histogram_bins_the_finite_values_only(tmp_path) -> None:
     plain = events.Histograms("plain")[0].histogram_value
     assert (plain.min, plain.max, plain.num, plain.sum, plain.sum_squares) == (0.5, 1.5, 3, 2.5, 2.75)
     assert sum(plain.bucket) == 3 and plain.bucket[0] == 2 and plain.bucket[-1] == 1
+
+
+def test_a_figure_is_logged_as_the_pixels_tensorboards_add_figure_draws(tmp_path) -> None:
+    """`figure_pixels` (what `log_figure` logs) against `torch.utils.tensorboard`'s own drawing of
+    the same figure, which imports pyplot; a figure pyplot made is closed by `save_image`."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from torch.utils.tensorboard._utils import figure_to_image  # (what SummaryWriter.add_figure calls)
+
+    from nnlab.engine.tensorboard import TensorBoardLogger, figure_pixels, save_image
+    from nnlab.tasks.metrics import confusion_figure
+
+    figure = confusion_figure(np.array([[5, 1, 0], [2, 7, 1], [0, 0, 9]]), ["a", "b", "c"])
+    ours = figure_pixels(figure)
+    theirs = figure_to_image(figure, close=False)  # (3, H, W)
+    assert ours.shape == (theirs.shape[1], theirs.shape[2], 3)
+    assert np.array_equal(ours, np.moveaxis(theirs, 0, 2))
+    assert ours.min() < 100 < 200 < ours.max()  # (dark text and light background: not a blank image)
+
+    pyplot_figure, axes = plt.subplots()
+    axes.plot([0, 1], [1, 0])
+    logger = TensorBoardLogger(str(tmp_path))
+    save_image(pyplot_figure, tmp_path / "p.png", logger, "p", 0)
+    logger.close()
+    assert plt.get_fignums() == []

@@ -82,13 +82,7 @@ class TensorBoardLogger:
         """A matplotlib figure as an image (TensorBoard's Images tab): what `SummaryWriter.add_figure`
         logs (the figure drawn by the Agg backend, its RGB pixels), without importing pyplot,
         which `add_figure` does to close the figure (0.4-0.6 s here; `save_image` closes it)."""
-        import numpy as np
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-        canvas = FigureCanvasAgg(figure)
-        canvas.draw()
-        pixels = np.asarray(canvas.buffer_rgba())[:, :, :3]
-        self.writer.add_image(tag, pixels, global_step=step, dataformats="HWC")
+        self.writer.add_image(tag, figure_pixels(figure), global_step=step, dataformats="HWC")
 
     def log_image(self, tag: str, image: Any, step: int) -> None:
         """A (C, H, W) tensor with values in [0, 1] (TensorBoard's Images tab)."""
@@ -116,6 +110,18 @@ class TensorBoardLogger:
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
+
+
+def figure_pixels(figure: Any) -> Any:
+    """A matplotlib figure drawn by the Agg backend: its (H, W, 3) uint8 RGB pixels, as
+    `SummaryWriter.add_figure` draws them (`torch.utils.tensorboard._utils.figure_to_image`),
+    less its pyplot import."""
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[:, :, :3]
 
 
 def save_image(image: Any, path: Path, logger: TensorBoardLogger | None, tag: str, step: int, **savefig: Any) -> Path:
