@@ -6,12 +6,15 @@
 
 `nnlab-bench` times whole runs one after another; on a virtual machine whose speed drifts from
 minute to minute, two runs a minute apart can differ by more than the engine's whole overhead.
-This script takes turns instead, epoch by epoch, in one process: an epoch of the raw loop
-(`nnlab.bench.loops`: the same model, data order, optimizer and validation pass), then an epoch
+This script takes turns instead, epoch by epoch, in one process: in every round, an epoch of the
+raw loop (`nnlab.bench.loops`: the same model, data order, optimizer and validation pass), an epoch
 of nnlab's trainer with every default on (TensorBoard, progress bar, checkpoints, health monitor,
-log lines to a file and to a console rendered off-screen), then one without the callbacks and the
-logger ("bare"). Each nnlab epoch is compared with the raw epoch just before it, so a drift of the
-machine's speed cancels; the median of those differences is the engine's cost per epoch.
+log lines to a file and to a console rendered off-screen), and one without the callbacks and the
+logger ("bare"), in an order shuffled anew each round (seeded), because an epoch's place in the
+round shifts its time: run always in the order raw, defaults, bare, the bare epochs measured
+about 1 ms slower than shuffled. Each nnlab epoch is compared with the same round's raw epoch, so a
+drift of the machine's speed cancels; the median of those differences is the engine's cost per
+epoch.
 
 The costs of a run that are paid once (creating the event file, the last checkpoint, start-up)
 are outside these epochs: `nnlab-bench` includes them. Run with one torch thread
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import statistics
 import sys
 import tempfile
@@ -72,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         help="an override for nnlab's runs only, not the raw loop's (repeatable), e.g. optimizer.fused=true",
     )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the rounds' shuffled order (default 0)")
     parser.add_argument("overrides", nargs="*", default=["experiment=digits_mlp"], help="nnlab-train overrides")
     args = parser.parse_args(argv)
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
@@ -92,15 +97,16 @@ def paired(args: argparse.Namespace, work: Path) -> None:
     x, y = loops.whole_split(data, "train")
     val = list(data.eval_batches("val"))
     seconds: dict[str, list[float]] = {"raw": [], **{name: [] for name in runs}}
+    turns = random.Random(args.seed)
     for epoch in range(epochs):
         order = data.epoch_order(epoch)  # the raw loop's batches, built before its clock starts
         batches = [(x[i], y[i]) for i in order.split(data.batch_size)]
-        start = time.perf_counter()
-        loops._train_epoch(model, optimizer, scheduler, batches, val, device)
-        seconds["raw"].append(time.perf_counter() - start)
-        for name, parts in runs.items():
+        for name in turns.sample(list(seconds), len(seconds)):  # this round's order
             start = time.perf_counter()
-            parts.trainer._run_epoch(parts.task, parts.data)
+            if name == "raw":
+                loops._train_epoch(model, optimizer, scheduler, batches, val, device)
+            else:
+                runs[name].trainer._run_epoch(runs[name].task, runs[name].data)
             seconds[name].append(time.perf_counter() - start)
     for parts in runs.values():
         parts.trainer._call("on_fit_end")
