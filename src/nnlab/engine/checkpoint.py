@@ -17,6 +17,15 @@ import torch
 from nnlab.errors import UserError
 
 
+class UnreadableCheckpoint(UserError):
+    """A checkpoint file that is missing, empty, truncated or not a PyTorch checkpoint at all."""
+
+
+class RefusedCheckpoint(UserError):
+    """A checkpoint whose pickle refers to code (a class or function that is not a tensor or a
+    plain container): refused, never loaded."""
+
+
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     """Write `state` to `path` atomically: to a temporary file
     in the same folder, flushed and fsync'ed to disk, then renamed over `path` (a rename within
@@ -162,7 +171,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     crafted pickle cannot execute code. Failures end in a `UserError` that names the file."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"Checkpoint not found: {path}. Check ckpt_path, or list the run's checkpoints/ folder.")
+        raise UnreadableCheckpoint(f"Checkpoint not found: {path}. Check ckpt_path, or list the run's checkpoints/ folder.")
     require_safe_torch()
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
@@ -171,7 +180,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         refused = re.search(r"Unsupported global: GLOBAL (\S+)", _plain(str(e)))
         if refused is None:
             raise _unreadable(path, e) from e
-        raise UserError(
+        raise RefusedCheckpoint(
             f"Refused to load {path}: unpickling it would call {refused.group(1)}, which is not a tensor or a "
             "plain container. nnlab loads checkpoints with weights_only=True so that a file from elsewhere "
             "cannot run code; only use checkpoints written by nnlab."
@@ -199,8 +208,8 @@ def mismatch(module: torch.nn.Module, weights: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
-def _unreadable(path: Path, error: BaseException) -> UserError:
-    return UserError(
+def _unreadable(path: Path, error: BaseException) -> UnreadableCheckpoint:
+    return UnreadableCheckpoint(
         f"Could not read checkpoint {path}: it is empty, truncated or not a PyTorch checkpoint "
         f"({first_line(error)}). Use another checkpoint, e.g. the run's checkpoints/last.ckpt."
     )
