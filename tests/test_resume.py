@@ -6,6 +6,8 @@ LR schedule, an EMA of the weights, Adam's moments, in deterministic mode on the
 
 from __future__ import annotations
 
+import re
+import shlex
 import shutil
 import signal
 from pathlib import Path
@@ -15,7 +17,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from helpers import Run, compose_config, train_tiny
+from helpers import Run, compose_config, run_cli, train_tiny
 from nnlab.errors import Stopped
 from nnlab.pipeline import train
 
@@ -88,6 +90,26 @@ def test_resumed_run_ends_bitwise_identical(reference: Run, snapshot: str, tmp_p
     assert_same(want["rng"], got["rng"], "rng")
     # Epoch metrics too (a mid-epoch resume carries the partial epoch's averages).
     assert resumed.metrics == reference.metrics
+
+
+def test_a_step_snapshot_at_an_epoch_end_resumes_bitwise_identical(reference: Run, tmp_path: Path) -> None:
+    """every_n_train_steps=10 with 20 steps an epoch: step-000020 and step-000040 end an epoch.
+    They hold the epoch done (validated; its scheduler step, early-stopping and best-checkpoint
+    decisions taken), so a run resumed from one starts the next epoch and ends as `reference`
+    (the same training; its snapshots are taken elsewhere, which changes nothing)."""
+    every_10 = train_tiny((*STATEFUL, "callbacks.model_checkpoint.every_n_train_steps=10"), tmp_path / "every_10")
+    assert_same(reference.checkpoint("last")["model"], every_10.checkpoint("last")["model"], "model")
+    for step in (STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH):
+        snapshot = every_10.dir / "checkpoints" / f"step-{step:06d}.ckpt"
+        start = torch.load(snapshot, weights_only=True)
+        assert (start["epoch"], start["epoch_step"]) == (step // STEPS_PER_EPOCH, 0)  # the epoch done
+        resumed = resume_from(snapshot, tmp_path / f"from_{step}")
+        want, got = reference.checkpoint("last"), resumed.checkpoint("last")
+        for key in ("model", "ema", "task", "rng", "metrics"):
+            assert_same(want[key], got[key], f"from step {step}: {key}")
+        best = [state["callbacks"]["ModelCheckpoint"]["best_score"] for state in (want, got)]
+        assert best[0] == best[1]  # (its best_path differs: another folder)
+        assert resumed.metrics == reference.metrics
 
 
 def test_a_fused_optimizer_resumes_bitwise_too_and_keeps_its_update(tmp_path: Path) -> None:
@@ -167,3 +189,37 @@ def test_checkpoint_of_another_model_is_refused_clearly(tmp_path: Path) -> None:
     )
     with pytest.raises(UserError, match="does not fit this model"):
         train(cfg)
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def readme_resume_example() -> list[list[str]]:
+    """The commands of README.md's resume example (the bash block that resumes from
+    step-000300.ckpt), as argument lists without their comments."""
+    blocks = re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.DOTALL)
+    block = next(b for b in blocks if "step-000300.ckpt" in b)
+    return [shlex.split(line, comments=True) for line in block.splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize(
+    "max_epochs",
+    [
+        16,  # sized down: step 300 ends epoch 15 of 20 steps; 100 epochs make the three runs take ~50 s
+        pytest.param(100, marks=pytest.mark.slow, id="as-printed"),
+    ],
+)
+def test_the_readme_resume_example_runs_as_printed(max_epochs: int, tmp_path: Path) -> None:
+    """Train with a snapshot every 50 steps, continue with resume=auto, then from step-000300.ckpt
+    (the end of epoch 15, a step snapshot at an epoch's end): each command succeeds."""
+    commands = readme_resume_example()
+    assert [c[0] for c in commands] == ["nnlab-train"] * 3
+    for command in commands:
+        args = [a.replace("trainer.max_epochs=100", f"trainer.max_epochs={max_epochs}") for a in command[1:]]
+        result = run_cli([*args, "callbacks.progress=null"], tmp_path)
+        assert result.returncode == 0, result.stderr
+        if any(a.startswith("ckpt_path=") for a in args):
+            log = result.stdout + result.stderr
+            assert "Resumed from outputs/runs/long/checkpoints/step-000300.ckpt: epoch 15, step 300" in log
+    last = torch.load(tmp_path / "outputs/runs/long/checkpoints/last.ckpt", weights_only=True)
+    assert last["global_step"] == max_epochs * STEPS_PER_EPOCH

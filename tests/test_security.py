@@ -13,7 +13,8 @@ from omegaconf import OmegaConf
 from helpers import run_command, train_tiny
 from nnlab.engine.checkpoint import load_checkpoint
 from nnlab.errors import UserError
-from nnlab.restore import catalogue_targets, load_run
+from nnlab.restore import load_run
+from nnlab.untrusted import catalogue_targets
 
 
 @pytest.fixture(scope="module")

@@ -186,19 +186,23 @@ def ensemble(cfg: DictConfig) -> dict[str, float]:
     root = Path(cfg.paths.output_dir)
     report = Report(root, cfg)
 
-    member_dirs = []
+    members_cfg = []
     for i in range(plan.members):
         member = member_config(cfg, i, plan.vary, root)
         log.info("Ensemble: member %d of %d (seed %d, vary=%s)", i + 1, plan.members, member.seed, plan.vary)
         train_once(member, show_table=False)
-        member_dirs.append(Path(member.paths.output_dir))
+        members_cfg.append(member)
 
     val, test, num_classes = [], [], 0
-    for d in member_dirs:
+    for member in members_cfg:
+        # Each member is rebuilt from its config composed here, from the user's own command line;
+        # only the tensors come from its checkpoint. (With trainer.resume=auto the checkpoints in
+        # the ensemble's folder may predate this command, or have been put there by someone else:
+        # the configs stored in them are never built.)
         run = load_run(
-            tested_checkpoint(d, cfg.trainer.get("test_ckpt", "best")),
+            tested_checkpoint(Path(member.paths.output_dir), cfg.trainer.get("test_ckpt", "best")),
             device=cfg.trainer.device,
-            trust_config=True,  # members this command just trained from the user's own config
+            config=member,
         )
         val.append(member_outputs(run, "val"))
         test.append(member_outputs(run, "test"))

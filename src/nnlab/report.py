@@ -30,11 +30,12 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from omegaconf import OmegaConf
 from rich.table import Table
+from rich.text import Text
 
 from nnlab.console import console
 from nnlab.errors import UserError, did_you_mean
+from nnlab.untrusted import printable, read_yaml_file
 
 REPORTS = ("report.md", "report.csv", "report.png", "curves.png")
 SWEEP_LAYOUT = (
@@ -91,35 +92,70 @@ def find_trials(sweep: Path) -> list[Trial]:
 
 
 def read_trial(folder: Path, sweep: Path, recovered: dict[str, list[str]]) -> Trial:
-    trial = Trial(name=folder.relative_to(sweep).as_posix() if folder != sweep else ".", dir=folder)
+    """One trial's files. A sweep folder may come from elsewhere: its YAML files pass the gate for
+    untrusted files (`nnlab.untrusted.read_yaml_file`: plain values only, nothing resolved or
+    built), and every string from them is kept in its `printable` form, so the table, the files
+    and the rerun command cannot carry terminal escape sequences."""
+    name = folder.relative_to(sweep).as_posix() if folder != sweep else "."
+    trial = Trial(name=printable(name), dir=folder)
     hydra_dir = folder / ".hydra"
     if (hydra_dir / "overrides.yaml").is_file():
-        trial.overrides = [str(o) for o in OmegaConf.load(hydra_dir / "overrides.yaml")]
+        trial.overrides = overrides_in(read_yaml_file(hydra_dir / "overrides.yaml"), hydra_dir / "overrides.yaml")
     else:  # rejected before nnlab wrote .hydra/: the sweep's own record of the trial
-        trial.overrides = recovered.get(trial.name, [])
+        trial.overrides = recovered.get(name, [])
     if (hydra_dir / "config.yaml").is_file():
-        cfg = OmegaConf.load(hydra_dir / "config.yaml")
+        cfg = read_yaml_file(hydra_dir / "config.yaml")
+        if not isinstance(cfg, dict):
+            raise UserError(f"{hydra_dir / 'config.yaml'} is not a run config (a mapping). {REPAIR}")
         if cfg.get("optimized_metric"):
-            trial.optimized = (str(cfg.optimized_metric), str(cfg.get("optimized_mode") or "min"))
-        shows = cfg.get("report") or {}
-        trial.shows = ([str(m) for m in shows.get("metrics") or []], [str(c) for c in shows.get("curves") or []])
+            trial.optimized = (printable(cfg["optimized_metric"]), printable(cfg.get("optimized_mode") or "min"))
+        shows = cfg.get("report") if isinstance(cfg.get("report"), dict) else {}
+        trial.shows = (strings(shows.get("metrics")), strings(shows.get("curves")))
     if (folder / "metrics.json").is_file():
-        trial.metrics = {k: float(v) for k, v in read_json(folder / "metrics.json").items()}
+        trial.metrics = numbers(read_json(folder / "metrics.json"), folder / "metrics.json")
         trial.status = "completed"
     if (folder / "status.json").is_file():
         status = read_json(folder / "status.json")
-        trial.status = status.get("status", "unknown")
-        trial.wall_s, trial.error = status.get("wall_s"), status.get("error")
+        trial.status = printable(status.get("status", "unknown"), 40)
+        wall_s = status.get("wall_s")
+        trial.wall_s = float(wall_s) if isinstance(wall_s, (int, float)) and not isinstance(wall_s, bool) else None
+        trial.error = printable(status["error"]) if status.get("error") is not None else None
         if not trial.overrides and status.get("overrides"):  # a rejected trial records its own
-            trial.overrides = [str(o) for o in status["overrides"]]
+            trial.overrides = overrides_in(status["overrides"], folder / "status.json")
     return trial
+
+
+# What to do about a damaged file in a trial folder.
+REPAIR = "Delete the damaged file (or the trial's folder) and rerun that trial, or report the sweep without it."
+
+
+def overrides_in(value: object, path: Path) -> list[str]:
+    """A trial's overrides as read from `path`: a list of strings, else a UserError."""
+    if not isinstance(value, list) or not all(isinstance(o, (str, int, float, bool)) for o in value):
+        raise UserError(f"{path} is not a list of overrides (key=value strings). {REPAIR}")
+    return [printable(o) for o in value]
+
+
+def strings(value: object) -> list[str]:
+    return [printable(v) for v in value] if isinstance(value, list) else []
+
+
+def numbers(values: dict, path: Path) -> dict[str, float]:
+    """metrics.json: names and numbers, else a UserError naming the file."""
+    try:
+        return {printable(k): float(v) for k, v in values.items() if not isinstance(v, bool)}
+    except (TypeError, ValueError):
+        raise UserError(f"{path} holds a metric that is not a number. {REPAIR}") from None
 
 
 def read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise UserError(f"{path} is not readable JSON ({e}). Delete it or rerun that trial.") from e
+        value = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{path} is not readable JSON ({printable(e, 200)}). {REPAIR}") from None
+    if not isinstance(value, dict):
+        raise UserError(f"{path} is not a JSON object. {REPAIR}")
+    return value
 
 
 def sweeper_overrides(sweep: Path) -> dict[str, list[str]]:
@@ -130,7 +166,7 @@ def sweeper_overrides(sweep: Path) -> dict[str, list[str]]:
     if not path.is_file():
         return {}
     try:
-        hydra_cfg = OmegaConf.to_container(OmegaConf.load(path), resolve=False)["hydra"]  # as written
+        hydra_cfg = read_yaml_file(path)["hydra"]  # plain values, as written: ${hydra.job.num} stays text
         sweeper = hydra_cfg["sweeper"]
         if not sweeper["_target_"].endswith("BasicSweeper") or hydra_cfg["sweep"]["subdir"] != "${hydra.job.num}":
             return {}
@@ -140,9 +176,9 @@ def sweeper_overrides(sweep: Path) -> dict[str, list[str]]:
         params = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
         parsed = OverridesParser.create().parse_overrides([*params, *hydra_cfg["overrides"]["task"]])
         jobs = BasicSweeper.split_arguments(parsed, None)[0]
-    except Exception:  # an unusual multirun.yaml only costs the overrides of rejected trials
+    except Exception:  # an unusual or damaged multirun.yaml only costs the overrides of rejected trials
         return {}
-    return {str(num): overrides for num, overrides in enumerate(jobs)}
+    return {str(num): [printable(o) for o in overrides] for num, overrides in enumerate(jobs)}
 
 
 def swept_keys(trials: list[Trial]) -> list[str]:
@@ -245,7 +281,8 @@ def print_table(trials: list[Trial], swept: list[str], columns: list[str], fixed
     table.add_column("status")
     for t, row in zip(trials[:top], rows(trials[:top], swept, columns)):
         best = row[0] == "1" and t.status == "completed"
-        table.add_row(*row, style="green" if best else "red" if t.status == "failed" else None)
+        # Text cells: a value from a trial's files is shown as written, never read as rich markup.
+        table.add_row(*map(Text, row), style="green" if best else "red" if t.status == "failed" else None)
     console().print(table)
     if len(trials) > top:
         console().print(f"... and {len(trials) - top} more trials in report.md")
@@ -385,12 +422,15 @@ def report(
 
         runs = [(label(t, swept), t.dir) for t in in_order]
         if not plot_curves(sweep / "curves.png", runs, curves, title=f"{len(runs)} trials of {sweep.name}"):
-            console().print(f"No trial logged {', '.join(curves)} to TensorBoard: no curves.png.")
+            console().print(f"No trial logged {', '.join(curves)} to TensorBoard: no curves.png.", markup=False)
     out = console()
     out.print(f"Wrote {', '.join(str(sweep / name) for name in REPORTS if (sweep / name).exists())}")
     best = trials[0]
     if best.status == "completed" and metric in best.metrics:
-        out.print(f"Best trial: {best.name} ({metric} = {best.metrics[metric]:.4f}), run folder {best.dir}")
+        out.print(
+            f"Best trial: {best.name} ({metric} = {best.metrics[metric]:.4f}), run folder {printable(best.dir)}",
+            markup=False,
+        )
         out.print("Rerun it with:")
         out.print(rerun_command(best), markup=False, highlight=False, soft_wrap=True)
     else:

@@ -45,7 +45,10 @@ class ModelCheckpoint:
       (-1 keeps every epoch), deleting those that drop out of the top k.
     - every_n_epochs / every_n_train_steps: keep `epoch-E.ckpt` / `step-S.ckpt` snapshots as well
       (no `=` in the names, so a path is a plain `ckpt_path=...` override for Hydra).
-      A step snapshot is taken mid-epoch and resumes mid-epoch, exactly.
+      A step snapshot is taken mid-epoch and resumes mid-epoch, exactly. One due at an epoch's
+      last step is taken at the epoch's end, after validation, with that epoch's other files:
+      its state is "epoch done" (as epoch-E.ckpt's), so a resume from it starts the next epoch
+      and does not validate the finished one twice.
 
     Every file is written atomically, on a background thread (`nnlab.engine.checkpoint.
     CheckpointWriter`: the state is snapshot at the moment it is taken; the files of one moment
@@ -68,8 +71,8 @@ class ModelCheckpoint:
             k best as well, -1 all.
         every_n_epochs: also keep a snapshot every n epochs (None: off).
         every_n_train_steps: also keep a snapshot (and refresh last.ckpt) every n training
-            steps (None: off). With gradient accumulation a snapshot waits for the end of the
-            accumulation window.
+            steps (None: off), the steps that end an epoch included. With gradient accumulation a
+            snapshot waits for the end of the accumulation window.
         save_interval_s: the shortest time between two epoch-end writes of last.ckpt and
             best.ckpt, in seconds; 0 writes them after every epoch.
     """
@@ -122,6 +125,20 @@ class ModelCheckpoint:
             for stale in folder.glob("*.ckpt.*.tmp"):
                 stale.unlink(missing_ok=True)
         self._last_write = time.monotonic()  # the first write comes an interval (or the last epoch) later
+        # A resumed run's best.ckpt can be gone: renamed aside as damaged (trainer.resume=auto), or
+        # never written (killed while that best was kept in memory). Then the best weights are
+        # lost; count the best afresh, so best.ckpt is written again and the test has a file to score.
+        if self.best_path is not None and not self.best_path.is_file():
+            log.warning(
+                "%s, the best checkpoint of the restored state (%s %.4f), is missing: the next epoch's weights "
+                "become best.ckpt and later ones replace them when %s improves on them.",
+                self.best_path,
+                self.monitor,
+                self.best_score,
+                self.monitor,
+            )
+            self.best_score = math.inf if self.mode == "min" else -math.inf
+            self.best_path = None
 
     def on_train_batch_end(self, trainer: Trainer) -> None:
         n = self.every_n_train_steps
@@ -129,8 +146,8 @@ class ModelCheckpoint:
             return
         if trainer.global_step % n == 0:
             self._step_snapshot_due = True
-        # Mid-epoch only (the epoch's end saves after validation), and never with gradients
-        # of an open accumulation window, which a checkpoint does not hold.
+        # Never with gradients of an open accumulation window, which a checkpoint does not hold.
+        # At the epoch's last step, it stays due: on_epoch_end writes it after validation.
         if not self._step_snapshot_due or trainer.pending_grads or trainer.epoch_step == trainer.steps_per_epoch:
             return
         self._step_snapshot_due = False
@@ -148,7 +165,6 @@ class ModelCheckpoint:
                 f"it is the run's optimized_metric).{did_you_mean(self.monitor, metrics)} Set optimized_metric "
                 f"(or callbacks.model_checkpoint.monitor) to one of: {', '.join(sorted(metrics))}."
             )
-        self._step_snapshot_due = False
         score = metrics[self.monitor]
         folder = self.checkpoint_dir(trainer)
         improved = self._better(score, self.best_score)
@@ -167,6 +183,9 @@ class ModelCheckpoint:
                 self.top_k = self.top_k[: self.save_top_k]
         if self.every_n_epochs and trainer.epoch % self.every_n_epochs == 0:
             kept.append(folder / f"epoch-{trainer.epoch:03d}.ckpt")
+        if self._step_snapshot_due:  # due at the epoch's last step (or put off to it by accumulation)
+            kept.append(folder / f"step-{trainer.global_step:06d}.ckpt")
+            self._step_snapshot_due = False
         now = time.monotonic()
         final = trainer.epoch >= trainer.max_epochs or trainer.should_stop
         if best:
@@ -295,6 +314,16 @@ class EarlyStopping:
         self.best_score = float(state["best_score"])
         self.best_epoch = int(state["best_epoch"])
         self.wait = int(state["wait"])
+
+
+# The files ModelCheckpoint writes in its folder, as glob patterns (the names are made above).
+CHECKPOINT_FILES = ("last.ckpt", "best.ckpt", "epoch-*.ckpt", "step-*.ckpt")
+
+
+def checkpoint_files(folder: Path) -> list[Path]:
+    """The checkpoints ModelCheckpoint wrote in `folder` (not its temporary files, nor any other
+    file someone put there): what a run can be continued from."""
+    return sorted({path for pattern in CHECKPOINT_FILES for path in Path(folder).glob(pattern) if path.is_file()})
 
 
 def _slug(metric: str) -> str:

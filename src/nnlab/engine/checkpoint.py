@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import _compat_pickle
 import copy
+import io
 import os
 import pickle
+import pickletools
 import re
 import shutil
 import threading
-from collections.abc import Sequence
+import warnings
+import zipfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +23,13 @@ from nnlab.errors import UserError
 
 
 class UnreadableCheckpoint(UserError):
-    """A checkpoint file that is missing, empty, truncated or not a PyTorch checkpoint at all."""
+    """A checkpoint file that is missing, empty, truncated or not a PyTorch checkpoint at all.
+    `what` is the message's first sentence, what is wrong, without the advice that follows (a
+    caller that knows which other files load gives its own)."""
+
+    def __init__(self, what: str, advice: str) -> None:
+        super().__init__(f"{what} {advice}")
+        self.what = what
 
 
 class RefusedCheckpoint(UserError):
@@ -30,16 +41,29 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     """Write `state` to `path` atomically: to a temporary file
     in the same folder, flushed and fsync'ed to disk, then renamed over `path` (a rename within
     one file system is atomic). A crash, SIGKILL or power cut mid-write leaves the previous file
-    intact, never a truncated one."""
+    intact, never a truncated one; so does a write the system refuses (a full disk, a quota).
+
+    The state is pickled into memory, then written with Python's own file write: torch's file
+    writer reports a failed write as "enforce fail ... file write failed", without the reason,
+    while Python's raises an `OSError` with its errno (ENOSPC, EDQUOT, EFBIG, ...), here named
+    after `path`, which `nnlab.app.guarded` turns into one paragraph. (The cost: the file's
+    bytes are in memory once more while it is written.)"""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    pickled = io.BytesIO()
+    torch.save(state, pickled)
     try:
         with open(tmp, "wb") as f:
-            torch.save(state, f)
+            f.write(pickled.getbuffer())
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)  # (also frees the space it took)
+        if e.errno is None:
+            raise
+        raise OSError(e.errno, e.strerror, str(path)) from e  # the checkpoint's name, not its temporary file's
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -125,12 +149,18 @@ def _link_or_copy(source: Path, path: Path) -> None:
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     tmp.unlink(missing_ok=True)
     try:
-        os.link(source, tmp)
-    except OSError:
-        shutil.copyfile(source, tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-    os.replace(tmp, path)
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:  # (a full disk: the copy, or even the link's directory entry)
+        tmp.unlink(missing_ok=True)
+        if e.errno is None:
+            raise
+        raise OSError(e.errno, e.strerror, str(path)) from e
     _fsync_dir(path.parent)
 
 
@@ -168,25 +198,118 @@ def require_safe_torch(version: str | None = None) -> None:
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint with `weights_only=True`: tensors and plain containers only, so a
-    crafted pickle cannot execute code. Failures end in a `UserError` that names the file."""
+    crafted pickle cannot execute code. A file whose pickle refers to code ends in
+    `RefusedCheckpoint` naming what it refers to; a missing, empty or damaged one in
+    `UnreadableCheckpoint`."""
     path = Path(path)
     if not path.is_file():
-        raise UnreadableCheckpoint(f"Checkpoint not found: {path}. Check ckpt_path, or list the run's checkpoints/ folder.")
+        raise UnreadableCheckpoint(
+            f"Checkpoint not found: {path}.", "Check ckpt_path, or list the run's checkpoints/ folder."
+        )
     require_safe_torch()
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        # torch names what a refused pickle wanted to call; anything else is a broken file.
-        refused = re.search(r"Unsupported global: GLOBAL (\S+)", _plain(str(e)))
-        if refused is None:
-            raise _unreadable(path, e) from e
-        raise RefusedCheckpoint(
-            f"Refused to load {path}: unpickling it would call {refused.group(1)}, which is not a tensor or a "
-            "plain container. nnlab loads checkpoints with weights_only=True so that a file from elsewhere "
-            "cannot run code; only use checkpoints written by nnlab."
-        ) from e
-    except Exception as e:  # noqa: BLE001 - an untrusted file: whatever breaks, the file is unreadable
-        raise _unreadable(path, e) from e
+        with warnings.catch_warnings():
+            # torch's note on a pickle protocol other than its own (asking to file an issue): a crafted
+            # file's, refused below with a message of its own.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - an untrusted file: whatever breaks, it is not loaded
+        # Why it failed is read from the file itself, not from the wording of torch's message
+        # (which changes between releases, and advises weights_only=False: never repeated here).
+        references = code_references(path)
+        if references:
+            raise RefusedCheckpoint(
+                f"Refused to load {path}: its pickle refers to code ({', '.join(references[:5])}), not only to "
+                "tensors and plain values, so loading it could run that code; nnlab did not load it. A checkpoint "
+                "written by nnlab-train never holds such references. Do not use this file: ask whoever sent it for "
+                "one written by nnlab-train, or train the run again."
+            ) from None
+        raise _unreadable(path, e) from None
+
+
+# The pickle opcodes that push a string (candidates for STACK_GLOBAL's module and name).
+_STRING_OPS = frozenset(
+    {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHORT_BINSTRING", "BINSTRING", "STRING"}
+)
+# Far above the pickle of any checkpoint nnlab writes (its tensors are stored beside it).
+_MAX_PICKLE_BYTES = 256 * 2**20
+
+
+def code_references(path: Path) -> list[str]:
+    """The classes and functions the pickle(s) in checkpoint `path` refer to, other than those
+    torch's weights-only loader allows (its tensor rebuilders, OrderedDict, ...): read with
+    `pickletools`, which parses the opcodes without running any. [] for a file that refers to
+    none, or cannot be parsed."""
+    found: set[str] = set()
+    try:
+        for data in _pickles(path):
+            found |= _globals_in(data)
+    except (OSError, zipfile.BadZipFile, ValueError, RuntimeError):
+        pass
+    allowed = _weights_only_globals()
+    return sorted(found - allowed)
+
+
+def _pickles(path: Path) -> Iterator[bytes]:
+    """The pickled parts of a checkpoint: `*/data.pkl` in torch's zip format; the whole file in
+    the legacy format (a few pickles one after another, then raw tensor bytes)."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                if info.filename.endswith(".pkl") and info.file_size <= _MAX_PICKLE_BYTES:
+                    yield archive.read(info)
+    elif path.stat().st_size <= _MAX_PICKLE_BYTES:
+        yield path.read_bytes()
+
+
+def _globals_in(data: bytes) -> set[str]:
+    """"module.name" of every GLOBAL, INST and STACK_GLOBAL in the pickles at the start of `data`."""
+    found: set[str] = set()
+    stream = io.BytesIO(data)
+    while stream.tell() < len(data):
+        pushed: list[Any] = []  # recent values pushed: strings, or None for anything else
+        memo: dict[int, Any] = {}
+        try:
+            for op, arg, _ in pickletools.genops(stream):
+                name = op.name
+                if name in ("GLOBAL", "INST"):
+                    found.add(_py3_name(*str(arg).split(" ", 1)))
+                elif name == "STACK_GLOBAL":
+                    module, qualname = pushed[-2:] if len(pushed) >= 2 else [None, None]
+                    found.add(_py3_name(module, qualname) if module and qualname else "<a class or function>")
+                elif name in _STRING_OPS:
+                    pushed.append(arg if isinstance(arg, str) else bytes(arg).decode("latin-1"))
+                elif name == "MEMOIZE":
+                    memo[len(memo)] = pushed[-1] if pushed else None
+                elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
+                    memo[int(arg)] = pushed[-1] if pushed else None
+                elif name in ("GET", "BINGET", "LONG_BINGET"):
+                    pushed.append(memo.get(int(arg)))
+                elif name != "STOP" and op.stack_after:
+                    pushed.append(None)
+                pushed = pushed[-2:]
+        except Exception:  # noqa: BLE001 - the end of the pickles (raw tensor bytes follow) or damage
+            break
+    return found
+
+
+def _py3_name(module: str, name: str = "") -> str:
+    """"module.name" as Python 3 unpickles it (protocol 2 writes builtins as __builtin__)."""
+    module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
+    return f"{_compat_pickle.IMPORT_MAPPING.get(module, module)}.{name}"
+
+
+def _weights_only_globals() -> set[str]:
+    """The "module.name"s torch's weights-only unpickler accepts (private torch API, read
+    defensively: an empty set only makes the refusal message name more)."""
+    try:
+        from torch import _weights_only_unpickler as wo
+
+        allowed = set(wo._get_allowed_globals())
+        allowed |= set(wo._get_user_allowed_globals())
+        return allowed
+    except Exception:  # noqa: BLE001
+        return set()
 
 
 def mismatch(module: torch.nn.Module, weights: dict[str, Any]) -> str:
@@ -209,9 +332,18 @@ def mismatch(module: torch.nn.Module, weights: dict[str, Any]) -> str:
 
 
 def _unreadable(path: Path, error: BaseException) -> UnreadableCheckpoint:
+    others = sorted(p.name for p in path.parent.glob("*.ckpt") if p.name != path.name)
+    instead = (
+        f"Use another checkpoint of the run (beside it: {', '.join(others[:6])}{', ...' if len(others) > 6 else ''})"
+        if others
+        else "Use another checkpoint, or train the run again"
+    )
+    detail = first_line(error)
+    if isinstance(error, pickle.UnpicklingError) or "weights_only" in detail:
+        detail = "its pickle is damaged"  # (torch's own text advises unpickling it unchecked)
     return UnreadableCheckpoint(
-        f"Could not read checkpoint {path}: it is empty, truncated or not a PyTorch checkpoint "
-        f"({first_line(error)}). Use another checkpoint, e.g. the run's checkpoints/last.ckpt."
+        f"Could not read checkpoint {path}: it is empty, truncated or not a PyTorch checkpoint ({detail}).",
+        f"{instead}.",
     )
 
 

@@ -7,6 +7,7 @@ import logging
 import math
 import os
 import re
+import shlex
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -18,7 +19,8 @@ import torch
 
 from nnlab.engine import distributed
 from nnlab.engine.acceleration import channels_last_batches, compile_mode, prepare_model
-from nnlab.engine.checkpoint import first_line, load_checkpoint, mismatch
+from nnlab.engine.callbacks import checkpoint_files
+from nnlab.engine.checkpoint import RefusedCheckpoint, UnreadableCheckpoint, first_line, load_checkpoint, mismatch
 from nnlab.engine.metrics import RunningMean
 from nnlab.engine.nonfinite import TrainingDiverged, locate_nonfinite
 from nnlab.engine.optim import NonFiniteStep, UpdateRules
@@ -80,7 +82,9 @@ class Trainer:
             "skip" the update, counting skips and stopping after `max_consecutive_skips`.
         max_consecutive_skips: skipped updates in a row that end a `nonfinite=skip` run.
         resume: "auto" continues from `last.ckpt` in this run's checkpoint folder when there is
-            one (set `hydra.run.dir` to the run's folder); None starts afresh.
+            one (set `hydra.run.dir` to the run's folder); None starts afresh. A last.ckpt that
+            cannot be read is renamed aside and the run continues from its newest checkpoint
+            that loads (by the steps it records), with a warning.
         summary: log a table of the model's layers, shapes and parameter counts at the start.
         strategy: "auto" (one process) or "ddp": DistributedDataParallel over the processes
             torchrun started (see `nnlab.engine.distributed`); each rank trains on its shard.
@@ -242,9 +246,10 @@ class Trainer:
             self.max_epochs,
             self.steps_per_epoch,
         )
-        path = Path(ckpt_path) if ckpt_path else self._auto_resume_path()
-        if path is not None:
-            self.restore(load_checkpoint(path, map_location=self.device), path)
+        if ckpt_path:
+            self.restore(self._load_given(Path(ckpt_path)), Path(ckpt_path))
+        elif self.resume == "auto":
+            self._resume_auto()
         # NHWC before DDP (its gradient buckets must see the final strides); compile after it.
         prepare_model(self.module, self.device, channels_last=self.channels_last)
         if self.strategy == "ddp" and dist_info.active:
@@ -507,24 +512,99 @@ class Trainer:
                 cb.load_state_dict(saved[name])
         set_rng_state(state["rng"])
         self.resumed_from = path
-        log.info("Resumed from %s: epoch %d, step %d", path, self.epoch + (self.epoch_step > 0), self.global_step)
+        log.info("Resumed from %s: %s", path, _position(state))
+
+    def checkpoint_folders(self) -> list[Path]:
+        """Where this run's checkpoints are written (the checkpoint callbacks' folders)."""
+        folders = [cb.checkpoint_dir(self) for cb in self.callbacks if hasattr(cb, "checkpoint_dir")]
+        return folders or [Path(self.output_dir) / "checkpoints"]
 
     def last_checkpoint(self) -> Path | None:
         """last.ckpt in this run's checkpoint folder, if there is one."""
-        folders = [cb.checkpoint_dir(self) for cb in self.callbacks if hasattr(cb, "checkpoint_dir")]
-        for folder in folders or [Path(self.output_dir) / "checkpoints"]:
+        for folder in self.checkpoint_folders():
             if (folder / "last.ckpt").is_file():
                 return folder / "last.ckpt"
         return None
 
-    def _auto_resume_path(self) -> Path | None:
-        """With resume=auto: last.ckpt, if a previous attempt of this run left one."""
-        if self.resume != "auto":
-            return None
-        path = self.last_checkpoint()
-        if path is None:
+    def _load_given(self, path: Path) -> dict[str, Any]:
+        """The state in `ckpt_path`. A file that cannot be read fails with its own message, whose
+        advice is replaced by a checkpoint beside it that does load (never the same file)."""
+        try:
+            return load_checkpoint(path, map_location=self.device)
+        except UnreadableCheckpoint as e:
+            others = [p for p in checkpoint_files(path.parent) if p.resolve() != path.resolve()]
+            try:
+                found = newest_resumable(others, "cpu")
+            except RefusedCheckpoint:  # (that one is refused when it is named; here it is only not suggested)
+                found = None
+            if found is not None:
+                other, state, _ = found
+                hint = (
+                    f"Continue from the newest checkpoint beside it that loads: ckpt_path={other} ({_position(state)})"
+                )
+            else:
+                hint = "No other checkpoint beside it loads: start the run afresh (without ckpt_path)"
+            raise UnreadableCheckpoint(e.what, f"{hint}.") from e
+
+    def _resume_auto(self) -> None:
+        """trainer.resume=auto: continue from last.ckpt if a previous attempt of this run left
+        one; from the run's newest checkpoint that loads if last.ckpt does not."""
+        last = self.last_checkpoint()
+        if last is None:
             log.info("trainer.resume=auto: no last.ckpt in %s yet, so the run starts from scratch.", self.output_dir)
-        return path
+            return
+        try:
+            state = load_checkpoint(last, map_location=self.device)
+        except UnreadableCheckpoint as e:  # (a RefusedCheckpoint, code in the pickle, stops the run)
+            self._resume_from_another(last, e)
+            return
+        self.restore(state, last)
+
+    def _resume_from_another(self, last: Path, error: UnreadableCheckpoint) -> None:
+        """last.ckpt cannot be read (a disk fault, a copy cut short): continue from the newest of
+        the run's other checkpoints (step/epoch snapshots, best.ckpt, top-k) that loads, by the
+        training progress it records, and redo the steps after it. The damaged files are renamed
+        aside (`<name>.damaged`), never deleted, so that the files the run writes next do not
+        overwrite them. When none loads, stop with a fix."""
+        damaged = error.what
+        others = [p for folder in self.checkpoint_folders() for p in checkpoint_files(folder) if p != last]
+        try:
+            found = newest_resumable(others, self.device)
+        except RefusedCheckpoint as e:  # never skipped: a run's own folder should not hold such a file
+            raise RefusedCheckpoint(
+                f"trainer.resume=auto looked for another checkpoint of the run because {last} cannot be read, "
+                f"and found one it refuses. {e}"
+            ) from e
+        if found is None:
+            folders = [f for f in self.checkpoint_folders() if f.is_dir()]
+            moves = " && ".join(
+                f"mv {shlex.quote(str(f))} {shlex.quote(str(_free_name(f, '.damaged')))}" for f in folders
+            )
+            tried = (
+                f"the {len(others)} other checkpoint(s) beside it do not load either"
+                if others
+                else "it is the run's only checkpoint"
+            )
+            raise UserError(
+                f"trainer.resume=auto cannot continue the run in {self.output_dir}: {damaged} And {tried}, so "
+                "there is no state to resume from; nothing was deleted. To train this run again from the start, move "
+                f"its damaged checkpoints aside and rerun the same command: {moves}. Or start a new run in another "
+                "folder (hydra.run.dir=<new folder>)."
+            ) from error
+        path, state, unreadable = found
+        self.restore(state, path)
+        moved = [last, *unreadable]
+        distributed.barrier()  # every rank has read the files before one of them renames any
+        if distributed.current().is_zero:
+            moved = [p.rename(_free_name(p, ".damaged")) for p in moved]
+        log.warning(
+            "%s trainer.resume=auto continues from %s instead (%s), the newest checkpoint of the run that loads, "
+            "and redoes the steps after it. Renamed aside, not deleted: %s.",
+            damaged,
+            path,
+            _position(state),
+            ", ".join(str(p) for p in moved),
+        )
 
     def _stateful_callbacks(self) -> Iterator[tuple[str, Any]]:
         seen: dict[str, int] = {}
@@ -545,6 +625,52 @@ class Trainer:
             fns = self._hooks[hook] = [getattr(cb, hook) for cb in self.callbacks if hasattr(cb, hook)]
         for fn in fns:
             fn(self, *args)
+
+
+# What `Trainer.restore` reads: a file without these holds no training state to continue.
+RESUMABLE_KEYS = ("model", "task", "epoch", "global_step", "epoch_step", "rng")
+
+
+def newest_resumable(
+    paths: list[Path], map_location: str | torch.device
+) -> tuple[Path, dict[str, Any], list[Path]] | None:
+    """Of the checkpoints `paths`, the one furthest into training that loads: (its path, its
+    state, the paths that could not be read); None when none loads.
+
+    "Furthest" is by the progress each file records, (global_step, epoch), then by the time it
+    was written: the modification time alone ranks a copied or touched file wrongly. At one
+    step, a state after the epoch's validation (epoch done) is newer than one before it. A file
+    whose pickle refers to code raises its `RefusedCheckpoint`: it is never skipped quietly.
+    Only the furthest state so far is kept in memory."""
+    best: tuple[tuple[int, int, float], Path, dict[str, Any]] | None = None
+    unreadable: list[Path] = []
+    for path in paths:
+        try:
+            state = load_checkpoint(path, map_location=map_location)
+        except UnreadableCheckpoint:
+            unreadable.append(path)
+            continue
+        if not isinstance(state, dict) or any(key not in state for key in RESUMABLE_KEYS):
+            continue  # loads, but holds weights only (not a file ModelCheckpoint wrote)
+        progress = (int(state["global_step"]), int(state["epoch"]), path.stat().st_mtime)
+        if best is None or progress > best[0]:
+            best = (progress, path, state)
+    return None if best is None else (best[1], best[2], unreadable)
+
+
+def _position(state: dict[str, Any]) -> str:
+    """Where a checkpoint's state is in training, as the log shows it: "epoch 3, step 56" (the
+    epoch in progress when mid-epoch, else the last one done)."""
+    return f"epoch {state['epoch'] + (state['epoch_step'] > 0)}, step {state['global_step']}"
+
+
+def _free_name(path: Path, suffix: str) -> Path:
+    """`path` + `suffix`, or + `suffix`-2, -3, ... when that is taken: renaming there loses nothing."""
+    candidate, n = path.with_name(path.name + suffix), 1
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.name}{suffix}-{n}")
+    return candidate
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
