@@ -131,21 +131,22 @@ def before_checkpoint(epoch: str) -> None:
 
 
 def save_half(n: str) -> None:
-    count, save = Count(int(n)), torch.save
+    count, save = Count(int(n)), checkpoint.save_checkpoint
 
-    def patched(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
-        name = str(getattr(f, "name", ""))
-        if not (name.endswith(f".ckpt.{os.getpid()}.tmp") and count.tick()):  # save_checkpoint's file
-            return save(obj, f, *args, **kwargs)
+    def patched(state: dict[str, Any], path: str | Path) -> Path:
+        if not count.tick():
+            return save(state, path)
         buffer = io.BytesIO()
-        save(obj, buffer, *args, **kwargs)
+        torch.save(state, buffer)
         data = buffer.getvalue()
-        f.write(data[: len(data) // 2])
-        f.flush()
-        os.fsync(f.fileno())  # the half-written file really is on disk
+        path = Path(path)
+        with open(path.with_name(f"{path.name}.{os.getpid()}.tmp"), "wb") as f:  # save_checkpoint's temporary file
+            f.write(data[: len(data) // 2])
+            f.flush()
+            os.fsync(f.fileno())  # the half-written file really is on disk
         die(settle=False)
 
-    torch.save = patched  # checkpoint.py calls torch.save: the module attribute, looked up per call
+    checkpoint.save_checkpoint = patched  # what CheckpointWriter calls: the module attribute, looked up per call
 
 
 def before_link(n: str) -> None:

@@ -354,8 +354,9 @@ def test_every_command_refuses_every_payload(command: str, shape: str, tiny: dic
     assert_refused(run_command(command, command_args(command, path, tmp_path), tmp_path), marker)
 
 
-@pytest.mark.parametrize("shape", ["posix_system", "stack_global"])
-@pytest.mark.parametrize("how", ["ckpt_path", "resume_auto", "init_from"])
+@pytest.mark.parametrize(
+    "how, shape", [("ckpt_path", "posix_system"), ("resume_auto", "stack_global"), ("init_from", "builtins_exec")]
+)
 def test_training_refuses_a_pickled_call_however_the_checkpoint_is_named(
     how: str, shape: str, tiny: dict, tmp_path: Path
 ) -> None:

@@ -2,9 +2,11 @@
 
     nnlab-train, nnlab-lr-find, ...  ->  cli(main, explain)  ->  @hydra.main main(cfg)  ->  guarded(body)
 
-A user's mistake (a `UserError`) ends with `Error: <message>` on stderr and exit code 2, a
-Ctrl-C with exit code 130 (a SIGTERM during training: 143), and a bug keeps its traceback.
-`HYDRA_FULL_ERROR=1` shows the traceback of everything.
+A user's mistake (a `UserError`) ends with `Error: <message>` on stderr and exit code 2, and so
+does a write the operating system refused (a full disk, a quota, a read-only mount:
+`nnlab.write_errors`); a Ctrl-C with exit code 130 (a SIGTERM during training: 143), and a bug
+keeps its traceback. `HYDRA_FULL_ERROR=1` shows the traceback of everything. `guarded` also holds
+the lock of the command's run folder (`nnlab.runfolder`) while the command runs.
 """
 
 from __future__ import annotations
@@ -18,29 +20,46 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TypeVar
 
-from hydra.errors import InstantiationException
+from hydra.errors import CompactHydraException, InstantiationException
 
+from nnlab import runfolder
 from nnlab.errors import Stopped, UserError
-from nnlab.runinfo import write_status
+from nnlab.write_errors import write_error_message, write_status_anyway
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-def user_error_message(error: BaseException) -> str | None:
-    """The message for a mistake of the user's, or None for a bug (which keeps its traceback)."""
+def user_error_message(error: BaseException, folder: str | Path | None = None) -> str | None:
+    """The message for a mistake of the user's or a write the operating system refused (naming
+    its file, else `folder`), or None for a bug (which keeps its traceback)."""
+    if isinstance(error, InstantiationException) and error.__cause__ is not None:
+        error = error.__cause__  # (raised in a constructor Hydra called)
     if isinstance(error, UserError):
         return str(error)
-    if isinstance(error, InstantiationException) and isinstance(error.__cause__, UserError):
-        return str(error.__cause__)
-    return None
+    return write_error_message(error, folder)
 
 
-class TrialFailed(Exception):
+class TrialFailed(CompactHydraException):
     """A sweep trial ended with a user error: raised (instead of exiting) so that Hydra records
-    the trial as failed and the sweep goes on with the others."""
+    the trial as failed and the sweep goes on with the others. When the sweeper then reports
+    the failed trial, Hydra prints only the message of a `CompactHydraException` (no
+    traceback) and exits with status 1."""
+
+
+def trial_failed(message: str, output_dir: str | Path) -> TrialFailed:
+    """Which trial of the sweep failed, why, and where to see every trial."""
+    from hydra.core.hydra_config import HydraConfig
+
+    hydra_cfg = HydraConfig.get()
+    return TrialFailed(
+        f"Trial {hydra_cfg.job.num} of the sweep ({' '.join(hydra_cfg.overrides.task)}) failed: {message} "
+        f"`nnlab-report {hydra_cfg.sweep.dir}` shows every trial with its status and error (this one's is in "
+        f"{Path(output_dir) / 'status.json'})."
+    )
 
 
 def guarded(body: Callable[[], T], interrupted: str = "", output_dir: str | None = None) -> T:
@@ -48,37 +67,52 @@ def guarded(body: Callable[[], T], interrupted: str = "", output_dir: str | None
     error; on Ctrl-C exit 130 after logging "Stopped by Ctrl-C." and `interrupted` (on a
     SIGTERM the trainer turned into `Stopped`, 143 and "Stopped by SIGTERM.").
 
+    `output_dir` is the command's run folder: it is locked first (`nnlab.runfolder`: a second
+    process into a folder in use stops with one paragraph, before writing anything there) and
+    unlocked when the command ends. A command refused before it wrote anything leaves no folder
+    behind (`runfolder.discard_if_unused`; outside sweeps).
+
     In a sweep (`-m`) a failing trial must not end the sweep: its error is printed and written
     to the trial's `status.json` (with `output_dir`), then raised as `TrialFailed`, which Hydra's
     sweepers record as a failed job before running the remaining trials.
     """
     StartupStderr.release()
     started = time.time()
+    lock: runfolder.RunFolderLock | None = None
     try:
+        if output_dir is not None:
+            lock = runfolder.lock_run_folder(output_dir)
         return body()
     except KeyboardInterrupt as e:
         stop = e if isinstance(e, Stopped) else Stopped(signal.SIGINT)
-        if output_dir is not None:
-            write_status(output_dir, "interrupted", started)
+        if lock is not None:
+            write_status_anyway(output_dir, "interrupted", started)
         log.warning("%s", f"Stopped by {stop.cause}. {interrupted}".strip())
         sys.exit(128 + stop.signum)
     except Exception as e:
-        message = user_error_message(e)
+        message = user_error_message(e, output_dir)
         if output_dir is not None and in_sweep():
             from hydra.core.hydra_config import HydraConfig
 
             overrides = list(HydraConfig.get().overrides.task)  # the trial's, for nnlab-report
-            write_status(
-                output_dir, "failed", started, error=message or f"{type(e).__name__}: {e}", overrides=overrides
-            )
+            if lock is not None:  # (never into a folder another process holds)
+                error = message or f"{type(e).__name__}: {e}"
+                write_status_anyway(output_dir, "failed", started, error=error, overrides=overrides)
             if message is not None and os.environ.get("HYDRA_FULL_ERROR") != "1":
                 print(f"Error: {message}", file=sys.stderr)
-                raise TrialFailed(message) from None
+                raise trial_failed(message, output_dir) from None
             raise
         if message is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
+        if output_dir is not None:
+            # Before the message: not one line of this process may go into a folder it was refused,
+            # and a folder it made for nothing goes away.
+            runfolder.discard_if_unused(output_dir, lock)
         print(f"Error: {message}", file=sys.stderr)
         sys.exit(2)
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def in_sweep() -> bool:

@@ -327,7 +327,7 @@ def rerun_command(lr: float) -> str:
 
 @hydra.main(version_base="1.3", config_path="pkg://nnlab.configs", config_name="lr_find")
 def main(cfg: DictConfig) -> None:
-    guarded(lambda: lr_find(cfg))
+    guarded(lambda: lr_find(cfg), output_dir=cfg.paths.output_dir)
 
 
 # nnlab.overrides.explain, which knows train.yaml's keys, plus the keys of `lr_find`.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import re
+import shlex
 from collections.abc import Callable
 
 from nnlab.errors import did_you_mean
@@ -25,6 +26,10 @@ def explain(hydra_message: str, overrides: list[str]) -> str | None:
             "the place is not writable. Set hydra.run.dir (or paths.log_dir, or the NNLAB_ROOT environment "
             "variable) to a folder that can be created."
         )
+    m = re.search(r"^LexerNoViableAltException: (.*)\n( *)\^", hydra_message, flags=re.MULTILINE)
+    if m:  # a character the override grammar reads only inside quotes (é, ;, #, ...)
+        override = m.group(1)
+        return _unquoted_character(override, len(m.group(2)) - len("LexerNoViableAltException: "))
     m = re.search(r"Could not override '([^']+)'", hydra_message)
     if m:
         return _unknown_key(m.group(1), overrides)
@@ -37,6 +42,70 @@ def explain(hydra_message: str, overrides: list[str]) -> str | None:
                 f"Unknown choice {group}={name}: there is no configs/{group}/{name}.yaml.{did_you_mean(name, options)}"
                 f" Choose one of: {', '.join(options)}."
             )
+    return None
+
+
+def _unquoted_character(override: str, at: int) -> str:
+    """Name the character Hydra's lexer stopped at (`at`: its index in `override`) and, for one in
+    a value, the same override with that value (or list element) quoted, checked to parse.
+
+    Hydra 1.3's override grammar reads unquoted keys and values as ASCII letters, digits and a few
+    symbols (`/ - + . : $ * % @ ? |` and spaces); any other character, non-ASCII letters included
+    (`données`, `é`), is accepted inside single or double quotes only: `key="/tmp/données.csv"`.
+    Keys cannot be quoted at all.
+    """
+    if not 0 <= at < len(override):  # (a caret we cannot place: take the first non-ASCII character)
+        at = next((i for i, c in enumerate(override) if not c.isascii()), 0)
+    char = override[at]
+    what = repr(char) + ("" if char.isascii() else " (not ASCII)")
+    equals = override.find("=")
+    if equals == -1 or at < equals:
+        key = override[:equals] if equals != -1 else override
+        return (
+            f"The override {shlex.quote(override)} has {what} in its key '{key}': Hydra reads keys made of ASCII "
+            "letters, digits, '_', '-' and '.' only, as every nnlab key is. Check the key's spelling "
+            "(`nnlab-train --help` lists the groups, `nnlab-train --cfg job` the keys and values)."
+        )
+    fixed = _quote_value(override, equals + 1, at)
+    if fixed is None:
+        return (
+            f"The override {shlex.quote(override)} has {what} in its value, which Hydra's override grammar "
+            "reads only inside quotes: put the value, or the list element that holds it, in double quotes, "
+            """and the whole override in single quotes for the shell, e.g. 'key="value"'."""
+        )
+    return (
+        f"The override {shlex.quote(override)} has {what} in its value, which Hydra's override grammar reads "
+        f"only inside quotes. Quote it: {shlex.quote(fixed)} (the outer single quotes keep the shell from "
+        "removing the inner ones)."
+    )
+
+
+def _quote_value(override: str, start: int, at: int) -> str | None:
+    """`override` with the part of its value around index `at` quoted so that Hydra parses it:
+    the whole value when it is one (`path="données.csv"`), else the list, dict or sweep element
+    that holds `at` (`[1,"é"]`, `{name:"é"}`); None when no quoting parses."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    value = override[start:]
+    at -= start
+    candidates = []
+    if not value.lstrip().startswith(("[", "{")) and "," not in value:
+        candidates.append((0, len(value)))
+    for stops in ("[]{},", "[]{},:"):  # an element; then a dict value without the key before its ':'
+        left = max(value.rfind(c, 0, at) for c in stops) + 1
+        right = min([i for i in (value.find(c, at) for c in stops) if i != -1], default=len(value))
+        candidates.append((left, right))
+    parser = OverridesParser.create()
+    for left, right in candidates:
+        part = value[left:right].strip()
+        quote = "'" if '"' in part else '"'
+        before = value[:left] + value[left:right][: len(value[left:right]) - len(value[left:right].lstrip())]
+        fixed = f"{override[:start]}{before}{quote}{part}{quote}{value[right:]}"
+        try:
+            parser.parse_override(fixed)
+        except Exception:
+            continue
+        return fixed
     return None
 
 

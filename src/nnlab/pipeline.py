@@ -29,8 +29,10 @@ from nnlab.console import print_config_tree, print_metrics_table
 from nnlab.engine import distributed
 from nnlab.engine.rng import seed_everything
 from nnlab.errors import ConfigValueError, DataMismatchError, OptionError, UserError, did_you_mean
+from nnlab.runfolder import lock_run_folder
 from nnlab.runinfo import run_info, write_json, write_status
 from nnlab.validation import validate_config
+from nnlab.write_errors import write_status_anyway
 
 log = logging.getLogger(__name__)
 
@@ -102,11 +104,19 @@ def cross_validate(cfg: DictConfig) -> dict[str, float]:
 
 
 def train_once(cfg: DictConfig, show_table: bool = True) -> dict[str, float]:
-    """One run: validate, build, fit, test, write metrics.json."""
+    """One run: validate, build, fit, test, write metrics.json; in its run folder, locked
+    (`nnlab.runfolder`: the command's own folder is locked already; a fold's or member's
+    sub-folder, or the folder of the run `ckpt_path` continues, is locked here)."""
     validate_config(cfg)
     if cfg.get("print_config"):
         print_config_tree(cfg)
     output_dir = continue_in_run_folder(cfg)
+    with lock_run_folder(output_dir):
+        return fit_and_test(cfg, output_dir, show_table)
+
+
+def fit_and_test(cfg: DictConfig, output_dir: Path, show_table: bool) -> dict[str, float]:
+    """`train_once` in its locked run folder: seed, build, fit, test, write metrics.json."""
     seed_everything(cfg.seed)
 
     parts = build(cfg)
@@ -134,17 +144,22 @@ def train_once(cfg: DictConfig, show_table: bool = True) -> dict[str, float]:
         metrics = {**trainer.metrics, **trainer.test(task, data)}
         if logger is not None:
             logger.log_hparams(hyperparameters(cfg), metrics)
+            logger.close()  # its last events on disk (or its write error raised) before the run is done
+        metrics = dict(sorted(metrics.items()))
+        write_json(metrics, output_dir / "metrics.json")
+        write_status(output_dir, "completed", started)
     except Exception as e:
         if recorded and not app.in_sweep():  # (a sweep's trial records its failure in app.guarded)
-            write_status(output_dir, "failed", started, error=app.user_error_message(e) or f"{type(e).__name__}: {e}")
+            error = app.user_error_message(e, output_dir) or f"{type(e).__name__}: {e}"
+            write_status_anyway(output_dir, "failed", started, error=error)  # (also on a full disk)
         raise
     finally:
         if logger is not None:
-            logger.close()  # flushes event files, also on Ctrl-C or an error
+            try:
+                logger.close()  # flushes event files, also on Ctrl-C or an error
+            except OSError:  # a full disk: the error already on its way says so
+                pass
 
-    metrics = dict(sorted(metrics.items()))
-    write_json(metrics, output_dir / "metrics.json")
-    write_status(output_dir, "completed", started)
     if show_table:
         print_metrics_table(metrics)
     log.info("Results in %s", output_dir)

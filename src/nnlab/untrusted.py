@@ -168,9 +168,9 @@ def buildable(container: Any, origin: str | Path, trust: bool = False) -> DictCo
         where, text = interpolated
         raise UntrustedConfigError(
             f"Refused to build the run stored in {origin}: its config holds the interpolation "
-            f"{printable(text, 100)!r} at {printable(where, 100) or 'the top level'}. nnlab stores configs with every value "
-            "resolved, and OmegaConf evaluates ${...} through resolvers that can build new nodes (and with them "
-            f"code to call), so a config from elsewhere may hold no ${{ at all. {TRUST_HINT}"
+            f"{printable(text, 100)!r} at {printable(where, 100) or 'the top level'}. nnlab stores configs with "
+            "every value resolved, and OmegaConf evaluates ${...} through resolvers that can build new nodes "
+            f"(and with them code to call), so a config from elsewhere may hold no ${{ at all. {TRUST_HINT}"
         )
     allowed = catalogue_targets()
     foreign = [(where, t) for where, t in _target_values(container, "") if not isinstance(t, str) or t not in allowed]

@@ -22,6 +22,7 @@ class ArrayDataset:
         given, the DataModule tests on exactly those rows and draws val from the others.
     feature_names: one name per feature of a tabular dataset (x of shape (N, F)), e.g. the CSV's
         columns; they label attributions (nnlab-explain) and predictions.
+    source: where the rows were read from (a CSV file's path), named by messages about them.
     """
 
     x: np.ndarray
@@ -30,6 +31,7 @@ class ArrayDataset:
     class_names: list[str] | None = None
     test_mask: np.ndarray | None = None
     feature_names: list[str] | None = None
+    source: str | None = None
 
     def __post_init__(self) -> None:
         self.x = np.ascontiguousarray(self.x, dtype=np.float32)

@@ -12,7 +12,7 @@ import torch
 
 from nnlab.data import missing as gaps
 from nnlab.data.arrays import ArrayDataset
-from nnlab.data.split import fit_minmax, fit_standardizer, fold_indices, split_indices
+from nnlab.data.split import ENOUGH_ROWS, MIN_ROWS, fit_minmax, fit_standardizer, fold_indices, split_indices
 from nnlab.errors import ConfigValueError, OptionError, check_choice, check_range, did_you_mean
 
 log = logging.getLogger(__name__)
@@ -205,6 +205,12 @@ class DataModule:
         self.feature_names = dataset.feature_names  # tabular data: one name per input column
         self.input_shape = dataset.input_shape
 
+        if len(dataset.x) < MIN_ROWS:
+            rows = f"{len(dataset.x)} row{'s' if len(dataset.x) > 1 else ''}"
+            raise ConfigValueError(
+                f"data: {dataset.source or 'the dataset'} has only {rows}: too few to split into training, "
+                f"validation and test rows, one each at the least. Add examples: {ENOUGH_ROWS}."
+            )
         stratify = stratify and dataset.kind == "classification"
         if dataset.test_mask is None:
             idx = split_indices(dataset.y, val_fraction, test_fraction, stratify, seed)
@@ -236,14 +242,9 @@ class DataModule:
                 )
             log.info("data.impute=drop: kept %d of %d training rows (no missing value)", complete.sum(), len(complete))
             x["train"], y["train"] = x["train"][complete], y["train"][complete]
-        for name, fraction in (("train", None), ("val", val_fraction), ("test", test_fraction)):
+        for name in ("train", "val", "test"):
             if len(x[name]) == 0:
-                fix = (
-                    f"raise data.{name}_fraction (now {fraction})"
-                    if fraction is not None
-                    else "lower data.val_fraction or data.test_fraction"
-                )
-                raise ConfigValueError(f"data: the {name} split of {len(dataset.x)} rows is empty; {fix}.")
+                raise ConfigValueError(_empty_split(name, dataset, val_fraction, test_fraction, stratify, seed))
         # The train split's statistics, kept so that new inputs (nnlab-predict) get the same
         # imputation and scaling. x_scale is (offset, divisor): (mean, std) or (min, max - min).
         self.imputer: gaps.Imputer | None = None
@@ -428,6 +429,64 @@ class _OrderSampler(torch.utils.data.Sampler):
 
     def __iter__(self):
         return iter(self.data._train_order.tolist())
+
+
+def _empty_split(name: str, dataset: ArrayDataset, val: float, test: float, stratify: bool, seed: int) -> str:
+    """The message for an empty split, with the fractions nearest to `val` and `test` (and
+    `stratify`) that give every split a row, found by trying them on the same rows and seed."""
+    source = f" of {dataset.source}" if dataset.source else ""
+    rows = f"{len(dataset.x)} rows{source}"
+    now = f"data.val_fraction={val} and data.test_fraction={test}"
+    found = _fractions_that_fill_every_split(dataset, val, test, stratify, seed)
+    if found == (val, test, stratify):  # the split itself is fine: a later option emptied it
+        fix = (
+            "lower data.val_fraction or data.test_fraction"
+            if name == "train"
+            else f"raise data.{name}_fraction (now {val if name == 'val' else test})"
+        )
+        return f"data: the {name} split of {rows} is empty; {fix}."
+    if found is None:
+        return (
+            f"data: the {name} split of the {rows} is empty, and no data.val_fraction and data.test_fraction "
+            f"give each of the training, validation and test splits a row of so few. Add rows: {ENOUGH_ROWS}."
+        )
+    new_val, new_test, new_stratify = found
+    settings = [f"data.val_fraction={new_val}"] if new_val != val else []
+    settings += [f"data.test_fraction={new_test}"] if new_test != test and dataset.test_mask is None else []
+    settings += ["data.stratify=false"] if new_stratify != stratify else []
+    whose = "each class's rows (data.stratify splits every class alike)" if stratify else "the rows"
+    if name == "train":
+        why = f"{now} take all of {whose}"
+    else:
+        why = f"data.{name}_fraction={val if name == 'val' else test} of {whose} rounds to no row"
+    return (
+        f"data: the {name} split of the {rows} is empty: {why}. Set {' '.join(settings)}, which gives every "
+        "split a row (or add rows)."
+    )
+
+
+def _fractions_that_fill_every_split(
+    dataset: ArrayDataset, val: float, test: float, stratify: bool, seed: int
+) -> tuple[float, float, bool] | None:
+    """(val_fraction, test_fraction, stratify) nearest the given ones whose split leaves no split
+    empty, on a grid of 0.05 steps (stratified first, as asked), or None when none does."""
+    steps = [round(0.05 * i, 2) for i in range(1, 19)]
+    tests = [test] if dataset.test_mask is not None else [test, *steps]
+    trials = sorted(
+        {(v, t) for v in [val, *steps] for t in tests if round(v + t, 2) < 1.0},
+        key=lambda vt: (abs(vt[0] - val) + abs(vt[1] - test), vt),
+    )
+    y = dataset.y if dataset.test_mask is None else dataset.y[~dataset.test_mask]
+    # Two training rows if the data allow (batch norm cannot train on a batch of one), else one.
+    for least_train in (2, 1):
+        for strat in dict.fromkeys([stratify, False]):
+            for v, t in trials:
+                sizes = [len(s) for s in split_indices(y, v, 0.0 if dataset.test_mask is not None else t, strat, seed)]
+                if dataset.test_mask is not None:
+                    sizes[2] = int(dataset.test_mask.sum())
+                if sizes[0] >= least_train and min(sizes) > 0:
+                    return v, t, strat
+    return None
 
 
 def _with_outliers(y: np.ndarray, fraction: float, scale: float, seed: int) -> np.ndarray:

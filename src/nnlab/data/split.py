@@ -4,6 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
+# Each split needs a row; a class's share of each split is rounded to whole rows, and with the
+# default fractions (val 0.1, test 0.2) 6 rows are the fewest whose 0.1 rounds to one row.
+MIN_ROWS = 3
+ENOUGH_ROWS = (
+    "with the default data.val_fraction=0.1 and data.test_fraction=0.2, 6 rows of each class (6 rows for a "
+    "regression target) give the validation and test splits a row each, and a model needs many more to learn"
+)
+
 
 def split_indices(
     y: np.ndarray, val_fraction: float, test_fraction: float, stratify: bool, seed: int

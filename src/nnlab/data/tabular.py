@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from nnlab.data.arrays import ArrayDataset
+from nnlab.data.split import ENOUGH_ROWS
 from nnlab.errors import ConfigValueError, UserError, check_choice, did_you_mean
 
 log = logging.getLogger(__name__)
@@ -123,7 +124,9 @@ def csv(
     if not blocks:
         raise UserError(f"{name}: every feature column is empty.")
     x = np.concatenate(blocks, axis=1)
-    y, kind, class_names = _target(name, target, columns[target], lines, kind)
+    # Columns that could be predicted instead, likeliest labels first: those with the fewest values.
+    others = sorted((c for c in features if len(set(columns[c])) > 1), key=lambda c: len(set(columns[c])))
+    y, kind, class_names = _target(name, target, columns[target], lines, kind, others)
     log.info(
         "%s: %d rows, %d features (%s), target '%s': %s%s",
         name,
@@ -134,7 +137,7 @@ def csv(
         kind,
         f" with classes {_some(class_names)}" if class_names else "",
     )
-    return ArrayDataset(x, y, kind, class_names, feature_names=names)
+    return ArrayDataset(x, y, kind, class_names, feature_names=names, source=name)
 
 
 def _read(file: Path, delimiter: str) -> tuple[list[str], list[list[str]], list[int]]:
@@ -179,7 +182,10 @@ def _read(file: Path, delimiter: str) -> tuple[list[str], list[list[str]], list[
             f"{file.resolve()} is empty: a CSV needs a header line naming the columns, then one line per example."
         )
     if not rows:
-        raise UserError(f"{file.resolve()} has a header line but no data rows.")
+        raise UserError(
+            f"{file.resolve()} has a header line but no data rows. Add the examples below it, one line each: "
+            f"{ENOUGH_ROWS}."
+        )
     return header, rows, lines
 
 
@@ -273,8 +279,9 @@ def _feature(
     return col[:, None].astype(np.float32), [column]
 
 
-def _target(name: str, column: str, values: list[str], lines: list[int], kind: str):
-    """y, the resolved kind and the class names."""
+def _target(name: str, column: str, values: list[str], lines: list[int], kind: str, others: list[str]):
+    """y, the resolved kind and the class names. `others`: the feature columns that vary, named as
+    targets to predict instead when this one has a single class."""
     numbers = [_number(v) for v in values]
     text = [i for i, n in enumerate(numbers) if n is None]
     if kind == "regression" and text:
@@ -301,8 +308,16 @@ def _target(name: str, column: str, values: list[str], lines: list[int], kind: s
         return np.array(numbers, dtype=np.float32), kind, None
     keys = values if text else numbers  # numbers compare numerically: "1" and "1.0" are one class
     classes = sorted(set(keys))
-    if len(classes) < 2:
-        raise UserError(f"{name}: target column '{column}' has the single value {values[0]!r}: nothing to classify.")
+    # (A lone row is one class too: the DataModule says it is too few rows to split, which is the point.)
+    if len(classes) < 2 and len(values) > 1:
+        instead = ""
+        if others:
+            more = f" (columns with more than one value: {_some(others)})" if len(others) > 1 else ""
+            instead = f", or predict another column: data.dataset.target={others[0]}{more}"
+        raise UserError(
+            f"{name}: target column '{column}' has the single value {values[0]!r} in all {len(values)} rows: nothing "
+            f"to classify, as a classifier tells two or more classes apart. Add rows of other classes{instead}."
+        )
     index = {c: k for k, c in enumerate(classes)}
     y = np.array([index[k] for k in keys], dtype=np.int64)
     class_names = [c if text else _format_number(c) for c in classes]

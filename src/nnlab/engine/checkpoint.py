@@ -263,7 +263,7 @@ def _pickles(path: Path) -> Iterator[bytes]:
 
 
 def _globals_in(data: bytes) -> set[str]:
-    """"module.name" of every GLOBAL, INST and STACK_GLOBAL in the pickles at the start of `data`."""
+    """The "module.name" of every GLOBAL, INST and STACK_GLOBAL in the pickles at the start of `data`."""
     found: set[str] = set()
     stream = io.BytesIO(data)
     while stream.tell() < len(data):
@@ -294,7 +294,7 @@ def _globals_in(data: bytes) -> set[str]:
 
 
 def _py3_name(module: str, name: str = "") -> str:
-    """"module.name" as Python 3 unpickles it (protocol 2 writes builtins as __builtin__)."""
+    """The "module.name" as Python 3 unpickles it (protocol 2 writes builtins as __builtin__)."""
     module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
     return f"{_compat_pickle.IMPORT_MAPPING.get(module, module)}.{name}"
 
