@@ -308,8 +308,12 @@ def _target(name: str, column: str, values: list[str], lines: list[int], kind: s
         return np.array(numbers, dtype=np.float32), kind, None
     keys = values if text else numbers  # numbers compare numerically: "1" and "1.0" are one class
     classes = sorted(set(keys))
-    # (A lone row is one class too: the DataModule says it is too few rows to split, which is the point.)
-    if len(classes) < 2 and len(values) > 1:
+    if len(values) == 1:  # (one row is one class too, but the point is that it is one row)
+        raise UserError(
+            f"{name} has only 1 row: too few to split into training, validation and test rows, one each at the "
+            f"least. Add examples: {ENOUGH_ROWS}."
+        )
+    if len(classes) < 2:
         instead = ""
         if others:
             more = f" (columns with more than one value: {_some(others)})" if len(others) > 1 else ""
