@@ -338,7 +338,7 @@ def _unreadable(path: Path, error: BaseException) -> UnreadableCheckpoint:
         if others
         else "Use another checkpoint, or train the run again"
     )
-    detail = first_line(error)
+    detail = first_line(error).split(". ")[0]  # (torch's zip reader goes on about miniz for 3 more sentences)
     if isinstance(error, pickle.UnpicklingError) or "weights_only" in detail:
         detail = "its pickle is damaged"  # (torch's own text advises unpickling it unchecked)
     return UnreadableCheckpoint(
