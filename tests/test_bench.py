@@ -1,5 +1,6 @@
-"""nnlab-bench (nnlab.bench): the raw loop is nnlab's computation without the framework, so the
-two reach the same weights; the other loops learn alike; the command writes sane results."""
+"""`python -m benchmarks.bench` (benchmarks/, run from a checkout): the raw loop is nnlab's
+computation without the framework, so the two reach the same weights; the other loops learn
+alike; the SOM case compares with MiniSom; the command writes sane results."""
 
 from __future__ import annotations
 
@@ -7,15 +8,19 @@ import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
+from benchmarks.bench import main, run_torch_case
+from benchmarks.bench_som import MINISOM_SIGMAS, som_rows
+from benchmarks.cases import CASES, Case, compose
+from benchmarks.lightning_loop import INSTALL, lightning_loop
+from benchmarks.loops import Unavailable, dataloader_loop, nnlab_loop, raw_loop
 from helpers import CLI_TIMEOUT_S, cli_env
-from nnlab.bench.cases import CASES, Case, compose
-from nnlab.bench.lightning_loop import INSTALL, lightning_loop
-from nnlab.bench.loops import Unavailable, dataloader_loop, nnlab_loop, raw_loop
-from nnlab.bench.main import main, run_torch_case
+
+ROOT = Path(__file__).resolve().parents[1]  # the checkout, where benchmarks/ lives
 
 # Two epochs of the default experiment (20 steps each), with its dropout and batch norm.
 MLP_2_EPOCHS = [*CASES["mlp_digits"].overrides, "trainer.max_epochs=2", "trainer.device=cpu"]
@@ -66,14 +71,36 @@ def test_lightning_skipped_when_absent(monkeypatch, tmp_path):
 
 
 def test_overrides_reach_every_implementation(tmp_path):
-    """`nnlab-bench -- KEY=VALUE`: the case's config with the user's settings, for nnlab and the
-    raw loop alike (so still the same computation: the same loss)."""
+    """`python -m benchmarks.bench -- KEY=VALUE`: the case's config with the user's settings, for
+    nnlab and the raw loop alike (so still the same computation: the same loss)."""
     case = Case("tiny", CASES["mlp_digits"].overrides, 1, ("nnlab", "raw"))
     result = run_torch_case(case, 1, 1, "cpu", tmp_path, overrides=["model.hidden_sizes=[16]", "model.dropout=0.0"])
     rows = {r["implementation"]: r for r in result["rows"]}
     assert round(rows["nnlab"]["train_loss"], 5) == round(rows["raw"]["train_loss"], 5)
     weights = torch.load(tmp_path / "nnlab_0" / "checkpoints" / "last.ckpt", weights_only=True)["model"]
     assert weights["net.1.weight"].shape == (16, 64)
+
+
+def test_som_case_runs_nnlab_then_minisom_at_each_sigma():
+    """The `som_digits` case: nnlab's batch SOM row, then one MiniSom row per sigma with its time
+    over nnlab's; the quantization errors of a map trained on standardized digits are sane."""
+    rows, notes = som_rows(epochs=2, device="cpu", repeats=1)
+    assert notes == []
+    assert [r["implementation"] for r in rows] == ["nnlab"] + [rows[1]["implementation"]] * len(MINISOM_SIGMAS)
+    assert rows[1]["implementation"].startswith("MiniSom ")
+    assert [r["mode"] for r in rows] == ["batch"] + [f"online, sigma {s}" for s in MINISOM_SIGMAS]
+    assert rows[0]["iterations"] == "2 epochs, 2 updates"  # the batch SOM: one full-batch update an epoch
+    for r in rows:
+        assert r["train_s"] > 0 and 0 < r["qe"] < 8 and 0 <= r["te"] <= 1, r["mode"]  # 64 z-scored features
+    for r in rows[1:]:
+        assert r["speedup"] == pytest.approx(r["train_s"] / rows[0]["train_s"])
+
+
+def test_som_case_without_minisom_keeps_nnlabs_row(monkeypatch):
+    monkeypatch.setitem(sys.modules, "minisom", None)  # makes `import minisom` raise ImportError
+    rows, notes = som_rows(epochs=1, device="cpu", repeats=1)
+    assert [r["implementation"] for r in rows] == ["nnlab"]
+    assert notes == ["MiniSom is not installed, so its rows are skipped: pip install minisom"]
 
 
 @pytest.mark.parametrize(
@@ -105,8 +132,8 @@ def test_cli_writes_json_and_markdown(tmp_path):
     out, md = tmp_path / "bench.json", tmp_path / "bench.md"
     args = ["--cases", "mlp_digits,gpu_resnet", "--epochs", "1", "--repeats", "1", "--device", "cpu"]
     proc = subprocess.run(
-        [sys.executable, "-m", "nnlab.bench.main", *args, "--out", str(out), "--markdown", str(md)],
-        cwd=tmp_path,
+        [sys.executable, "-m", "benchmarks.bench", *args, "--out", str(out), "--markdown", str(md)],
+        cwd=ROOT,  # as a user runs it: from the root of the checkout (runs go under NNLAB_ROOT=tmp_path)
         env=cli_env(tmp_path),
         capture_output=True,
         text=True,

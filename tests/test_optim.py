@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from torch import nn
 from torch.optim.lr_scheduler import OneCycleLR, ReduceLROnPlateau, StepLR
 
-from nnlab.bench.cases import CONFIG_DIR
+from helpers import CONFIG_DIR
 from nnlab.engine.optim import Optimization, build_scheduler
 from nnlab.errors import ConfigValueError
 

@@ -1,5 +1,6 @@
-"""The measurement scripts under scripts/ run and print their tables (a short run each: the
-figures themselves are for docs/benchmarks.md, not for tests)."""
+"""The measurement scripts under benchmarks/ run and print their tables (a short run each: the
+figures themselves are for docs/benchmarks.md, not for tests). Each runs as a user runs it:
+`python -m benchmarks.<name>` from the root of the checkout."""
 
 from __future__ import annotations
 
@@ -12,12 +13,17 @@ import pytest
 
 from helpers import CLI_TIMEOUT_S
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+ROOT = Path(__file__).resolve().parents[1]  # the checkout, where benchmarks/ lives
 
 
 def run_script(name: str, *args: str) -> str:
+    """`python -m benchmarks.<name> <args>` from the root of the checkout; its stdout."""
     proc = subprocess.run(
-        [sys.executable, str(SCRIPTS / name), *args], capture_output=True, text=True, timeout=CLI_TIMEOUT_S
+        [sys.executable, "-m", f"benchmarks.{name}", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT_S,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
@@ -25,7 +31,7 @@ def run_script(name: str, *args: str) -> str:
 
 @pytest.mark.slow
 def test_bench_fused_times_each_optimizer_both_ways() -> None:
-    out = run_script("bench_fused.py", "--epochs", "1", "--optimizers", "adam,sgd_plain")
+    out = run_script("bench_fused", "--epochs", "1", "--optimizers", "adam,sgd_plain")
     assert "the default experiment (51,210 parameters): median of 1 epochs each, 1 torch thread(s)" in out
     rows = re.findall(r"^\| (\w+) \| ([\d.]+) ms/epoch \| ([\d.]+) ms/epoch \| ([\d.]+)x \|$", out, flags=re.M)
     assert [r[0] for r in rows] == ["adam", "sgd_plain"]
@@ -36,7 +42,7 @@ def test_bench_fused_times_each_optimizer_both_ways() -> None:
 
 @pytest.mark.slow
 def test_bench_paired_compares_nnlab_with_the_raw_loop_epoch_by_epoch() -> None:
-    out = run_script("bench_paired.py", "--epochs", "2", "--nnlab-extra", "optimizer.fused=true")
+    out = run_script("bench_paired", "--epochs", "2", "--nnlab-extra", "optimizer.fused=true")
     assert "experiment=digits_mlp (nnlab also optimizer.fused=true): 2 epoch pairs, raw loop median" in out
     rows = re.findall(r"^\| (defaults|bare) \| (-?[\d.]+) ms \| .* \| ([\d.]+)x \|$", out, flags=re.M)
     assert [r[0] for r in rows] == ["defaults", "bare"]
@@ -51,7 +57,7 @@ def test_time_main_job_pairs_each_run_with_the_plain_pytorch_floor(tmp_path: Pat
     from nnlab.train import compose_run
 
     out = run_script(
-        "time_main_job.py", "--runs", "1", "--floor", "--json", str(tmp_path / "t.json"), "trainer.max_epochs=1"
+        "time_main_job", "--runs", "1", "--floor", "--json", str(tmp_path / "t.json"), "trainer.max_epochs=1"
     )
     result = json.loads((tmp_path / "t.json").read_text())
     (run,) = result["runs"]

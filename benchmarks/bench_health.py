@@ -1,6 +1,6 @@
 """Measure what the training-health monitor costs on the default experiment.
 
-    python scripts/bench_health.py --repeats 5 --out health_bench.json
+    python -m benchmarks.bench_health --repeats 5 --out health_bench.json
 
 Runs `python -m nnlab.train callbacks.progress=null` (the default experiment) `--repeats` times
 with the monitor off (`callbacks.health=null`) and as many times with it on, alternating off/on so
@@ -37,7 +37,7 @@ def read_run(run_dir: Path) -> tuple[float, int]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_health", description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5, help="runs per mode (off and on)")
     parser.add_argument("--out", type=Path, help="write the runs and the summary here as JSON")
     parser.add_argument("overrides", nargs="*", help="extra nnlab-train overrides for both modes")

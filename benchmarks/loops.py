@@ -1,4 +1,4 @@
-"""The training loops `nnlab-bench` times, each on one case's config.
+"""The training loops `python -m benchmarks.bench` times, each on one case's config.
 
 Every loop has the signature `loop(cfg, device) -> Outcome` and trains the model `cfg` names
 for `cfg.trainer.max_epochs` epochs, timing the training loop only: building the data and
@@ -20,7 +20,7 @@ model before it, and testing after it, are outside the clock.
   sklearn     scikit-learn's `MLPClassifier` with the MLP's hidden sizes, batch size, epochs
               (max_iter), Adam and lr (alpha=0: nnlab adds no L2 by default; no dropout or
               batch norm there).
-Lightning is in `nnlab.bench.lightning_loop`, the SOM case in `nnlab.bench.som`.
+Lightning is in `benchmarks.lightning_loop`, the SOM case in `benchmarks.bench_som`.
 """
 
 from __future__ import annotations

@@ -1,13 +1,13 @@
 """Per-epoch overhead of nnlab's engine against the raw loop, measured in pairs of epochs.
 
-    python scripts/bench_paired.py                       # the default experiment, 150 epoch pairs
-    python scripts/bench_paired.py --epochs 300 -- experiment=mnist1d_cnn
-    python scripts/bench_paired.py --nnlab-extra optimizer.fused=true   # nnlab fused, the raw loop not
+    python -m benchmarks.bench_paired                       # the default experiment, 150 epoch pairs
+    python -m benchmarks.bench_paired --epochs 300 -- experiment=mnist1d_cnn
+    python -m benchmarks.bench_paired --nnlab-extra optimizer.fused=true   # nnlab fused, the raw loop not
 
-`nnlab-bench` times whole runs one after another; on a virtual machine whose speed drifts from
+`python -m benchmarks.bench` times whole runs one after another; on a virtual machine whose speed drifts from
 minute to minute, two runs a minute apart can differ by more than the engine's whole overhead.
 This script takes turns instead, epoch by epoch, in one process: in every round, an epoch of the
-raw loop (`nnlab.bench.loops`: the same model, data order, optimizer and validation pass), an epoch
+raw loop (`benchmarks.loops`: the same model, data order, optimizer and validation pass), an epoch
 of nnlab's trainer with every default on (TensorBoard, progress bar, checkpoints, health monitor,
 log lines to a file and to a console rendered off-screen), and one without the callbacks and the
 logger ("bare"), in an order shuffled anew each round (seeded), because an epoch's place in the
@@ -17,7 +17,7 @@ drift of the machine's speed cancels; the median of those differences is the eng
 epoch.
 
 The costs of a run that are paid once (creating the event file, the last checkpoint, start-up)
-are outside these epochs: `nnlab-bench` includes them. Run with one torch thread
+are outside these epochs: `benchmarks.bench` includes them. Run with one torch thread
 (`OMP_NUM_THREADS=1`, as the script sets) on an otherwise idle machine.
 """
 
@@ -37,8 +37,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import torch  # noqa: E402
 from omegaconf import open_dict  # noqa: E402
 
-from nnlab.bench import loops  # noqa: E402
-from nnlab.bench.cases import compose  # noqa: E402
+from benchmarks import loops  # noqa: E402
+from benchmarks.cases import compose  # noqa: E402
 from nnlab.engine.rng import seed_everything  # noqa: E402
 from nnlab.pipeline import build  # noqa: E402
 
@@ -68,7 +68,7 @@ def nnlab_trainer(overrides: list[str], epochs: int, run_dir: Path, bare: bool):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_paired", description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=150, help="epoch pairs (default 150)")
     parser.add_argument(
         "--nnlab-extra",

@@ -1,12 +1,14 @@
-"""`nnlab-bench`: time one model through nnlab and through the alternatives, in one process.
+"""`python -m benchmarks.bench`: time one model through nnlab and the alternatives, in one process.
 
-    nnlab-bench                                   # every case that can run here (~3 min on 2 CPU cores)
-    nnlab-bench --cases mlp_digits --epochs 10 --repeats 5 --out bench.json
-    nnlab-bench --markdown docs/benchmarks_table.md   # the tables of docs/benchmarks.md, regenerated
-    nnlab-bench --cases mlp_digits --profile      # where nnlab's fit spends its time (cProfile)
-    nnlab-bench --cases mlp_digits -- optimizer.fused=true 'model.hidden_sizes=[512,256]'   # your settings
+Run from the root of a checkout (`pip install -e ".[bench]"` adds Lightning and MiniSom):
 
-For each case (`nnlab.bench.cases`) every implementation (`nnlab.bench.loops`) trains the same
+    python -m benchmarks.bench                    # every case that can run here (~3 min on 2 CPU cores)
+    python -m benchmarks.bench --cases mlp_digits --epochs 10 --repeats 5 --out bench.json
+    python -m benchmarks.bench --markdown docs/benchmarks_table.md   # the tables of docs/benchmarks.md
+    python -m benchmarks.bench --cases mlp_digits --profile   # where nnlab's fit spends its time (cProfile)
+    python -m benchmarks.bench --cases mlp_digits -- optimizer.fused=true 'model.hidden_sizes=[512,256]'
+
+For each case (`benchmarks.cases`) every implementation (`benchmarks.loops`) trains the same
 model on the same rows with the same batch size, seed and number of epochs. Each is run once as a
 warm-up (one epoch: imports, allocator, lazy initialisation), then `--repeats` times, the
 implementations taking turns so a change in the machine's load hits them alike; a row reports
@@ -34,7 +36,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from nnlab.bench.cases import CASES, Case, compose
+from benchmarks.cases import CASES, Case, compose
 
 LABELS = {
     "nnlab": "nnlab defaults (TB logger, progress bar, checkpoints, health monitor)",
@@ -48,9 +50,9 @@ LABELS = {
 
 
 def loops() -> dict[str, Callable[..., Any]]:
-    """Name -> loop function (imported here: `nnlab-bench --help` needs no torch)."""
-    from nnlab.bench.lightning_loop import lightning_loop
-    from nnlab.bench.loops import dataloader_loop, nnlab_fused_loop, nnlab_lean_loop, nnlab_loop, raw_loop, sklearn_loop
+    """Name -> loop function (imported here: `--help` needs no torch)."""
+    from benchmarks.lightning_loop import lightning_loop
+    from benchmarks.loops import dataloader_loop, nnlab_fused_loop, nnlab_lean_loop, nnlab_loop, raw_loop, sklearn_loop
 
     return {
         "nnlab": nnlab_loop,
@@ -68,7 +70,7 @@ def run_torch_case(
 ) -> dict[str, Any]:
     """Warm up each implementation, time `repeats` turns of all of them; one row each. `overrides`
     (nnlab-train's syntax) apply after the case's own, to every implementation alike."""
-    from nnlab.bench.loops import Unavailable
+    from benchmarks.loops import Unavailable
 
     table = loops()
     base = [*case.overrides, *overrides, f"trainer.device={device}"]
@@ -131,13 +133,9 @@ def run_case(
         note = f"config {', '.join(missing)} not found in nnlab/configs: this nnlab version lacks it."
         return {**result, "status": "skipped", "notes": [note]}
     if case.implementations == ("som",):
-        from nnlab.bench.loops import Unavailable
-        from nnlab.bench.som import som_rows
+        from benchmarks.bench_som import som_rows
 
-        try:
-            rows, notes = som_rows(epochs, device, repeats)
-        except Unavailable as e:
-            return {**result, "status": "skipped", "notes": [str(e)]}
+        rows, notes = som_rows(epochs, device, repeats)
         if overrides:
             notes = [*notes, f"the overrides ({' '.join(overrides)}) do not apply to this comparison's fixed settings."]
             result["overrides"] = list(case.overrides)
@@ -230,7 +228,7 @@ def profile_nnlab(case: Case, epochs: int, device: str, workdir: Path, top: int 
     import cProfile
     import pstats
 
-    from nnlab.bench.loops import nnlab_loop
+    from benchmarks.loops import nnlab_loop
 
     base = [*case.overrides, f"trainer.device={device}"]
     nnlab_loop(compose([*base, "trainer.max_epochs=1"], workdir / "profile_warmup"), device)
@@ -247,7 +245,7 @@ def profile_nnlab(case: Case, epochs: int, device: str, workdir: Path, top: int 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="nnlab-bench",
+        prog="python -m benchmarks.bench",
         description=__doc__.split("\n\n")[0],
         epilog="Cases: " + "; ".join(f"{c.name}: {c.description}" for c in CASES.values()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -300,9 +298,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    command = shlex.join(["nnlab-bench", *(sys.argv[1:] if argv is None else argv)])
+    command = shlex.join(["python", "-m", "benchmarks.bench", *(sys.argv[1:] if argv is None else argv)])
     results: dict[str, Any] = {"command": command, "repeats": args.repeats, "device": args.device, "cases": {}}
-    with tempfile.TemporaryDirectory(prefix="nnlab-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="nnlab-benchmarks-") as tmp:
         workdir = args.workdir or Path(tmp)
         for name in args.cases:
             case = CASES[name]
@@ -333,7 +331,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 def cli() -> None:
-    """The `nnlab-bench` console script."""
+    """`python -m benchmarks.bench` (argv from the command line)."""
     main()
 
 

@@ -1,6 +1,9 @@
 """Benchmark nnlab's self-organizing map against MiniSom: a 10x10 map on the standardized digits.
 
-    python scripts/bench_som.py [--repeats 5] [--json bench_som.json] [--topology rectangular]
+    python -m benchmarks.bench_som [--repeats 5] [--json bench_som.json] [--topology rectangular]
+
+(from the root of a checkout). The `som_digits` case of `python -m benchmarks.bench` runs this
+comparison's nnlab batch row and its MiniSom rows (`som_rows`), so the two cannot drift apart.
 
 Both train on the same rows: the standardized training split of `experiment=digits_som`
 (1259 x 64, z-scored with training statistics, seed 0), which nnlab's DataModule builds and
@@ -25,8 +28,8 @@ Settings:
                   MiniSom's sigma 1 ends at 0.33 like the nnlab batch run.
 
 Targets (the issue): nnlab's quantization error <= MiniSom's, and >= 10x less training time.
-MiniSom is an optional benchmark dependency (`pip install minisom`); without it this prints a
-note and exits 0.
+MiniSom is in the `dev` and `bench` extras (`pip install minisom`); without it this prints a note
+and exits 0.
 """
 
 from __future__ import annotations
@@ -110,6 +113,13 @@ def nnlab_row(cfg: Any, device: torch.device, repeats: int) -> dict[str, Any]:
     }
 
 
+def training_rows(cfg: Any) -> np.ndarray:
+    """The standardized training split of `cfg`'s data, flattened, as MiniSom's float64 array."""
+    data = instantiate(cfg.data)
+    data.setup(torch.device("cpu"))
+    return torch.cat([b[0].flatten(1) for b in data.eval_batches("train")]).double().numpy()
+
+
 def minisom_row(minisom: Any, x: np.ndarray, sigma: float, topology: str, repeats: int) -> dict[str, Any]:
     iterations = 10 * len(x)
 
@@ -131,6 +141,31 @@ def minisom_row(minisom: Any, x: np.ndarray, sigma: float, topology: str, repeat
     }
 
 
+def som_rows(epochs: int, device: str, repeats: int) -> tuple[list[dict[str, Any]], list[str]]:
+    """The `som_digits` case of `python -m benchmarks.bench`: (rows, notes).
+
+    nnlab's batch SOM (`experiment=digits_som`) for `epochs` updates, then MiniSom at each of
+    `MINISOM_SIGMAS` (10 N samples, its default schedule). Each row: implementation, mode,
+    iterations, train_s (median of `repeats` after a warm-up), qe, te; MiniSom rows add speedup
+    (its time over nnlab's). No steps/s: the SOM learns without gradients or an optimizer.
+    Without MiniSom only nnlab's row, and a note saying so.
+    """
+    from nnlab.engine.trainer import resolve_device
+
+    cfg = experiment([f"trainer.max_epochs={epochs}"])
+    rows = [nnlab_row(cfg, resolve_device(device), repeats)]
+    try:
+        import minisom
+    except ImportError:
+        return rows, ["MiniSom is not installed, so its rows are skipped: pip install minisom"]
+    x = training_rows(cfg)
+    for sigma in MINISOM_SIGMAS:
+        row = minisom_row(minisom, x, sigma, cfg.model.topology, repeats)
+        row["speedup"] = row["train_s"] / rows[0]["train_s"]
+        rows.append(row)
+    return rows, []
+
+
 def print_table(rows: list[dict[str, Any]]) -> None:
     header = f"{'implementation':<16} {'mode':<20} {'iterations/epochs':<26} {'train time':>11} {'qe':>8} {'te':>8}"
     print(header)
@@ -143,7 +178,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_som", description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per row, after a warm-up run")
     parser.add_argument("--topology", default="rectangular", choices=["rectangular", "hexagonal"])
     parser.add_argument("--device", default="cpu", help="nnlab's device (MiniSom is NumPy: always the CPU)")
@@ -167,9 +202,7 @@ def run(args: argparse.Namespace) -> None:
     device = torch.device(args.device)
     topology = [f"model.topology={args.topology}"]
     batch_cfg = experiment(topology)
-    data = instantiate(batch_cfg.data)
-    data.setup(torch.device("cpu"))
-    x = torch.cat([b[0].flatten(1) for b in data.eval_batches("train")]).double().numpy()
+    x = training_rows(batch_cfg)
     print(
         f"digits, standardized: {x.shape[0]} training rows x {x.shape[1]} features; 10x10 {args.topology} map; "
         f"{args.threads} CPU thread(s); "

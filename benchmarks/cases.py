@@ -28,7 +28,7 @@ class Case:
         overrides: the `nnlab-train` overrides of the run (an experiment, or model= data=).
         epochs: default number of epochs (`--epochs` replaces it): small enough that the whole
             default invocation stays under about 3 minutes on a 2-core CPU.
-        implementations: the loops it runs (names in `nnlab.bench.loops.LOOPS`, or "som").
+        implementations: the loops it runs (names in `benchmarks.bench.loops()`, or "som").
         needs_cuda: skipped with a note on a machine without CUDA.
         description: one line for the table's title.
     """
@@ -81,7 +81,7 @@ CASES: dict[str, Case] = {
             ("experiment=digits_som",),
             30,
             ("som",),
-            description="experiment=digits_som: 10x10 batch SOM on digits against MiniSom (scripts/bench_som.py)",
+            description="experiment=digits_som: 10x10 batch SOM on digits against MiniSom (benchmarks/bench_som.py)",
         ),
         Case(
             "gpu_resnet",

@@ -1,6 +1,6 @@
 """Time the README's main job: `nnlab-train` on the default experiment, start-up included.
 
-    python scripts/time_main_job.py --runs 3
+    python -m benchmarks.time_main_job --runs 3
 
 Runs the command as a user would (a fresh process each time, default config) with its run
 directory in a temporary folder, and reports per run: wall time from launch to exit, time from
@@ -8,7 +8,7 @@ launch to the first training step (the engine's "Training ..." log line), and te
 The targets (docs/benchmarks.md): <= 3 s from launch to the first training step, <= 10 s wall for
 the whole run, test accuracy >= 0.97, on a 2-core CPU.
 
-    python scripts/time_main_job.py --runs 5 --floor
+    python -m benchmarks.time_main_job --runs 5 --floor
 
 With `--floor`, each run is paired with a plain PyTorch script launched the same way (its turn
 first in every other pair, so the machine's drift cancels): it imports torch, builds the default
@@ -84,7 +84,7 @@ def nnlab_run(exe: str, run_dir: Path, overrides: list[str]) -> dict[str, float]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.time_main_job", description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--floor", action="store_true", help="pair each run with a plain PyTorch script's start")

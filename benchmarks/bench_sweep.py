@@ -1,6 +1,6 @@
 """Measure how much faster a sweep runs with parallel local trials, and what a trial costs to start.
 
-    python scripts/bench_sweep.py --trials 8 --epochs 10 100 --repeats 3 --out sweep_bench.json
+    python -m benchmarks.bench_sweep --trials 8 --epochs 10 100 --repeats 3 --out sweep_bench.json
 
 For each trial length in `--epochs`, runs `python -m nnlab.train -m seed=0,...,<trials-1>` (the
 default experiment on CPU) once per launcher variant:
@@ -142,7 +142,7 @@ def run_sweep(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_sweep", description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=8, help="trials per sweep (seed=0,1,...)")
     parser.add_argument("--epochs", type=int, nargs="+", default=[10], help="trainer.max_epochs; one sweep set each")
     parser.add_argument("--n-jobs", type=int, default=2, help="hydra.launcher.n_jobs of the joblib variants")

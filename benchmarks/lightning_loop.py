@@ -15,7 +15,7 @@ from pathlib import Path
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
-from nnlab.bench.loops import Outcome, Timer, Unavailable, _build, accuracy, whole_split
+from benchmarks.loops import Outcome, Timer, Unavailable, _build, accuracy, whole_split
 
 INSTALL = 'PyTorch Lightning is not installed, so its row is skipped: pip install "lightning>=2.4,<2.7"'
 

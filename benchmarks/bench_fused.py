@@ -1,14 +1,14 @@
 """Steps/s of each packaged optimizer with `optimizer.fused=true` against PyTorch's default.
 
-    python scripts/bench_fused.py                                  # the default experiment's MLP
-    python scripts/bench_fused.py --epochs 5 -- 'model.hidden_sizes=[2048,2048]'   # a 4.5M-parameter MLP
+    python -m benchmarks.bench_fused                                  # the default experiment's MLP
+    python -m benchmarks.bench_fused --epochs 5 -- 'model.hidden_sizes=[2048,2048]'   # a 4.5M-parameter MLP
 
 On a CPU, PyTorch's Adam, AdamW, SGD and Adagrad update the parameters one tensor at a time,
 several kernels each (Adam: the step count, both moments, a square root, a division, the update);
 `fused=True` updates every tensor in one kernel. For each optimizer config in
 `configs/optimizer/` that has a `fused` key, this script builds the run's model twice (nnlab's
 `build_model`, same seed), with `fused: null` (PyTorch's default) and `fused: true`, and trains
-both on the same batches with the raw loop of `nnlab.bench.loops` (forward, loss, backward,
+both on the same batches with the raw loop of `benchmarks.loops` (forward, loss, backward,
 step, zero_grad; the validation pass), taking turns epoch by epoch so that a drift of the
 machine's speed hits both alike. It prints the median epoch time of each and the speed-up.
 One torch thread (`OMP_NUM_THREADS=1`, as the script sets) on an otherwise idle machine.
@@ -29,8 +29,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import torch  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-from nnlab.bench import loops  # noqa: E402
-from nnlab.bench.cases import CONFIG_DIR, compose  # noqa: E402
+from benchmarks import loops  # noqa: E402
+from benchmarks.cases import CONFIG_DIR, compose  # noqa: E402
 
 WARMUP = 2  # epochs of each left out of the medians
 
@@ -60,7 +60,7 @@ def compare(name: str, overrides: list[str], epochs: int, work: Path) -> tuple[f
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_fused", description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=30, help="timed epochs of each (default 30)")
     parser.add_argument("--optimizers", default=",".join(fused_optimizers()), help="comma-separated configs")
     parser.add_argument("overrides", nargs="*", help="nnlab-train overrides (default: none, the default experiment)")
