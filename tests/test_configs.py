@@ -23,7 +23,7 @@ from datafiles import offline_data
 from helpers import CONFIG_DIR, options, run_cli
 from nnlab.errors import ConfigValueError
 from nnlab.pipeline import build
-from nnlab.validation import validate_config
+from nnlab.validation import TOP_LEVEL, validate_config
 
 ALL_YAML = sorted(CONFIG_DIR.rglob("*.yaml"))
 # Hydra's own settings (run dirs, logging) are not options of train's groups: parsed, not composed.
@@ -239,6 +239,15 @@ def test_file_starts_with_its_command(path: Path) -> None:
     group = path.parent.relative_to(CONFIG_DIR).as_posix()
     name = path.relative_to(CONFIG_DIR / group).with_suffix("").as_posix()
     assert body and re.match(rf"# nnlab-train (-m )?{group}={re.escape(name)}(\s|$)", body[0]), lines[:3]
+
+
+def test_top_level_types_name_exactly_the_plain_keys_of_train_yaml() -> None:
+    """nnlab.validation.TOP_LEVEL types train.yaml's plain top-level values (seed, optimized_metric,
+    ...): a key added to or dropped from train.yaml must be added to or dropped from the table."""
+    train = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "train.yaml"))
+    plain = {k: v for k, v in train.items() if k != "defaults" and not isinstance(v, dict | list)}
+    assert sorted(TOP_LEVEL) == sorted(plain)
+    validate_config(OmegaConf.create(plain))  # each packaged value fits its type
 
 
 def test_there_are_experiments() -> None:

@@ -112,3 +112,45 @@ def test_a_dead_rank_ends_the_job_with_an_error_instead_of_a_hang(tmp_path: Path
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def task_classes() -> list[type]:
+    """Every task in nnlab.tasks: the classes that define `training_step`."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import nnlab.tasks
+
+    found = []
+    for info in pkgutil.iter_modules(nnlab.tasks.__path__):
+        module = importlib.import_module(f"nnlab.tasks.{info.name}")
+        found += [c for _, c in inspect.getmembers(module, inspect.isclass) if c.__module__ == module.__name__]
+    return sorted((c for c in found if hasattr(c, "training_step")), key=lambda c: c.__name__)
+
+
+def test_every_task_declares_what_it_supports() -> None:
+    """The engine and the commands read these declarations (nnlab.engine.task.Task), never a type."""
+    classes = task_classes()
+    assert {c.__name__ for c in classes} >= {"Supervised", "Reconstruction", "Adversarial", "SOMRule", "PerceptronRule"}
+    for cls in classes:
+        assert isinstance(cls.__dict__.get("supports_ddp"), bool), cls
+        assert isinstance(cls.__dict__.get("supports_backbone_lr_scale"), bool), cls
+        assert isinstance(cls.__dict__.get("own_optimizer_parts"), tuple), cls
+        assert callable(cls.__dict__.get("single_optimizer")), cls
+
+
+def test_ddp_is_refused_for_tasks_that_do_not_declare_it() -> None:
+    from nnlab.engine.trainer import check_ddp_task
+    from nnlab.errors import ConfigValueError
+
+    for cls in task_classes():
+        task = object.__new__(cls)  # the declaration is all the check reads
+        if cls.supports_ddp:
+            check_ddp_task(task)
+        else:
+            with pytest.raises(ConfigValueError, match=f"trainer.strategy=ddp supports .*, not {cls.__name__}"):
+                check_ddp_task(task)
+    assert {c.__name__ for c in task_classes() if c.supports_ddp} == {"Supervised", "Reconstruction"}
+    with pytest.raises(ConfigValueError, match="not object"):  # a task that declares nothing
+        check_ddp_task(object())

@@ -226,6 +226,17 @@ def test_backbone_lr_scale_is_refused_by_other_tasks(autoencoder_ckpt, tmp_path)
         built([*overrides, "transfer.backbone_lr_scale=0.1"], tmp_path)
 
 
+def test_a_gan_keeps_something_to_train_in_each_network_it_optimizes(tmp_path) -> None:
+    """The GAN task declares that G and D each train with an optimizer of its own
+    (`own_optimizer_parts`): freezing some of D's layers is fine, freezing all of G is not."""
+    _, model, task = built(["experiment=digits_gan", "transfer.freeze=[discriminator.net.0]"], tmp_path)
+    assert task.own_optimizer_parts == ("generator", "discriminator")
+    assert not model.discriminator.net[0].weight.requires_grad and model.discriminator.net[2].weight.requires_grad
+    whole = r"freezes the whole generator, .* an optimizer of its own.*e\.g\. \[generator\.net\.0\]"
+    with pytest.raises(ConfigValueError, match=whole):
+        built(["experiment=digits_gan", "transfer.freeze=[generator]"], tmp_path)
+
+
 def test_transfer_is_refused_for_models_without_gradients(tmp_path) -> None:
     with pytest.raises(ConfigValueError, match="need a model trained by gradients, but SOM"):
         built(["data=digits", "model=som", "transfer.init_from=any.ckpt"], tmp_path)

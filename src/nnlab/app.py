@@ -140,7 +140,7 @@ def cli(main: Callable[[], object], explain: Callable[[str, list[str]], str | No
     finally:
         StartupStderr.release()
         # The command is done: spare the interpreter's exit a garbage collection over every object
-        # torch and its compiler stack created on import (about 1 s on a 2-core machine).
+        # torch and its compiler stack created on import (a noticeable wait at every command's end).
         gc.freeze()
 
 
@@ -155,7 +155,7 @@ def _one_compose(argv: list[str]) -> Iterator[None]:
     only to read `hydra.mode`, then for the run. nnlab's own configs never set hydra.mode
     (tests/test_configs.py checks every file), so unless the command line sets it or brings in
     configs of the user's (a config dir or path, a search path), the first compose can only
-    answer "not set": it is skipped, and with it ~0.1 s of every launch. Hydra then runs in the
+    answer "not set": it is skipped, and with it a share of every launch. Hydra then runs in the
     mode its flags ask for (-m or not), as it does when the answer is "not set"."""
     from hydra._internal.hydra import Hydra
 

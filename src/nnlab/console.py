@@ -30,10 +30,10 @@ class LogHandler(RichHandler):
     RichHandler, with a fast path for INFO and DEBUG lines.
 
     RichHandler lays each record out as a table (time, level, message) and scans the message
-    for numbers, paths and strings to colour: 0.6-0.7 ms a line, 2-3% of the default MLP's
-    training time when it logs its line per epoch. Lines below WARNING are printed here as
-    ready-made segments in the same columns (time, shown once per second; level; message),
-    unwrapped and without markup: ~40 us a line, the console's lock and the live progress bar's
+    for numbers, paths and strings to colour, a measurable share of a small model's training
+    time when it logs a line per epoch. Lines below WARNING are printed here as ready-made
+    segments in the same columns (time, shown once per second; level; message), unwrapped and
+    without markup, at a fraction of the cost, the console's lock and the live progress bar's
     hook kept. Warnings and errors, paragraphs that read better wrapped in the message column
     and highlighted, keep RichHandler's layout.
     """

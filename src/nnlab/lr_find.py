@@ -189,8 +189,10 @@ def suggest_lr(lrs: Sequence[float], smoothed_loss: Sequence[float], skip_fracti
 
 
 def single_optimizer(task: Any) -> Optimizer:
-    """The one optimizer a configured task trains with (`task.optim.optimizer`), or a UserError."""
-    optimizer = getattr(getattr(task, "optim", None), "optimizer", None)
+    """The one optimizer a configured task declares it trains with (`task.single_optimizer()`, see
+    `nnlab.engine.task.Task`), or a UserError (a task that declares none has none to sweep)."""
+    declared = getattr(task, "single_optimizer", None)
+    optimizer = declared() if declared is not None else None
     if not isinstance(optimizer, Optimizer):
         choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
         name = type(task).__module__ + "." + type(task).__name__
@@ -198,7 +200,7 @@ def single_optimizer(task: Any) -> Optimizer:
         raise UserError(
             f"The LR finder needs a task that trains with one gradient optimizer (task=supervised or "
             f"task=reconstruction), but this run's task is {chosen}, which has no single "
-            "task.optim.optimizer to sweep (a GAN has two, a SOM or perceptron none). Pick a model or "
+            "optimizer to sweep (a GAN has two, a SOM or perceptron none). Pick a model or "
             "experiment that trains with task=supervised or task=reconstruction, e.g. experiment=digits_mlp."
         )
     return optimizer

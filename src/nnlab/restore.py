@@ -26,6 +26,7 @@ from nnlab.engine.checkpoint import load_checkpoint, mismatch
 from nnlab.engine.precision import Precision
 from nnlab.engine.trainer import resolve_device
 from nnlab.errors import UserError
+from nnlab.models.transfer import trained_weights
 from nnlab.untrusted import stored_run_config
 
 log = logging.getLogger(__name__)
@@ -100,14 +101,3 @@ def load_run(
     model.to(dev).eval()
     log.info("Loaded %s (epoch %s) of a %s", path, state.get("epoch"), type(model).__name__)
     return Restored(cfg, path, state, built_data, model, task, dev)
-
-
-def trained_weights(state: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """The weights the run was tested with: the exponential moving average of the weights when
-    the run kept one (`regularization.ema_decay`), else the weights themselves."""
-    ema = state.get("ema")
-    if ema:
-        averaged = {k.removeprefix("module."): v for k, v in ema.items() if k.startswith("module.")}
-        if averaged:
-            return averaged
-    return state["model"]

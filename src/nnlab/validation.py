@@ -35,7 +35,10 @@ OPTIMIZER_RANGES: dict[str, tuple[float, float | None, bool]] = {
 }
 
 
-# Plain values at the top of train.yaml (everything else lives in a `_target_` node).
+# The types of train.yaml's plain top-level values (everything else lives in a `_target_` node
+# or a group). Kept as a table because the YAML cannot say which keys may be null, nor the type
+# of a null default (ckpt_path); tests/test_configs.py checks that its keys are exactly
+# train.yaml's plain keys and that each packaged value fits its type.
 TOP_LEVEL: dict[str, Any] = {
     "seed": int,
     "optimized_metric": str | None,

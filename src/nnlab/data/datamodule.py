@@ -28,62 +28,45 @@ IN_MEMORY_LIMIT_BYTES = 1 << 30
 class DataModule:
     """Seeded train/val/test splits of an `ArrayDataset`, batched for the engine.
 
-    Standardization (z-scoring each feature) is fitted on the training split only, so no
-    statistic of the validation or test rows leaks into training. For regression the target is
-    z-scored the same way when `standardize_target` is on, which keeps MSE near 1 at the start
-    whatever the target's units (metrics are then in standard deviations of the target).
-    `normalize` picks the input scaling by name instead: none, standard (the z-score above) or
-    minmax (each feature mapped to [0, 1] by the train split's min and max; val/test rows may
-    fall outside). When set it replaces `standardize`, so one key sweeps all three.
+    The rows go through these steps, in this order (each option is off unless set):
 
-    Outliers (regression): `outliers=f` adds a gross error of `outlier_scale` target standard
-    deviations (up or down, at random) to a seeded share f of the *training* targets, as wrong
-    labels would; val and test stay clean, so the score says how well the clean relation was
-    learnt. The target's scaling (`standardize_target`) is fitted before the errors go in, so
-    metrics stay in the clean target's units and compare with a run without outliers.
-
-    Missing values (tables, `nnlab.data.missing`): `missing=f` blanks a seeded share f of the
-    feature values in every split, completely at random (`missing_mechanism=mcar`) or only
-    high values (`mnar`). `impute` fills them: `mean` with the train split's feature means,
-    `mean_indicator` also appends a 0/1 "was missing" column per feature with gaps (the model
-    is sized from the data, so it gets the extra inputs), `drop` discards the training rows
-    with a gap (val/test rows are mean-filled: a model must answer every row).
-
-    A dataset with an official test split (`ArrayDataset.test_mask`, e.g. MNIST) is tested on
-    exactly those rows; `test_fraction` is then unused and `val_fraction` of the other rows
-    becomes the validation split.
-
-    Imbalance: `imbalance=r` keeps a fraction r^(c/(K-1)) of class c's *training* rows (the last
-    class keeps r), making a long-tailed variant of any classification set; val and test stay as
-    they are, so scores remain comparable. `sampler=weighted` then redraws each epoch with
-    replacement so that every class is equally likely (see also `task.class_weight`).
-
-    Anomaly detection: `anomaly_classes=[9]` removes those classes from the *training* split, so
-    a model learns what "normal" looks like from the other classes only; validation and test keep
-    every class, and a task reads `anomaly_classes` to score normal against anomalous rows.
-
-    Cross-validation: with `cv_folds=k` the train and val rows are pooled and dealt into k
-    (stratified) folds; `fold=i` validates on fold i and trains on the others, and the test split
-    stays held out. `nnlab-train data.cv_folds=5` runs every fold (`nnlab.pipeline.cross_validate`).
-
-    Few-label transfer: `classes=[5, 6, 7, 8, 9]` keeps only the rows of those classes (before
-    splitting) and relabels them 0..k-1 in the listed order, so `class_names` become
-    ['5', ..., '9']; classes may be given as indices or as names. `labels_per_class=n` then keeps
-    n seeded training rows per class; val and test stay whole, so a run trained on 5 labels and
-    one trained on all of them are scored on the same rows.
-
-    Bagging: `bootstrap=true` replaces the training split by a bootstrap sample of itself: as
-    many rows, drawn with replacement, so about 1 - 1/e = 63% of the rows appear, some several
-    times. It is applied last, after every other train-split option; val and test are untouched.
-    The resample is seeded by `bootstrap_seed` (None: by `seed`); `seed` also draws the split, so
-    the members of a bagged ensemble (nnlab-ensemble ensemble.vary=bootstrap) keep one `seed` and
-    differ in `bootstrap_seed`: different resamples, scored on the same val and test rows.
+    1. `classes=[5, 6, 7, 8, 9]`: keep only those classes (indices or names), relabelled 0..k-1
+       in the listed order, so every later option speaks of the kept classes.
+    2. `missing=f` (tables): blank a seeded share f of the feature values in every split, at
+       random (`missing_mechanism=mcar`) or only high values (`mnar`); see `nnlab.data.missing`.
+    3. The split: seeded and stratified, by `val_fraction` and `test_fraction`. A dataset with an
+       official test split (`ArrayDataset.test_mask`, e.g. MNIST) is tested on exactly those rows
+       and validated on `val_fraction` of the others. `cv_folds=k` deals the train and val rows
+       into k folds and validates on fold `fold`; the test rows stay held out
+       (`nnlab.pipeline.cross_validate` runs every fold).
+    4. Changes to the training rows only; val and test stay whole, so a changed run is scored on
+       the same rows as a plain one. `imbalance=r` keeps a fraction r^(c/(K-1)) of class c (a
+       long tail; the last class keeps r). `anomaly_classes=[9]` drops those classes, so a model
+       learns what "normal" looks like and a task scores normal against anomalous test rows.
+       `labels_per_class=n` keeps n rows per class (few-label transfer). `bootstrap=true`
+       resamples the rows with replacement, as many as there were (bagging: about 63% of them
+       appear), seeded by `bootstrap_seed` (None: `seed`), so ensemble members share one split
+       and differ in their resample. `impute=drop` drops the rows with a gap.
+    5. Scaling, fitted on the training split only, so no statistic of the validation or test
+       rows leaks into training. Gaps are filled with the train means (`impute=mean_indicator`
+       also appends a 0/1 "was missing" column per feature with gaps, and the model is sized
+       from the data; val/test rows are filled even with `drop`: a model must answer every row).
+       `normalize` scales the inputs: none, standard (z-score per feature) or minmax (each
+       feature to [0, 1] by the train split's min and max; val/test may fall outside); unset,
+       `standardize` picks standard or none. For regression, `standardize_target` z-scores the
+       target too, which keeps MSE near 1 at the start whatever the target's units (metrics are
+       then in standard deviations of the target).
+    6. `outliers=f` (regression): a gross error of `outlier_scale` target standard deviations,
+       up or down, added to a seeded share f of the training targets, as wrong labels would be.
+       It comes after the target's scaling, so metrics stay in the clean target's units.
 
     Batching: a dataset that fits (`in_memory: auto` and under 1 GiB) lives on the training
     device as tensors, and each epoch slices a permutation drawn from a generator seeded with
     (seed, epoch): no DataLoader workers, no per-batch host copies, and the order of any epoch
     can be replayed. Larger datasets go through a `torch.utils.data.DataLoader` with pinned
-    memory (on CUDA) and persistent workers, shuffled by the same seeded rule.
+    memory (on CUDA) and persistent workers, shuffled by the same seeded rule. `sampler=weighted`
+    instead draws each epoch with replacement so that every class is equally likely (see also
+    `task.class_weight`).
     """
 
     def __init__(
@@ -165,7 +148,7 @@ class DataModule:
             check_choice("data.in_memory", in_memory, [True, False, "auto"])
         if normalize is not None:
             check_choice("data.normalize", normalize, NORMALIZE)
-        else:  # the older switch: true is the z-score, false no scaling
+        else:  # standardize: true is the z-score, false no scaling
             normalize = "standard" if standardize else "none"
         if outliers is not None:
             check_range("data.outliers", outliers, 0.0, 1.0, high_inclusive=False)

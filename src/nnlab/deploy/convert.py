@@ -44,10 +44,10 @@ def to_onnx(model: nn.Module, example: torch.Tensor, path: Path, opset: int = 18
 
     Exporters (torch 2.14):
         dynamo: the default of `torch.onnx.export` since torch 2.9. It captures the graph with
-            `torch.export` and translates it with onnxscript; slower (1-7 s per model), the
+            `torch.export` and translates it with onnxscript; the slower of the two, the
             supported path going forward.
-        torchscript: the legacy exporter (trace, then translate), fast (~0.1 s) but deprecated
-            and due for removal.
+        torchscript: the legacy exporter (trace, then translate), fast but deprecated and due
+            for removal.
     Opset 18 is the oldest the dynamo exporter targets natively (it would convert down to older
     ones) and onnxruntime 1.14+ runs it.
     """

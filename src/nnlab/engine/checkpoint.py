@@ -98,8 +98,7 @@ def snapshot(state: Any) -> Any:
 
 class CheckpointWriter:
     """Writes checkpoint files on a background thread, so training goes on while a file is
-    pickled, written and fsync'ed (2-7 ms per file on a 2-core machine: a large share of a
-    small model's epoch).
+    pickled, written and fsync'ed (for a small model, that takes a large share of an epoch).
 
     `write(state, paths)` takes a `snapshot` of the state in the calling thread (tensor copies
     only, so training cannot change what is written); the thread then pickles it and writes it

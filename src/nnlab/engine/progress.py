@@ -54,7 +54,7 @@ class RichProgress:
         elapsed = str(timedelta(seconds=int(now - self._start)))  # (h:mm:ss, as rich's TimeElapsedColumn)
         if self._bar is None:  # one bar for the whole run
             self._bar = self._progress.add_task("train", total=None, epoch="", loss="", elapsed="")
-        # (`update`, not rich's `reset`, which redraws the bar at once: 100 us, more in a terminal)
+        # (`update`, not rich's `reset`, which redraws the bar at once: a cost at every epoch)
         self._progress.update(
             self._bar,
             total=trainer.steps_per_epoch,

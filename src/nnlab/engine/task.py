@@ -6,6 +6,10 @@ one optimizer on cross-entropy; a GAN steps a discriminator then a generator; a 
 map updates its weights with no gradients at all. All of them fit this Protocol, so the loop in
 `nnlab.engine.trainer` never branches on the kind of model.
 
+What a task supports it declares (the `supports_*` and `own_optimizer_parts` class attributes,
+`single_optimizer()`): the trainer, the transfer options and the LR finder read these, never the
+task's type or its model's layer names. A task that declares nothing supports none of it.
+
 Optional methods, called when a task defines them:
 
     prepare(data)       once, after `configure`: initialisation that needs the training data
@@ -17,8 +21,6 @@ Optional methods, called when a task defines them:
                         reconstructions, or a GAN's samples from a fixed noise batch
     figures()           after testing: {name: matplotlib figure}, logged as test/<name> and saved
                         as figures/<name>.png, e.g. a confusion matrix or a U-matrix
-    data_parallel       a class attribute: True when the task trains only through model(x), so
-                        trainer.strategy=ddp may wrap the model in DistributedDataParallel
     embeddings()        after testing: {tag: (vectors (N, D), labels or None, thumbnails
                         (N, C, H, W) in [0, 1] or None)} for TensorBoard's Projector tab
 """
@@ -38,6 +40,26 @@ from nnlab.engine.precision import Precision
 class Task(Protocol):
     model: nn.Module
     """Every trainable module of the task (a GAN's holds both networks); checkpointed as a whole."""
+
+    supports_ddp: bool
+    """True when the task trains only through model(x), so trainer.strategy=ddp may wrap the model
+    in DistributedDataParallel (a GAN calls into the model's parts; a SOM learns without
+    gradients). Read by `nnlab.engine.trainer.check_ddp_task`."""
+
+    supports_backbone_lr_scale: bool
+    """True when `configure` builds the optimizer from `nnlab.models.transfer.optimizer_params`
+    (then `scale_group_lrs`), so the tensors copied by transfer.init_from train at
+    lr x transfer.backbone_lr_scale. Read by `nnlab.models.transfer.check_task_support`."""
+
+    own_optimizer_parts: tuple[str, ...]
+    """The submodules of `model` that each train with an optimizer of their own (a GAN's
+    "generator" and "discriminator"); empty when one optimizer, or none, trains the whole model.
+    transfer.freeze must leave each of them something to train (`check_task_support`)."""
+
+    def single_optimizer(self) -> torch.optim.Optimizer | None:
+        """The one gradient optimizer the task trains with, once configured: the one whose lr the
+        LR range test (`nnlab.lr_find`) sets. None when it has two (a GAN) or none (a SOM, a
+        perceptron)."""
 
     def configure(
         self, device: torch.device, precision: Precision, total_steps: int, rules: UpdateRules | None = None

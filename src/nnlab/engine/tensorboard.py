@@ -81,7 +81,7 @@ class TensorBoardLogger:
     def log_figure(self, tag: str, figure: Any, step: int) -> None:
         """A matplotlib figure as an image (TensorBoard's Images tab): what `SummaryWriter.add_figure`
         logs (the figure drawn by the Agg backend, its RGB pixels), without importing pyplot,
-        which `add_figure` does to close the figure (0.4-0.6 s here; `save_image` closes it)."""
+        which `add_figure` does to close the figure (a slow import; `save_image` closes it)."""
         self.writer.add_image(tag, figure_pixels(figure), global_step=step, dataformats="HWC")
 
     def log_image(self, tag: str, image: Any, step: int) -> None:
@@ -157,11 +157,11 @@ def masked_crc32c(data: bytes) -> int:
 
 def use_fast_crc32c() -> bool:
     """Make TensorBoard checksum event records with `masked_crc32c` (C) instead of its own
-    CRC-32C in pure Python, used when TensorFlow is not installed: ~0.15 us a byte on the writer
-    thread, holding Python's lock. A health check's histograms are some 30 KB of records, so on
-    the default MLP that was ~1 ms of the training thread's time per epoch (4%); in C, 1.5 KB
-    take 0.4 us instead of 190. The records are the same bytes, and TensorBoard's reader, which
-    checks every checksum, reads them; reading (nnlab-report's curves) gets the same speed-up.
+    CRC-32C in pure Python, used when TensorFlow is not installed. The Python checksum holds
+    Python's lock for every byte, and a health check's histograms are tens of KB of records, so
+    it takes a measurable share of a small model's training time; in C it costs next to
+    nothing. The records are the same bytes, and TensorBoard's reader, which checks every
+    checksum, reads them; reading (nnlab-report's curves) gets the same speed-up.
     A no-op, returning False, where google-crc32c has no compiled build (it then falls back to
     Python itself) or TensorBoard's modules moved."""
     try:
@@ -201,10 +201,9 @@ def write_in_this_thread(writer: Any) -> bool:
     """Make a `SummaryWriter` write its records in the calling thread, each as it is logged.
 
     TensorBoard's event writer hands every record to a thread of its own through a queue, which
-    pays when the record's checksum is slow Python; after `use_fast_crc32c` a record costs a few
-    microseconds to write, and the hand-over (a lock, waking the thread, passing Python's lock
-    back and forth) costs ten times that: 90 us per `log_metrics` call and ~0.7 ms of the
-    writer thread's time per epoch of the default MLP. Each record is one write to the
+    pays when the record's checksum is slow Python; after `use_fast_crc32c` writing a record is
+    cheap, and the hand-over (a lock, waking the thread, passing Python's lock back and forth)
+    costs more than the write itself. Each record is one write to the
     operating system, as TensorBoard's writer does it on a local disk, so a process killed
     outright loses nothing already logged and TensorBoard shows a running run up to its last
     value. Uses TensorBoard's private attributes (EventFileWriter._async_writer, its _worker and

@@ -704,11 +704,11 @@ def _restore_signals(previous: dict[int, Any]) -> None:
 
 
 def check_ddp_task(task: Task) -> None:
-    """DDP wraps `task.model` and runs its forward, so a task must say it trains only through
-    that forward (`data_parallel = True`); a GAN calls into the model's parts, a SOM learns
-    without gradients."""
-    if not getattr(task, "data_parallel", False):
+    """DDP wraps `task.model` and runs its forward, so a task must declare that it trains only
+    through that forward (`supports_ddp = True`, see `nnlab.engine.task.Task`); a GAN calls into
+    the model's parts, a SOM learns without gradients. A task that declares nothing is refused."""
+    if not getattr(task, "supports_ddp", False):
         raise ConfigValueError(
-            f"trainer.strategy=ddp supports task=supervised and task=reconstruction, not {type(task).__name__}. "
-            "Train this model in one process (trainer.strategy=auto)."
+            "trainer.strategy=ddp supports tasks that train only through model(x), such as task=supervised and "
+            f"task=reconstruction, not {type(task).__name__}. Train this model in one process (trainer.strategy=auto)."
         )

@@ -34,9 +34,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from nnlab.errors import ConfigValueError, DataMismatchError, check_choice, check_range, did_you_mean
+from nnlab.models.layers import ACTIVATIONS
 
 VARIANTS = ("auto", "dcgan", "mlp")
-OUTPUT_ACTIVATIONS = {"sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "none": nn.Identity}
+# G's last layer, by name: the activations of `nnlab.models.layers` that bound a sample to the
+# data's range (sigmoid: [0, 1], tanh: [-1, 1]), or none for unbounded data. The others there
+# (relu, gelu, ...) are hidden-layer choices that match no data range, so they are not offered.
+# The hidden activations are DCGAN's and fixed: ReLU in G, LeakyReLU(LEAKY_SLOPE) in D.
+OUTPUT_ACTIVATIONS = {**{name: ACTIVATIONS[name] for name in ("sigmoid", "tanh")}, "none": nn.Identity}
 INITS = ("dcgan", "default")
 LEAKY_SLOPE = 0.2  # DCGAN's LeakyReLU slope in D: keeps a gradient for samples D is sure are fake
 

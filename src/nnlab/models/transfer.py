@@ -23,8 +23,13 @@ freezing promises not to do (the usual choice, e.g. torchvision's FrozenBatchNor
 
 The options sit in the `transfer` config node, not in the model's: they are not arguments of
 the model's constructor (its signature is its schema). `nnlab.pipeline.build_model` applies them
-right after the model is built and initialised; `Supervised.configure` reads the copied names
-back (`optimizer_params`) to make the two learning-rate groups.
+right after the model is built and initialised, then checks them against what the task it builds
+declares it supports (`check_task_support`); `Supervised.configure` reads the copied names back
+(`optimizer_params`) to make the two learning-rate groups.
+
+This module works on a model and a checkpoint only: it imports nothing of `nnlab.tasks` or of the
+commands (tasks import it, never the reverse), and learns what a task supports from the task's
+declarations (`nnlab.engine.task.Task`), never from its type.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from nnlab.engine.checkpoint import load_checkpoint
 from nnlab.errors import ConfigValueError, UserError, check_range, did_you_mean
 
 log = logging.getLogger(__name__)
@@ -137,14 +143,6 @@ def apply_transfer(
             f"transfer.freeze={list(freeze)} freezes every trainable parameter of {type(model).__name__}, "
             "so training would change nothing. Leave some layers (at least the head) unfrozen."
         )
-    # The GAN task trains G and D with optimizers of their own: each needs something to train.
-    for part in ("generator", "discriminator"):
-        own = [name for name in trainable if name.startswith(f"{part}.")]
-        if own and set(own) <= set(result.frozen):
-            raise ConfigValueError(
-                f"transfer.freeze={list(freeze)} freezes the whole {part}, which the GAN task trains with an "
-                f"optimizer of its own. Freeze some of its layers only, e.g. [{own[0].rsplit('.', 1)[0]}]."
-            )
     if result.frozen:
         freeze_parameters(model, result.frozen)
         log.info("Froze %d of %d parameter tensors: %s", len(result.frozen), len(params), result.frozen)
@@ -171,9 +169,6 @@ def copy_matching(model: nn.Module, ckpt_path: str | Path, skip: Sequence[str] =
     """Copy the tensors of `ckpt_path` whose name and shape match into `model`, except the
     parameters in `skip` (and the buffers of their layers); return the names copied and the
     names left as they were."""
-    from nnlab.engine.checkpoint import load_checkpoint
-    from nnlab.restore import trained_weights
-
     state = load_checkpoint(ckpt_path, map_location="cpu")
     if not isinstance(state, dict) or "model" not in state:
         raise UserError(
@@ -253,13 +248,44 @@ def scale_group_lrs(optimizer: torch.optim.Optimizer) -> None:
 
 
 def check_task_support(task: Any, node: Mapping[str, Any] | None) -> None:
-    """transfer.backbone_lr_scale needs a task that builds its optimizer with `optimizer_params`:
-    the supervised task does; reconstruction, GAN and SOM tasks are refused with a clear message."""
-    scale = (node or {}).get("backbone_lr_scale", 1.0)
-    from nnlab.tasks.supervised import Supervised
+    """Check the `transfer` options against what `task` declares it supports (see
+    `nnlab.engine.task.Task`; a task that declares nothing supports neither):
 
-    if scale != 1.0 and not isinstance(task, Supervised):
+    - transfer.backbone_lr_scale needs `task.supports_backbone_lr_scale` (a task that builds its
+      optimizer with `optimizer_params`, as the supervised task does);
+    - transfer.freeze must leave something to train in each of `task.own_optimizer_parts` (the
+      submodules that train with an optimizer of their own, e.g. a GAN's generator and
+      discriminator), or that optimizer would have nothing to step.
+    """
+    scale = (node or {}).get("backbone_lr_scale", 1.0)
+    if scale != 1.0 and not getattr(task, "supports_backbone_lr_scale", False):
         raise ConfigValueError(
             f"transfer.backbone_lr_scale={scale} is supported by the supervised task only, not by "
             f"{type(task).__name__}. Leave it at 1.0 (transfer.init_from and transfer.freeze work here)."
         )
+    transfer: Transfer | None = getattr(task.model, ATTRIBUTE, None)  # None: nothing applied
+    if transfer is None or not transfer.frozen:
+        return
+    frozen = set(transfer.frozen)
+    freeze = list((node or {}).get("freeze") or [])
+    for part in getattr(task, "own_optimizer_parts", ()):
+        named = [(name, p) for name, p in task.model.named_parameters() if name.startswith(f"{part}.")]
+        froze = [name for name, _ in named if name in frozen]
+        if froze and not any(p.requires_grad for _, p in named):
+            raise ConfigValueError(
+                f"transfer.freeze={freeze} freezes the whole {part}, which the task ({type(task).__name__}) "
+                f"trains with an optimizer of its own. Freeze some of its layers only, e.g. "
+                f"[{froze[0].rsplit('.', 1)[0]}]."
+            )
+
+
+def trained_weights(state: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The weights the run was tested with: the exponential moving average of the weights when
+    the run kept one (`regularization.ema_decay`), else the weights themselves. (Here, where both
+    `copy_matching` and `nnlab.restore` read it: restore imports models, never the reverse.)"""
+    ema = state.get("ema")
+    if ema:
+        averaged = {k.removeprefix("module."): v for k, v in ema.items() if k.startswith("module.")}
+        if averaged:
+            return averaged
+    return state["model"]

@@ -78,6 +78,11 @@ class Adversarial:
             training the judge leaves the run's random stream where it was).
     """
 
+    # What this task supports, declared for the engine and the commands (see nnlab.engine.task.Task).
+    supports_ddp = False  # calls into the model's parts (G, D), not through one model(x) DDP could wrap
+    supports_backbone_lr_scale = False  # each optimizer takes its network's parameters(): no transfer lr groups
+    own_optimizer_parts: tuple[str, ...] = ("generator", "discriminator")  # each with an optimizer of its own
+
     def __init__(
         self,
         model: GAN,
@@ -342,6 +347,9 @@ class Adversarial:
 
     def learning_rates(self) -> dict[str, float]:
         return {"lr/g": self.optim_g.lr, "lr/d": self.optim_d.lr}
+
+    def single_optimizer(self) -> None:
+        return None  # two: D's and G's
 
     def state_dict(self) -> dict[str, Any]:
         """Both optimizers (with their schedulers and scalers) and the fixed noise batch, so a

@@ -4,9 +4,9 @@ Computed once per evaluation from all of a split's outputs (not averaged over ba
 F1, ROC-AUC and R^2 are exact. Accuracy, macro-F1 and the test report's per-class precision,
 recall and F1 all come from one confusion matrix counted with torch, in scikit-learn's
 definitions (`precision_recall_fscore_support(..., zero_division=0)`; tests check the values
-are the same): scikit-learn's checks of its inputs cost several milliseconds a call, a noticeable
-share of a small model's epoch, and importing `sklearn.metrics` for the test report took 0.8-1.2 s
-of the default run's ~6 s. ROC-AUC (binary problems) still comes from scikit-learn, imported then.
+are the same): scikit-learn's checks of its inputs cost a noticeable share of a small model's
+epoch at every evaluation, and importing `sklearn.metrics` a noticeable share of a short run.
+ROC-AUC (binary problems) still comes from scikit-learn, imported only then.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def regression_metrics(out: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
 
 def confusion_figure(matrix: np.ndarray, class_names: list[str], title: str = "confusion matrix"):
     """A matplotlib figure of a confusion matrix: counts in each cell, rows = true class. Made
-    without pyplot (whose import took 0.4-0.6 s of the default run): nothing to close."""
+    without pyplot (a slow import, and its figures must be closed): nothing to close."""
     from matplotlib.figure import Figure
 
     k = len(class_names)

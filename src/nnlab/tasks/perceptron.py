@@ -32,6 +32,11 @@ class PerceptronRule:
     The rule needs no optimizer or scheduler (nor class counts): those are accepted and ignored.
     """
 
+    # What this task supports, declared for the engine and the commands (see nnlab.engine.task.Task).
+    supports_ddp = False  # learns without gradients: nothing for DDP to average
+    supports_backbone_lr_scale = False  # no optimizer
+    own_optimizer_parts: tuple[str, ...] = ()
+
     def __init__(
         self,
         model: Perceptron,
@@ -118,6 +123,9 @@ class PerceptronRule:
 
     def learning_rates(self) -> dict[str, float]:
         return {}
+
+    def single_optimizer(self) -> None:
+        return None  # the rule updates the weights itself
 
     def state_dict(self) -> dict[str, Any]:
         return {}

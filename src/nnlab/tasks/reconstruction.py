@@ -71,7 +71,10 @@ class Reconstruction:
         probe_neighbors: k of the test-time kNN probe of the codes (0 turns it off).
     """
 
-    data_parallel = True  # trains only through model(x): DistributedDataParallel can wrap it
+    # What this task supports, declared for the engine and the commands (see nnlab.engine.task.Task).
+    supports_ddp = True  # trains only through model(x): DistributedDataParallel can wrap it
+    supports_backbone_lr_scale = False  # its optimizer takes model.parameters(): no transfer lr groups
+    own_optimizer_parts: tuple[str, ...] = ()  # one optimizer trains the whole model
 
     def __init__(
         self,
@@ -288,6 +291,9 @@ class Reconstruction:
 
     def learning_rates(self) -> dict[str, float]:
         return {"lr": self.optim.lr}
+
+    def single_optimizer(self) -> torch.optim.Optimizer | None:
+        return self.optim.optimizer if self.optim is not None else None  # None until `configure`
 
     def state_dict(self) -> dict[str, Any]:
         return {"optim": self.optim.state_dict()}

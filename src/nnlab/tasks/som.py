@@ -119,6 +119,11 @@ class SOMRule:
         init: pca or random.
     """
 
+    # What this task supports, declared for the engine and the commands (see nnlab.engine.task.Task).
+    supports_ddp = False  # learns without gradients: nothing for DDP to average
+    supports_backbone_lr_scale = False  # no optimizer
+    own_optimizer_parts: tuple[str, ...] = ()
+
     def __init__(
         self,
         model: SOM,
@@ -295,6 +300,9 @@ class SOMRule:
         """lr and sigma of the next update (as an optimizer's lr reads after its scheduler's step)."""
         lr, sigma = self.rates()
         return {"lr": lr, "sigma": sigma}
+
+    def single_optimizer(self) -> None:
+        return None  # the rule updates the weights itself
 
     def state_dict(self) -> dict[str, Any]:
         return {"step": self.step}

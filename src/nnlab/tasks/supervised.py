@@ -15,12 +15,42 @@ from nnlab.engine.metrics import Accuracy
 from nnlab.engine.optim import Optimization, UpdateRules, build_scheduler
 from nnlab.engine.precision import Precision
 from nnlab.errors import ConfigValueError, check_choice, check_range
+from nnlab.models import transfer
 from nnlab.tasks.metrics import classification_metrics, regression_metrics
 
-LOSSES = {
-    "classification": ("cross_entropy", "nll", "bce", "hinge", "kl_div"),
-    "regression": ("mse", "mae", "huber"),
+# Each loss maps (out, y, class weights or None, label smoothing) to a scalar: out is (B, K)
+# logits and y (B,) class indices for classification; out and y are (B,) or (B, T) values for
+# regression.
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None, float], torch.Tensor]
+
+
+def _kl_div(out: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None, eps: float) -> torch.Tensor:
+    k = out.shape[1]
+    target = F.one_hot(y, k).to(out.dtype) * (1 - eps) + eps / k  # (B, K), label-smoothed one-hot
+    return F.kl_div(F.log_softmax(out, 1), target, reduction="batchmean")
+
+
+# The losses of each data kind, by name: the one source of the choices of `task.loss` (its type
+# hint `LossName` and its error messages are built from it). The first of a kind is its default.
+LOSSES: dict[str, dict[str, LossFn]] = {
+    "classification": {
+        "cross_entropy": lambda out, y, w, eps: F.cross_entropy(out, y, weight=w, label_smoothing=eps),
+        "nll": lambda out, y, w, eps: F.nll_loss(F.log_softmax(out, 1), y, weight=w),
+        "bce": lambda out, y, w, eps: F.binary_cross_entropy_with_logits(out, F.one_hot(y, out.shape[1]).to(out.dtype)),
+        "hinge": lambda out, y, w, eps: F.multi_margin_loss(out, y, weight=w),
+        "kl_div": _kl_div,
+    },
+    "regression": {
+        "mse": lambda out, y, w, eps: F.mse_loss(out, y),
+        "mae": lambda out, y, w, eps: F.l1_loss(out, y),
+        "huber": lambda out, y, w, eps: F.huber_loss(out, y),
+    },
 }
+# `task.loss`'s type hint, which `nnlab.validation` reads to check a configured name (with a
+# "did you mean") before anything is built.
+LossName = Literal[("auto", *(name for losses in LOSSES.values() for name in losses))]
+# The losses that take `class_weight: balanced` (a weight per class in the loss).
+CLASS_WEIGHTED = ("cross_entropy", "nll", "hinge")
 
 
 class Supervised:
@@ -66,7 +96,10 @@ class Supervised:
             close to a normal run, 1.0 is Madry et al.'s pure adversarial training.
     """
 
-    data_parallel = True  # trains only through model(x): DistributedDataParallel can wrap it
+    # What this task supports, declared for the engine and the commands (see nnlab.engine.task.Task).
+    supports_ddp = True  # trains only through model(x): DistributedDataParallel can wrap it
+    supports_backbone_lr_scale = True  # `configure` builds the optimizer from transfer.optimizer_params
+    own_optimizer_parts: tuple[str, ...] = ()  # one optimizer trains the whole model
 
     def __init__(
         self,
@@ -76,7 +109,7 @@ class Supervised:
         kind: str = "classification",
         class_names: list[str] | None = None,
         class_counts: list[int] | None = None,
-        loss: Literal["auto", "cross_entropy", "nll", "bce", "hinge", "kl_div", "mse", "mae", "huber"] = "auto",
+        loss: LossName = "auto",
         label_smoothing: float = 0.0,
         class_weight: str = "none",
         adversarial: str = "none",
@@ -87,16 +120,17 @@ class Supervised:
     ) -> None:
         check_choice("data kind", kind, LOSSES)
         if loss == "auto":
-            loss = LOSSES[kind][0]
+            loss = next(iter(LOSSES[kind]))
         check_choice(f"task.loss (for {kind})", loss, LOSSES[kind])
         check_range("task.label_smoothing", label_smoothing, 0.0, 1.0, high_inclusive=False)
         check_choice("task.class_weight", class_weight, ["none", "balanced"])
         self.class_weights: torch.Tensor | None = None
         if class_weight == "balanced":
-            if kind != "classification" or loss not in ("cross_entropy", "nll", "hinge"):
+            if kind != "classification" or loss not in CLASS_WEIGHTED:
+                weighted = f"{', '.join(CLASS_WEIGHTED[:-1])} or {CLASS_WEIGHTED[-1]}"
                 raise ConfigValueError(
-                    f"task.class_weight=balanced weights the cross_entropy, nll or hinge loss of a "
-                    f"classification task, but this run uses loss={loss} on {kind} data."
+                    f"task.class_weight=balanced weights the {weighted} loss of a classification task, but this "
+                    f"run uses loss={loss} on {kind} data."
                 )
             counts = torch.tensor(class_counts, dtype=torch.float32).clamp_min(1)
             self.class_weights = counts.sum() / (len(counts) * counts)  # n / (K * n_c)
@@ -135,8 +169,6 @@ class Supervised:
         self.precision = precision
         if self.class_weights is not None:
             self.class_weights = self.class_weights.to(device)
-        from nnlab.models import transfer  # here, not at the top: this method is all it is needed for
-
         # model.parameters() unless transfer options were applied (nnlab.models.transfer): then
         # the trainable parameters, the copied ones at lr x transfer.backbone_lr_scale.
         optimizer = self._optimizer_factory(params=transfer.optimizer_params(self.model))
@@ -145,26 +177,9 @@ class Supervised:
         self.optim = Optimization(optimizer, scheduler, precision.grad_scaler(), rules=rules)
 
     def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        name = self.loss_name
-        w = self.class_weights
-        if name == "cross_entropy":
-            return F.cross_entropy(out, y, weight=w, label_smoothing=self.label_smoothing)
-        if name == "nll":
-            return F.nll_loss(F.log_softmax(out, 1), y, weight=w)
-        if name == "bce":
-            return F.binary_cross_entropy_with_logits(out, F.one_hot(y, out.shape[1]).to(out.dtype))
-        if name == "hinge":
-            return F.multi_margin_loss(out, y, weight=w)
-        if name == "kl_div":
-            k = out.shape[1]
-            target = F.one_hot(y, k).to(out.dtype) * (1 - self.label_smoothing) + self.label_smoothing / k
-            return F.kl_div(F.log_softmax(out, 1), target, reduction="batchmean")
-        out = out.view_as(y)  # (B, 1) -> (B,) for single-target regression
-        if name == "mse":
-            return F.mse_loss(out, y)
-        if name == "mae":
-            return F.l1_loss(out, y)
-        return F.huber_loss(out, y)
+        if self.kind == "regression":
+            out = out.view_as(y)  # (B, 1) -> (B,) for single-target regression
+        return LOSSES[self.kind][self.loss_name](out, y, self.class_weights, self.label_smoothing)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
         x, y = batch
@@ -234,6 +249,9 @@ class Supervised:
 
     def learning_rates(self) -> dict[str, float]:
         return {"lr": self.optim.lr}
+
+    def single_optimizer(self) -> torch.optim.Optimizer | None:
+        return self.optim.optimizer if self.optim is not None else None  # None until `configure`
 
     def state_dict(self) -> dict[str, Any]:
         return {"optim": self.optim.state_dict()}
