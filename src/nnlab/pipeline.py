@@ -396,6 +396,6 @@ def run(cfg: DictConfig) -> float | None:
         if app.in_sweep():
             # A sweep's worker process runs trial after trial, then exits: collect this trial's
             # garbage and freeze what is left (mostly imported modules), so later collections
-            # and the worker's exit skip it (about 1 s per worker process with torch loaded).
+            # and the worker's exit skip it (docs/benchmarks.md has the figure).
             gc.collect()
             gc.freeze()
