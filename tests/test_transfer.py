@@ -290,3 +290,17 @@ def test_cli_explains_a_wrong_checkpoint_in_one_paragraph(autoencoder_ckpt, tmp_
     bad = run_cli(["experiment=digits59_few_labels", f"transfer.init_from='{autoencoder_ckpt}'", *tiny], tmp_path)
     assert bad.returncode == 2
     assert "no parameter of MLP matches the checkpoint by name and shape" in " ".join(bad.stderr.split())
+
+
+def test_train_yaml_spells_out_the_transfer_options_of_apply_transfer() -> None:
+    """One schema: `apply_transfer`'s keyword arguments; train.yaml's `transfer` node lists the
+    same keys with the same defaults (nothing transferred)."""
+    import yaml
+
+    from helpers import CONFIG_DIR
+    from nnlab.models.transfer import transfer_options
+
+    node = yaml.safe_load((CONFIG_DIR / "train.yaml").read_text())["transfer"]
+    defaults = transfer_options()
+    assert list(node) == list(defaults)
+    assert {k: list(v) if isinstance(v, tuple) else v for k, v in defaults.items()} == node

@@ -34,6 +34,7 @@ declarations (`nnlab.engine.task.Task`), never from its type.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -47,9 +48,6 @@ from nnlab.engine.checkpoint import load_checkpoint
 from nnlab.errors import ConfigValueError, UserError, check_range, did_you_mean
 
 log = logging.getLogger(__name__)
-
-# The `transfer` config node's keys and their defaults (nothing transferred).
-DEFAULTS: dict[str, Any] = {"init_from": None, "reinit": [], "freeze": [], "backbone_lr_scale": 1.0}
 
 # The word in `transfer.freeze` that stands for every copied tensor.
 BACKBONE = "backbone"
@@ -68,17 +66,31 @@ class Transfer:
     backbone_lr_scale: float = 1.0
 
 
+def transfer_options() -> dict[str, Any]:
+    """The `transfer` config node's keys and their defaults (nothing transferred): the keyword
+    arguments of `apply_transfer`, whose signature is the schema (train.yaml's node spells them
+    out for the user; tests/test_transfer.py checks the two agree)."""
+    parameters = list(inspect.signature(apply_transfer).parameters.values())[1:]  # all but `model`
+    return {p.name: p.default for p in parameters}
+
+
+def _plain(value: Any) -> Any:
+    """A sequence option as a list (YAML gives lists, the signature tuples), else the value."""
+    return list(value) if isinstance(value, Sequence) and not isinstance(value, str) else value
+
+
 def from_config(model: nn.Module, node: Mapping[str, Any] | None) -> Transfer | None:
     """Apply the `transfer` config node (None or all defaults: nothing happens, returns None)."""
+    defaults = transfer_options()
     options = dict(node or {})
-    unknown = [k for k in options if k not in DEFAULTS]
+    unknown = [k for k in options if k not in defaults]
     if unknown:
         raise ConfigValueError(
-            f"Unknown key 'transfer.{unknown[0]}'.{did_you_mean(str(unknown[0]), DEFAULTS)} "
-            f"The transfer options are: {', '.join(DEFAULTS)}."
+            f"Unknown key 'transfer.{unknown[0]}'.{did_you_mean(str(unknown[0]), defaults)} "
+            f"The transfer options are: {', '.join(defaults)}."
         )
-    options = {**DEFAULTS, **options}
-    if options == DEFAULTS:
+    options = {**defaults, **options}
+    if all(_plain(options[k]) == _plain(v) for k, v in defaults.items()):
         return None
     return apply_transfer(
         model,
