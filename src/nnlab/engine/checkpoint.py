@@ -14,6 +14,7 @@ import threading
 import warnings
 import zipfile
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -50,25 +51,35 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     bytes are in memory once more while it is written.)"""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     pickled = io.BytesIO()
     torch.save(state, pickled)
-    try:
+    with _replacing(path) as tmp:
         with open(tmp, "wb") as f:
             f.write(pickled.getbuffer())
             f.flush()
             os.fsync(f.fileno())
+    return path
+
+
+@contextmanager
+def _replacing(path: Path) -> Iterator[Path]:
+    """Yield a temporary name beside `path` to write; then rename it over `path` and make the
+    rename durable. On any error the temporary file is removed (also freeing the space it took),
+    and an `OSError` is raised again naming `path`, not the temporary file."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        yield tmp
         os.replace(tmp, path)
     except OSError as e:
-        tmp.unlink(missing_ok=True)  # (also frees the space it took)
+        tmp.unlink(missing_ok=True)
         if e.errno is None:
             raise
-        raise OSError(e.errno, e.strerror, str(path)) from e  # the checkpoint's name, not its temporary file's
+        raise OSError(e.errno, e.strerror, str(path)) from e
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)  # make the rename itself durable
-    return path
+    _fsync_dir(path.parent)
 
 
 _IMMUTABLE = frozenset({int, float, bool, str, bytes, type(None)})
@@ -145,22 +156,13 @@ class CheckpointWriter:
 
 def _link_or_copy(source: Path, path: Path) -> None:
     """Make `path` the same file as `source`, atomically (a hard link, else a copy)."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.unlink(missing_ok=True)
-    try:
+    with _replacing(path) as tmp:  # (a full disk can refuse the copy, or even the link's directory entry)
         try:
             os.link(source, tmp)
         except OSError:
             shutil.copyfile(source, tmp)
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:  # (a full disk: the copy, or even the link's directory entry)
-        tmp.unlink(missing_ok=True)
-        if e.errno is None:
-            raise
-        raise OSError(e.errno, e.strerror, str(path)) from e
-    _fsync_dir(path.parent)
 
 
 def _fsync_dir(folder: Path) -> None:
