@@ -135,7 +135,7 @@ def _check_target(node: DictConfig, path: str) -> None:
         raise ConfigValueError(_bind_error(e, path, target, params, len(args), keys)) from None
 
     # Positional values fill the positional parameters in order; any beyond go to *args.
-    in_order = [n for n, p in params.items() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    in_order = _positional(params)
     arg_of = {name: i for i, name in enumerate(in_order[: len(positional)])}
     hints = _type_hints(obj, params)
     is_optimizer = target.startswith("torch.optim.") and "lr_scheduler" not in target
@@ -149,9 +149,9 @@ def _check_target(node: DictConfig, path: str) -> None:
         else:
             items = [(f"_args_[{arg_of[name]}]" if name in arg_of else name, value)]
         for key, v in items:
-            if v is None and params[name].default is None:
-                continue  # `x: int = None`: an implicit Optional that older signatures rely on
             default = params[name].default
+            if v is None and default is None:
+                continue  # `x: int = None`: an implicit Optional that older signatures rely on
             _check_value(
                 where[key],
                 v,
@@ -187,6 +187,11 @@ def _plain(container: Any, key: Any = None) -> Any:
         return UNRESOLVED
 
 
+def _positional(params: Mapping[str, inspect.Parameter]) -> list[str]:
+    """The parameters `_args_` values fill, in order."""
+    return [n for n, p in params.items() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+
 def _bind_error(
     error: TypeError, path: str, target: str, params: Mapping[str, inspect.Parameter], n_args: int, keys: list[str]
 ) -> str:
@@ -195,13 +200,13 @@ def _bind_error(
     m = re.search(r"multiple values for argument '(\w+)'", text)
     if m:  # a positional _args_ value and a key for the same parameter
         name = m.group(1)
-        i = [n for n, p in params.items() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)].index(name)
+        i = _positional(params).index(name)
         return (
             f"{path} gives '{name}' twice: as {path}._args_[{i}] and as {path}.{name}, and {target} takes it once. "
             f"Remove one of them, e.g. drop {path}.{name} (on the command line: ~{path}.{name})."
         )
     if "too many positional arguments" in text:
-        names = [n for n, p in params.items() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        names = _positional(params)
         listed = f" ({', '.join(names)})" if names else ""
         return (
             f"{path}._args_ has {n_args} values, but {target} takes at most {len(names)} positional "
