@@ -46,11 +46,11 @@ from typing import Any
 import numpy as np
 import torch
 from hydra import compose, initialize_config_module
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from nnlab.engine.precision import Precision
 from nnlab.models.som import SOM
+from nnlab.pipeline import build_data
 from nnlab.tasks.som import SOMRule
 
 MINISOM_SIGMAS = (1.0, 1.5)
@@ -80,7 +80,7 @@ def settings(node: Any) -> dict[str, Any]:
 
 
 def nnlab_row(cfg: Any, device: torch.device, repeats: int) -> dict[str, Any]:
-    data = instantiate(cfg.data)
+    data = build_data(cfg, augment=False)  # as nnlab-train builds it, row edits (data_edit) included
     data.setup(device)
     epochs = cfg.trainer.max_epochs
     model_args, task_args = settings(cfg.model), settings(cfg.task)
@@ -115,7 +115,7 @@ def nnlab_row(cfg: Any, device: torch.device, repeats: int) -> dict[str, Any]:
 
 def training_rows(cfg: Any) -> np.ndarray:
     """The standardized training split of `cfg`'s data, flattened, as MiniSom's float64 array."""
-    data = instantiate(cfg.data)
+    data = build_data(cfg, augment=False)
     data.setup(torch.device("cpu"))
     return torch.cat([b[0].flatten(1) for b in data.eval_batches("train")]).double().numpy()
 
@@ -150,7 +150,7 @@ def som_rows(epochs: int, device: str, repeats: int) -> tuple[list[dict[str, Any
     (its time over nnlab's). No steps/s: the SOM learns without gradients or an optimizer.
     Without MiniSom only nnlab's row, and a note saying so.
     """
-    from nnlab.engine.trainer import resolve_device
+    from nnlab.engine.devices import resolve_device
 
     cfg = experiment([f"trainer.max_epochs={epochs}"])
     rows = [nnlab_row(cfg, resolve_device(device), repeats)]

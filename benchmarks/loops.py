@@ -197,9 +197,9 @@ def nnlab_fused_loop(cfg: DictConfig, device: str) -> Outcome:
 def _build(cfg: DictConfig) -> tuple[Any, nn.Module, torch.optim.Optimizer, Any, torch.device]:
     """The data and model exactly as nnlab builds them (seeded the same, so the same initial
     weights), on the device, with the config's optimizer and schedule."""
+    from nnlab.engine.devices import resolve_device
     from nnlab.engine.optim import build_scheduler
     from nnlab.engine.rng import seed_everything
-    from nnlab.engine.trainer import resolve_device
     from nnlab.pipeline import build_model
 
     seed_everything(cfg.seed)

@@ -63,6 +63,8 @@ class Command:
     name: short, unique, used on the command line (--only) and as the run folder's name.
     covers: what part of nnlab this run exercises (for the table and --list).
     expected_change: None, or why the change under test is meant to alter this run's metrics.
+    legacy_args: the same command as spelled before the row edits became the `data_edit` group
+        (data.imbalance=..., data.cv_folds=...), for a side whose configs have no data_edit/ folder.
     """
 
     name: str
@@ -70,6 +72,13 @@ class Command:
     args: tuple[str, ...]
     module: str = "nnlab.train"
     expected_change: str | None = None
+    legacy_args: tuple[str, ...] | None = None
+
+    def args_for(self, src: Path) -> tuple[str, ...]:
+        """The arguments as the nnlab in `src` spells them."""
+        if self.legacy_args is not None and not (src / "nnlab" / "configs" / "data_edit").is_dir():
+            return self.legacy_args
+        return self.args
 
 
 CSV_FILE = "table.csv"  # written by `write_csv` into the root both sides share; {csv} in args is its path
@@ -106,7 +115,7 @@ COMMANDS: tuple[Command, ...] = (
     ),
     Command(
         "anomaly",
-        "reconstruction as anomaly detection: data.anomaly_classes edit, ROC-AUC and F1 at a val threshold",
+        "reconstruction as anomaly detection: the anomaly row edit, ROC-AUC and F1 at a val threshold",
         ("experiment=breast_cancer_anomaly", "trainer.max_epochs=5"),
     ),
     Command("gan", "GAN: the D and G updates, sample metrics (FD)", ("experiment=digits_gan", "trainer.max_epochs=2")),
@@ -117,13 +126,22 @@ COMMANDS: tuple[Command, ...] = (
     ),
     Command(
         "cross_validation",
-        "data.cv_folds=3: the k-fold loop (three runs, metrics averaged over folds)",
-        ("experiment=iris_mlp", "data.cv_folds=3", "trainer.max_epochs=5"),
+        "data_edit=kfold: the k-fold loop (three runs, metrics averaged over folds)",
+        ("experiment=iris_mlp", "data_edit=kfold", "data_edit.kfold.folds=3", "trainer.max_epochs=5"),
+        legacy_args=("experiment=iris_mlp", "data.cv_folds=3", "trainer.max_epochs=5"),
     ),
     Command(
         "imbalance_missing",
-        "row edits combined, classification: data.imbalance + data.missing (mean_indicator) + weighted sampler",
+        "row edits combined, classification: missing + imbalance + impute (with indicators) + balanced sampling",
         (
+            "data=wine",
+            "data_edit=[missing,imbalance,impute,balanced_sampling]",
+            "data_edit.imbalance.ratio=0.3",
+            "data_edit.missing.fraction=0.2",
+            "data_edit.impute.indicator=true",
+            "trainer.max_epochs=5",
+        ),
+        legacy_args=(
             "data=wine",
             "data.imbalance=0.3",
             "data.missing=0.2",
@@ -134,25 +152,45 @@ COMMANDS: tuple[Command, ...] = (
     ),
     Command(
         "outliers_missing",
-        "row edits combined, regression: data.missing (mnar, impute=drop) + data.outliers",
-        ("experiment=missing_data", "data.impute=drop", "data.outliers=0.1", "trainer.max_epochs=5"),
+        "row edits combined, regression: missing (mnar) + impute (drop) + outliers",
+        (
+            "experiment=missing_data",
+            "data_edit=[missing,impute,outliers]",
+            "data_edit.impute.strategy=drop",
+            "data_edit.outliers.fraction=0.1",
+            "trainer.max_epochs=5",
+        ),
+        legacy_args=("experiment=missing_data", "data.impute=drop", "data.outliers=0.1", "trainer.max_epochs=5"),
     ),
     Command(
         "few_labels",
-        "row edits combined: data.classes + data.imbalance + data.labels_per_class (digits 5-9)",
-        ("experiment=digits59_few_labels", "data.imbalance=0.5", "trainer.max_epochs=5"),
+        "row edits combined: classes + imbalance + few_labels (digits 5-9)",
+        (
+            "experiment=digits59_few_labels",
+            "data_edit=[classes,imbalance,few_labels]",
+            "data_edit.imbalance.ratio=0.5",
+            "trainer.max_epochs=5",
+        ),
+        legacy_args=("experiment=digits59_few_labels", "data.imbalance=0.5", "trainer.max_epochs=5"),
     ),
     Command(
         "ensemble",
-        "nnlab-ensemble: two members on data.bootstrap resamples, mean and vote",
+        "nnlab-ensemble: two members on bootstrap resamples, mean and vote",
         ("data=iris", "ensemble.members=2", "ensemble.vary=bootstrap", "ensemble.combine=[mean,vote]")
         + ("trainer.max_epochs=3",),
         module="nnlab.ensemble",
     ),
     Command(
         "csv_impute_minmax",
-        "data=csv: the CSV loader's impute=mean and scale=minmax on a table with missing cells",
-        (
+        "data=csv: mean imputation and min-max scaling of a table with missing cells",
+        ("data=csv", "data.dataset.path={csv}", "data.dataset.target=label", "data_edit=impute")
+        + ("data.normalize=minmax", "trainer.max_epochs=5"),
+        expected_change=(
+            "issue 23 fits the imputation means and min-max ranges on the training split (the CSV loader "
+            "took them over all rows, test rows included), and a missing text cell becomes an all-zero "
+            "one-hot (it took the column's most frequent value), so the inputs change"
+        ),
+        legacy_args=(
             "data=csv",
             "data.dataset.path={csv}",
             "data.dataset.target=label",
@@ -160,10 +198,6 @@ COMMANDS: tuple[Command, ...] = (
             "data.dataset.scale=minmax",
             "data.standardize=false",  # the min-max scaling is the input scaling (the z-score would undo it)
             "trainer.max_epochs=5",
-        ),
-        expected_change=(
-            "issue 23 fits the CSV loader's imputation means and min-max ranges on the training split "
-            "(they are taken over all rows, test rows included, before it), so the inputs change"
         ),
     ),
 )
@@ -353,7 +387,7 @@ def run_command(command: Command, side: Side, root: Path, csv: Path) -> Outcome:
             return Outcome(error=f"not in the record {side.record} (recorded with other --only names?)")
         return Outcome(metrics=json.loads(path.read_text()))
     run_dir = root / "runs" / command.name
-    args = [a.replace("{csv}", str(csv)) for a in command.args]
+    args = [a.replace("{csv}", str(csv)) for a in command.args_for(side.src)]
     argv = [sys.executable, "-m", command.module, *args, *QUIET, f"hydra.run.dir={run_dir}"]
     started = time.perf_counter()
     try:

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from concepts import cpu_seconds, print_summary, split_argv, timing_record  # scripts/concepts.py, beside this one
-from nnlab.report import Trial, find_trials
+from nnlab.sweepfolder import Trial, find_trials
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOLS = {"nnlab-" + t: "nnlab." + t for t in ("train", "attack", "export", "ensemble", "report")}
@@ -117,12 +117,12 @@ def robustness_rows(attacks: dict[str, dict[str, float]]) -> list[dict[str, Any]
 
 
 def few_label_rows(trials: list[Trial], metric: str = "test/acc") -> list[dict[str, Any]]:
-    """One row per label count: `metric` from scratch (transfer.init_from=null), fine-tuned from
-    the pretrained checkpoint, and the gain in points."""
+    """One row per label count (the swept data_edit.few_labels.per_class): `metric` from scratch
+    (transfer.init_from=null), fine-tuned from the pretrained checkpoint, and the gain in points."""
     by_labels: dict[int, dict[str, float]] = {}
     for t in trials:
         start = "scratch" if t.value("transfer.init_from") in (None, "null") else "fine-tuned"
-        by_labels.setdefault(int(t.value("data.labels_per_class")), {})[start] = t.metrics[metric]
+        by_labels.setdefault(int(t.value("data_edit.few_labels.per_class")), {})[start] = t.metrics[metric]
     rows = []
     for labels, acc in sorted(by_labels.items()):
         gain = 100 * (acc["fine-tuned"] - acc["scratch"]) if len(acc) == 2 else None
@@ -130,14 +130,20 @@ def few_label_rows(trials: list[Trial], metric: str = "test/acc") -> list[dict[s
     return rows
 
 
+def lists_bootstrap(trial: Trial) -> bool:
+    """Whether the trial's row edits include the bootstrap: the ensembles sweep runs each seed with
+    `data_edit=[]` and with `data_edit=[bootstrap]`."""
+    edits = (trial.value("data_edit") or "").strip("[]").split(",")
+    return "bootstrap" in (e.strip() for e in edits)
+
+
 def ensemble_rows(singles: list[Trial], ensembles: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
-    """One row per way of varying the members: the single models of the sweep (data.bootstrap=false
-    for vary=seed, true for bootstrap), their mean and best, and each combination of
+    """One row per way of varying the members: the single models of the sweep (no row edit for
+    vary=seed, the bootstrap for vary=bootstrap), their mean and best, and each combination of
     nnlab-ensemble's metrics.json; `same models` checks that it trained the sweep's models."""
     rows = []
     for vary, metrics in ensembles.items():
-        bootstrap = "true" if vary == "bootstrap" else "false"  # Hydra writes a swept bool as False/True
-        accs = [t.metrics["test/acc"] for t in singles if str(t.value("data.bootstrap")).lower() == bootstrap]
+        accs = [t.metrics["test/acc"] for t in singles if lists_bootstrap(t) == (vary == "bootstrap")]
         members = [v for k, v in sorted(metrics.items()) if re.fullmatch(r"member_\d+/test/acc", k)]
         row: dict[str, Any] = {
             "members vary by": vary,

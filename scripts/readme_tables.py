@@ -39,11 +39,15 @@ CONFIGS = ROOT / "src" / "nnlab" / "configs"
 
 # What each group sets, by hand: the one column a script cannot derive. The order is the table's.
 WHAT_IT_SETS = {
-    "data": "dataset, seeded stratified train/val/test split, standardization (fitted on train only), "
-    "batch size, `imbalance`, `sampler`, `anomaly_classes`",
+    "data": "dataset, seeded stratified train/val/test split, scaling fitted on the train split only "
+    "(`normalize=standard\\|minmax\\|none`), batch size, in-memory or DataLoader batching",
+    "data_edit": "row edits (keep classes, blank values, k-fold, imbalance, held-out classes, few labels, "
+    "bootstrap, imputation, target outliers, epoch order), applied in the listed order, each with its options "
+    "under its name: `data_edit=[imbalance,balanced_sampling] data_edit.imbalance.ratio=0.3` "
+    "(docs/concepts.md, Row edits)",
     "augmentation": "random image transforms of training batches, run on the device",
-    "imbalance_remedy": "one remedy for class imbalance, setting `data.sampler`, `task.class_weight` and "
-    "`augmentation` together (`none` undoes one chosen before it)",
+    "imbalance_remedy": "one remedy for class imbalance, setting `data_edit.balanced_sampling`, "
+    "`task.class_weight` and `augmentation` together (`none` undoes one chosen before it)",
     "model": "mlp: hidden sizes, activation (relu, leaky_relu, tanh, sigmoid, gelu), dropout, batch norm; "
     "mlp_one_hidden: one tanh hidden layer; deep_*: 10-layer MLPs for the vanishing-gradient experiment; "
     "linear: the MLP without hidden layers (softmax/logistic regression); perceptron: threshold units "

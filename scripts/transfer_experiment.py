@@ -83,7 +83,7 @@ def transfer_comparison(root: Path, seeds: list[int], labels: list[int], variant
             for seed in seeds:
                 extra = [f"transfer.init_from='{ckpt}'"] if arm != "scratch" else []
                 out = root / f"digits59_n{n}" / arm.replace(" ", "_") / f"seed{seed}"
-                m = run([*overrides, *extra, f"data.labels_per_class={n}", f"seed={seed}"], out)
+                m = run([*overrides, *extra, f"data_edit.few_labels.per_class={n}", f"seed={seed}"], out)
                 accs.append(m["test/acc"])
             results["rows"].append({"labels_per_class": n, "arm": arm, **summary(accs)})
             print(f"  digits 5-9, {n:>2} labels/class, {arm:<17} test/acc {fmt(accs)}")
@@ -112,7 +112,7 @@ def ssl_comparison(root: Path, seeds: list[int], labels: list[int], variants: bo
                     ],
                 }[arm]
                 out = root / f"ssl_n{n}" / arm.replace(" ", "_") / f"seed{seed}"
-                m = run([*overrides, f"data.labels_per_class={n}", f"seed={seed}"], out)
+                m = run([*overrides, f"data_edit.few_labels.per_class={n}", f"seed={seed}"], out)
                 accs[(n, arm)].append(m["test/acc"])
     results: dict = {"pretrain_test_recon_loss": summary(recon), "rows": []}
     print(f"masked-reconstruction pretraining: test/loss {fmt(recon)}")

@@ -79,10 +79,10 @@ def dying_after(batches: Iterable[Any], b: int) -> Iterator[Any]:
 def before_step(n: str) -> None:
     count, step = Count(int(n)), Supervised.training_step
 
-    def patched(self: Supervised, batch: Any) -> Any:
+    def patched(self: Supervised, batch: Any, update: bool = True) -> Any:
         if count.tick():
             die()
-        return step(self, batch)
+        return step(self, batch, update)
 
     Supervised.training_step = patched
 
@@ -90,8 +90,8 @@ def before_step(n: str) -> None:
 def after_step(n: str) -> None:
     count, step = Count(int(n)), Supervised.training_step
 
-    def patched(self: Supervised, batch: Any) -> Any:
-        out = step(self, batch)
+    def patched(self: Supervised, batch: Any, update: bool = True) -> Any:
+        out = step(self, batch, update)
         if count.tick():
             die()
         return out

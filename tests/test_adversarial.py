@@ -34,7 +34,7 @@ def compose_attack(overrides: Sequence[str], run_dir: Path) -> DictConfig:
 @pytest.fixture(scope="module")
 def digits_pixels(tmp_path_factory: pytest.TempPathFactory) -> Run:
     """An MLP trained 3 full epochs on digits in pixel units ([0, 1]): ~0.95 test accuracy."""
-    overrides = ["data=digits", "data.standardize=false", "trainer.max_epochs=3", "trainer.limit_train_batches=null"]
+    overrides = ["data=digits", "data.normalize=none", "trainer.max_epochs=3", "trainer.limit_train_batches=null"]
     return train_tiny(overrides, tmp_path_factory.mktemp("digits_pixels"))
 
 
@@ -121,7 +121,7 @@ def test_adversarial_batch_mixes_in_eval_mode(restored) -> None:
 
 
 def test_adversarial_training_changes_the_weights(tmp_path: Path) -> None:
-    common = ["data=digits", "data.standardize=false", "trainer.limit_train_batches=3"]
+    common = ["data=digits", "data.normalize=none", "trainer.limit_train_batches=3"]
     plain = train_tiny([*common, "task.adversarial=none"], tmp_path / "plain")
     robust = train_tiny([*common, "task.adversarial=pgd", "task.adversarial_steps=2"], tmp_path / "pgd")
     assert robust.metrics["test/acc"] > 0.2  # it trained

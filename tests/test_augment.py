@@ -8,6 +8,7 @@ import torch
 from nnlab.data import sklearn
 from nnlab.data.augment import ImageAugment
 from nnlab.data.datamodule import DataModule
+from nnlab.data.edits.order import FixedOrder
 from nnlab.errors import ConfigValueError
 
 X = torch.arange(2 * 1 * 4 * 5, dtype=torch.float32).reshape(2, 1, 4, 5)
@@ -63,8 +64,8 @@ def test_rejects_non_image_batches() -> None:
 
 
 def test_data_module_augments_training_batches_only_and_per_epoch_seeded() -> None:
-    data = DataModule(sklearn.digits(), shuffle=False, augment=ImageAugment(noise_std=0.1), seed=0)
-    plain = DataModule(sklearn.digits(), shuffle=False, seed=0)
+    data = DataModule(sklearn.digits(), edits=[FixedOrder()], augment=ImageAugment(noise_std=0.1), seed=0)
+    plain = DataModule(sklearn.digits(), edits=[FixedOrder()], seed=0)
     for d in (data, plain):
         d.setup(torch.device("cpu"))
     (xa, _), (xp, _) = next(data.train_batches(0)), next(plain.train_batches(0))
@@ -77,7 +78,7 @@ def test_data_module_augments_training_batches_only_and_per_epoch_seeded() -> No
 def test_pixels_move_in_raw_units_when_the_data_is_standardized_per_pixel() -> None:
     """A shifted batch of standardized digits is the standardized batch of shifted raw digits
     (moving z-scores would put each value under another pixel's mean and std)."""
-    data = DataModule(sklearn.digits(), shuffle=False, augment=ImageAugment(crop_padding=1), seed=0)
+    data = DataModule(sklearn.digits(), edits=[FixedOrder()], augment=ImageAugment(crop_padding=1), seed=0)
     data.setup(torch.device("cpu"))
     mean, std = (torch.as_tensor(a) for a in data.x_scale)
     x = next(data._train_batches(0))[0]  # the standardized batch before augmentation

@@ -14,8 +14,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from helpers import train_tiny
 from nnlab.data.arrays import ArrayDataset
 from nnlab.data.datamodule import DataModule
+from nnlab.data.edits.anomaly import HoldOutClasses
 from nnlab.engine.precision import Precision
-from nnlab.errors import ConfigValueError, DataMismatchError
+from nnlab.errors import ConfigValueError, DataMismatchError, OptionError
 from nnlab.models.autoencoder import VAE, Autoencoder
 from nnlab.models.mlp import MLP
 from nnlab.tasks.anomaly import anomaly_metrics, choose_threshold
@@ -138,13 +139,17 @@ def test_thresholds_chosen_on_validation() -> None:
 def test_anomaly_classes_are_left_out_of_training_only() -> None:
     rng = np.random.default_rng(0)
     dataset = ArrayDataset(rng.normal(size=(300, 4)), np.arange(300) % 3, "classification")
-    data = DataModule(dataset, anomaly_classes=[2])
+    data = DataModule(dataset, edits=[HoldOutClasses([2])])
+    assert data.anomaly_classes == [2] and DataModule(dataset).anomaly_classes == []
     train_y, val_y, test_y = (data._arrays[s][1] for s in ("train", "val", "test"))
     assert 2 not in train_y and {0, 1} <= set(train_y.tolist())
     assert 2 in val_y and 2 in test_y
-    for bad in ([3], [0, 1, 2], []):
-        with pytest.raises(ConfigValueError, match="data.anomaly_classes"):
-            DataModule(dataset, anomaly_classes=bad)
+    for bad in ([3], [0, 1, 2]):
+        with pytest.raises(ConfigValueError, match=r"data_edit.anomaly.classes=.* must list some, but not all.*0-2"):
+            DataModule(dataset, edits=[HoldOutClasses(bad)])
+    for bad in ([], [1, 1]):
+        with pytest.raises(OptionError, match=r"data_edit.anomaly.classes=.* must list one or more class indices"):
+            HoldOutClasses(bad)
 
 
 # --- whole runs ----------------------------------------------------------------------------------
@@ -154,7 +159,7 @@ def test_anomaly_run_reports_and_keeps_the_validation_threshold(tmp_path: Path) 
     run = train_tiny(
         [
             "experiment=digits_anomaly",
-            "data.anomaly_classes=[0]",
+            "data_edit.anomaly.classes=[0]",
             "trainer.max_epochs=8",
             "trainer.limit_train_batches=null",
         ],

@@ -85,9 +85,27 @@ def test_the_commands_cover_every_task_and_have_unique_names() -> None:
             group, _, choice = a.partition("=")
             if group in ("experiment", "data", "model"):
                 assert (config_dir / group / f"{choice}.yaml").is_file(), a
-    for needle in ("experiment=diabetes_mlp", "perceptron", "autoencoder", "vae", "gan", "som", "data.cv_folds=3"):
+    for needle in (
+        "experiment=diabetes_mlp",
+        "perceptron",
+        "autoencoder",
+        "vae",
+        "gan",
+        "som",
+        "data_edit.kfold.folds=3",
+    ):
         assert needle in args
+    for c in compare_results.COMMANDS:  # a side from before the data_edit group runs the old spelling
+        if any(a.startswith("data_edit") for a in c.args):
+            assert c.legacy_args and not any("data_edit" in a for a in c.legacy_args), c.name
     assert [c.name for c in compare_results.COMMANDS if c.expected_change] == ["csv_impute_minmax"]
+
+
+def test_a_side_without_the_data_edit_group_gets_the_legacy_spelling(tmp_path: Path) -> None:
+    cv = {c.name: c for c in compare_results.COMMANDS}["cross_validation"]
+    assert "data.cv_folds=3" in cv.args_for(tmp_path)  # an old src/: no nnlab/configs/data_edit/
+    (tmp_path / "nnlab" / "configs" / "data_edit").mkdir(parents=True)
+    assert cv.args_for(tmp_path) == cv.args and "data_edit.kfold.folds=3" in cv.args
 
 
 @pytest.mark.slow

@@ -135,7 +135,12 @@ def test_l1_makes_weights_sparser_than_no_penalty(tmp_path: Path) -> None:
     found = {}
     for choice in ("none", "l1"):
         overrides = ["experiment=regularization", f"regularizer={choice}", "regularizers.l1.l1=0.01"]
-        short = ["trainer.max_epochs=60", "trainer.limit_train_batches=null", "data.labels_per_class=10", "logger=none"]
+        short = [
+            "trainer.max_epochs=60",
+            "trainer.limit_train_batches=null",
+            "data_edit.few_labels.per_class=10",
+            "logger=none",
+        ]
         short += ["model.hidden_sizes=[64,64]", "callbacks.health=null"]
         run = train_tiny([*overrides, *short], tmp_path / choice)  # 100 rows: 2 steps per epoch
         weights = {k: v for k, v in run.checkpoint()["model"].items() if v.ndim >= 2}

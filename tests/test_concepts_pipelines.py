@@ -17,7 +17,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from helpers import CONFIG_DIR, TINY, cli_env
-from nnlab.report import Trial
+from nnlab.sweepfolder import Trial
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "concept_pipelines.py"
 
@@ -54,7 +54,7 @@ def test_the_few_label_sweeps_read_the_pretrained_checkpoint_from_the_command_li
     cfg.pretrained_ckpt = "runs/pre/checkpoints/best.ckpt"
     params = cfg.hydra.sweeper.params
     assert params["transfer.init_from"] == "null,runs/pre/checkpoints/best.ckpt"
-    assert params["data.labels_per_class"] == "5,10,20"
+    assert params["data_edit.few_labels.per_class"] == "5,10,20"
 
 
 def test_robustness_rows_put_every_model_and_method_beside_each_eps() -> None:
@@ -88,10 +88,10 @@ def test_robustness_rows_put_every_model_and_method_beside_each_eps() -> None:
 def test_few_label_rows_pair_scratch_and_fine_tuned_per_label_count() -> None:
     ckpt = "transfer.init_from=/x/pretrain/checkpoints/best.ckpt"
     trials = [
-        trial(0, ["data.labels_per_class=10", "transfer.init_from=null"], {"test/acc": 0.90}),
-        trial(1, ["data.labels_per_class=10", ckpt], {"test/acc": 0.93}),
-        trial(2, ["data.labels_per_class=5", "transfer.init_from=null"], {"test/acc": 0.80}),
-        trial(3, ["data.labels_per_class=5", ckpt], {"test/acc": 0.78}),
+        trial(0, ["data_edit.few_labels.per_class=10", "transfer.init_from=null"], {"test/acc": 0.90}),
+        trial(1, ["data_edit.few_labels.per_class=10", ckpt], {"test/acc": 0.93}),
+        trial(2, ["data_edit.few_labels.per_class=5", "transfer.init_from=null"], {"test/acc": 0.80}),
+        trial(3, ["data_edit.few_labels.per_class=5", ckpt], {"test/acc": 0.78}),
     ]
     rows = cp.few_label_rows(trials)
     assert [r["labels per class"] for r in rows] == [5, 10]  # sorted, whatever the trial order
@@ -102,10 +102,24 @@ def test_few_label_rows_pair_scratch_and_fine_tuned_per_label_count() -> None:
     assert cp.few_label_rows(trials[:1])[0]["gain (points)"] is None
 
 
+@pytest.mark.parametrize(
+    ("overrides", "bootstrap"),
+    [
+        (["data_edit=[bootstrap]"], True),
+        (["data_edit=[missing, bootstrap]"], True),
+        (["data_edit=[]"], False),
+        (["data_edit=[fixed_order]"], False),
+        (["seed=1"], False),
+    ],
+)
+def test_a_trial_is_a_bootstrap_member_when_its_row_edits_list_the_bootstrap(overrides, bootstrap: bool) -> None:
+    assert cp.lists_bootstrap(trial(0, overrides, {})) is bootstrap
+
+
 def test_ensemble_rows_set_the_single_models_beside_the_combinations() -> None:
     singles = [
-        trial(i, [f"data.bootstrap={b}", f"seed={i % 2}"], {"test/acc": a})
-        for i, (b, a) in enumerate([("False", 0.8), ("False", 0.9), ("True", 0.7), ("True", 0.75)])
+        trial(i, [f"data_edit={edits}", f"seed={i % 2}"], {"test/acc": a})
+        for i, (edits, a) in enumerate([("[]", 0.8), ("[]", 0.9), ("[bootstrap]", 0.7), ("[bootstrap]", 0.75)])
     ]
     seed = {
         "member_0/test/acc": 0.8,

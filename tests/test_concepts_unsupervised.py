@@ -24,10 +24,12 @@ def reconstruction(model, **kwargs) -> Reconstruction:
 
 
 class Splits:
-    """The part of a DataModule the reconstruction task reads: batches of a split."""
+    """The part of a DataModule the reconstruction task reads: batches of a split, and the classes
+    held out of training (`DataModule.anomaly_classes`: a list, empty when none are)."""
 
     def __init__(self, **splits: tuple[torch.Tensor, torch.Tensor]) -> None:
         self.splits = splits
+        self.anomaly_classes: list[int] = []
 
     def eval_batches(self, split: str):
         x, y = self.splits[split]

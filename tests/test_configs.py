@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from datafiles import offline_data
 from helpers import CONFIG_DIR, options, run_cli
 from nnlab.errors import ConfigValueError
-from nnlab.pipeline import build
+from nnlab.pipeline import build, row_edits
 from nnlab.validation import TOP_LEVEL, validate_config
 
 ALL_YAML = sorted(CONFIG_DIR.rglob("*.yaml"))
@@ -43,8 +43,8 @@ COMMANDED = (
 # Parts train() builds, by config path; a `_target_` below one of them is built with it (`init`
 # builds the Initializer that build() applies to the model).
 BUILT_PARTS = (
-    "data", "augmentation", "model", "init", "optimizer", "scheduler", "regularization", "task", "trainer", "logger",
-    "callbacks.*",
+    "data", "data_edit.*", "augmentation", "model", "init", "optimizer", "scheduler", "regularization", "task",
+    "trainer", "logger", "callbacks.*",
 )  # fmt: skip
 
 
@@ -72,12 +72,16 @@ def overrides_for(path: Path) -> list[str]:
 
 
 # Choices that only work with another choice, which normally selects them (model=perceptron
-# picks task=perceptron from its own YAML).
+# picks task=perceptron from its own YAML), or with a kind of data the default digits are not
+# (row edits of a table's values, of regression targets).
 PARTNERS = {
     "task/perceptron.yaml": ["model=perceptron"],
     "task/reconstruction.yaml": ["model=autoencoder"],
     "task/gan.yaml": ["model=gan"],
     "task/som.yaml": ["model=som"],
+    "data_edit/missing.yaml": ["data=wine"],
+    "data_edit/impute.yaml": ["data=wine"],
+    "data_edit/outliers.yaml": ["data=diabetes"],
 }
 
 
@@ -126,7 +130,10 @@ def build_all(cfg: DictConfig) -> dict[str, Any]:
     if parts.logger is not None:
         parts.logger.close()
     callbacks = {f"callbacks.{name}": obj for name, obj in parts.callbacks.items()}
+    # The row edits, as build() hands them to the data module: listed order, a null node left out.
+    listed = [f"data_edit.{name}" for name, node in (cfg.get("data_edit") or {}).items() if node]
     built = {
+        **dict(zip(listed, row_edits(cfg), strict=True)),
         "data": parts.data,
         "augmentation": parts.data.augment,
         "model": parts.model,

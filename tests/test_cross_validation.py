@@ -11,9 +11,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from helpers import train_tiny
 from nnlab.data.datamodule import DataModule
+from nnlab.data.edits.kfold import KFold
 from nnlab.data.sklearn import digits
 from nnlab.data.split import fold_indices
-from nnlab.errors import ConfigValueError
+from nnlab.errors import OptionError
 from nnlab.pipeline import optimized_value
 
 
@@ -32,7 +33,7 @@ def test_folds_partition_the_rows_and_keep_class_shares() -> None:
 def test_cv_keeps_the_test_split_and_deals_the_rest_into_folds() -> None:
     dataset = digits()
     plain = DataModule(dataset, seed=0)
-    folds = [DataModule(dataset, cv_folds=4, fold=i, seed=0) for i in range(4)]
+    folds = [DataModule(dataset, edits=[KFold(folds=4, fold=i)], seed=0) for i in range(4)]
     test = plain._arrays["test"][1]
     pool = len(plain._arrays["train"][0]) + len(plain._arrays["val"][0])
     for dm in folds:
@@ -43,14 +44,20 @@ def test_cv_keeps_the_test_split_and_deals_the_rest_into_folds() -> None:
     assert not np.array_equal(folds[0]._arrays["val"][0], folds[1]._arrays["val"][0])
 
 
-@pytest.mark.parametrize(("key", "value", "extra"), [("cv_folds", 1, {}), ("fold", 3, {"cv_folds": 3})])
-def test_bad_fold_settings_name_the_key(key: str, value: int, extra: dict) -> None:
-    with pytest.raises(ConfigValueError, match=f"data.{key}={value}"):
-        DataModule(digits(), **{key: value, **extra})
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"folds": 1}, r"data_edit.kfold.folds=1 is out of range: it must be >= 2"),
+        ({"folds": 3, "fold": 3}, r"data_edit.kfold.fold=3 is out of range: it must be in \[0, 2\]"),
+    ],
+)
+def test_bad_fold_settings_name_the_key(kwargs: dict, message: str) -> None:
+    with pytest.raises(OptionError, match=message):
+        KFold(**kwargs)
 
 
 def test_cross_validation_runs_every_fold_and_reports_mean_and_std(tmp_path: Path) -> None:
-    run = train_tiny(["data.cv_folds=3"], tmp_path / "cv")
+    run = train_tiny(["data_edit=kfold", "data_edit.kfold.folds=3"], tmp_path / "cv")
     folds = [json.loads((run.dir / f"fold_{i}" / "metrics.json").read_text()) for i in range(3)]
     summary = json.loads((run.dir / "metrics.json").read_text())
     for name in ("val/loss", "val/acc", "test/acc", "train/loss"):

@@ -11,6 +11,7 @@ import torch
 
 from nnlab.data import sklearn, synthetic
 from nnlab.data.datamodule import DataModule
+from nnlab.data.edits.order import FixedOrder
 from nnlab.data.split import split_indices
 from nnlab.errors import ConfigValueError
 
@@ -90,7 +91,7 @@ def test_datamodule_split_sizes(digits) -> None:
 # ------------------------------------------------------------------------------ standardization
 def test_standardization_uses_train_statistics_only(digits) -> None:
     seed = 3
-    data = DataModule(digits, shuffle=False, seed=seed)
+    data = DataModule(digits, edits=[FixedOrder()], seed=seed)
     data.setup(CPU)
     train_x, _ = collect(data.train_batches(0))
     val_x, _ = collect(data.eval_batches("val"))
@@ -113,8 +114,8 @@ def test_standardization_uses_train_statistics_only(digits) -> None:
     assert val_x.flatten(1).mean(0).abs().max() > 0.05
 
 
-def test_standardize_false_keeps_raw_values(digits) -> None:
-    data = DataModule(digits, standardize=False, shuffle=False, seed=0)
+def test_normalize_none_keeps_raw_values(digits) -> None:
+    data = DataModule(digits, normalize="none", edits=[FixedOrder()], seed=0)
     data.setup(CPU)
     train_x, _ = collect(data.train_batches(0))
     train_idx, _, _ = split_indices(digits.y, 0.1, 0.2, stratify=True, seed=0)
@@ -122,7 +123,7 @@ def test_standardize_false_keeps_raw_values(digits) -> None:
 
 
 def test_regression_target_is_standardized_with_train_statistics() -> None:
-    data = DataModule(sklearn.diabetes(), stratify=False, shuffle=False, standardize_target=True, seed=0)
+    data = DataModule(sklearn.diabetes(), stratify=False, edits=[FixedOrder()], standardize_target=True, seed=0)
     data.setup(CPU)
     _, train_y = collect(data.train_batches(0))
     assert abs(train_y.mean().item()) < 1e-5
@@ -132,7 +133,7 @@ def test_regression_target_is_standardized_with_train_statistics() -> None:
 
 def test_regression_target_kept_raw_when_asked() -> None:
     diabetes = sklearn.diabetes()
-    data = DataModule(diabetes, stratify=False, shuffle=False, standardize_target=False, seed=0)
+    data = DataModule(diabetes, stratify=False, edits=[FixedOrder()], standardize_target=False, seed=0)
     data.setup(CPU)
     _, train_y = collect(data.train_batches(0))
     train_idx, _, _ = split_indices(diabetes.y, 0.1, 0.2, stratify=False, seed=0)
@@ -160,7 +161,7 @@ def test_in_memory_and_dataloader_give_identical_batches(digits) -> None:
 def test_an_epoch_visits_every_training_row_once_in_epoch_order(digits) -> None:
     data = DataModule(digits, batch_size=100, seed=1)
     data.setup(CPU)
-    ordered = DataModule(digits, batch_size=100, shuffle=False, seed=1)
+    ordered = DataModule(digits, batch_size=100, edits=[FixedOrder()], seed=1)
     ordered.setup(CPU)
     train_x, _ = collect(ordered.train_batches(0))  # the rows in split order
     for epoch in (0, 1):
@@ -178,7 +179,7 @@ def test_epoch_orders_differ_between_epochs_and_replay(digits) -> None:
     assert torch.equal(data.epoch_order(1), again.epoch_order(1))
     assert torch.equal(data.epoch_order(3), data.epoch_order(3))
     assert not torch.equal(data.epoch_order(0), other_seed.epoch_order(0))
-    assert torch.equal(DataModule(digits, shuffle=False).epoch_order(4), torch.arange(data.size("train")))
+    assert torch.equal(DataModule(digits, edits=[FixedOrder()]).epoch_order(4), torch.arange(data.size("train")))
 
 
 @pytest.mark.parametrize("drop_last, steps, last_size", [(False, 20, 1259 - 19 * 64), (True, 19, 64)])
@@ -260,7 +261,7 @@ def test_official_test_split_is_kept() -> None:
     y = np.arange(200) % 4
     mask = np.zeros(200, dtype=bool)
     mask[150:] = True
-    data = DataModule(ArrayDataset(x, y, "classification", test_mask=mask), val_fraction=0.2, standardize=False)
+    data = DataModule(ArrayDataset(x, y, "classification", test_mask=mask), val_fraction=0.2, normalize="none")
     assert data.size("test") == 50
     assert data.size("val") == 30 and data.size("train") == 120
     data.setup(CPU)

@@ -18,6 +18,8 @@ from datafiles import CIFAR_NAMES, accept_checksums_of, write_cifar10, write_csv
 from helpers import assert_finite_metrics
 from nnlab.data import mnist1d as mnist1d_module
 from nnlab.data import tabular, timeseries, vision
+from nnlab.data.datamodule import DataModule
+from nnlab.data.edits.impute import Impute
 from nnlab.data.mnist1d import mnist1d
 from nnlab.data.split import split_indices
 from nnlab.errors import ConfigValueError, UserError
@@ -231,38 +233,54 @@ height,colour,width,species
 """
 
 
-def test_csv_numeric_and_one_hot_features_with_imputed_means(tmp_path: Path) -> None:
+def test_csv_numeric_and_one_hot_features_keep_their_gaps(tmp_path: Path) -> None:
     ds = tabular.csv(write(tmp_path, FLOWERS), target="species")
     assert ds.kind == "classification" and ds.class_names == ["a", "b", "c"]
     assert ds.y.tolist() == [0, 1, 0, 2, 1]
-    # height, colour=blue, colour=red, width: blanks and NA take the column mean, colour its most frequent value
+    # height, colour=blue, colour=red, width: a blank or NA number stays NaN (the DataModule fills it
+    # with train-split statistics), a blank category is all zeros in its one-hot columns
     assert ds.x.dtype == np.float32 and ds.x.shape == (5, 4)
-    assert ds.x[:, 0].tolist() == [1.0, 2.0, 3.0, 4.0, 5.0]
-    assert ds.x[:, 1:3].tolist() == [[0, 1], [1, 0], [0, 1], [0, 1], [0, 1]]
-    assert ds.x[:, 3].tolist() == [10.0, 20.0, 30.0, 40.0, 25.0]
+    assert ds.feature_names == ["height", "colour=blue", "colour=red", "width"]
+    np.testing.assert_array_equal(ds.x[:, 0], [1.0, 2.0, np.nan, 4.0, 5.0])
+    assert ds.x[:, 1:3].tolist() == [[0, 1], [1, 0], [0, 1], [0, 0], [0, 1]]
+    np.testing.assert_array_equal(ds.x[:, 3], [10.0, 20.0, 30.0, 40.0, np.nan])
 
 
 @pytest.mark.parametrize(
-    "impute, height, width, rows",
+    "strategy, height, width, rows",
     [
+        ("mean", 3.0, 25.0, 5),
         ("median", 3.0, 25.0, 5),
         ("most_frequent", 1.0, 10.0, 5),  # every value once: ties go to the smallest
-        ("drop", None, None, 2),
+        # a missing category is no gap: the row with no colour stays; val/test gaps get the kept rows' means
+        ("drop", 7 / 3, 70 / 3, 3),
     ],
 )
-def test_csv_impute(impute: str, height, width, rows: int, tmp_path: Path) -> None:
-    ds = tabular.csv(write(tmp_path, FLOWERS), target="species", impute=impute)
-    assert len(ds.x) == len(ds.y) == rows
-    if impute == "drop":
-        assert ds.x[:, 0].tolist() == [1.0, 2.0] and ds.y.tolist() == [0, 1]
+def test_csv_gaps_are_filled_by_the_impute_edit(strategy: str, height, width, rows: int, tmp_path: Path) -> None:
+    """What the loader's `impute` option did, the impute edit does (here fitted on every row)."""
+    ds = tabular.csv(write(tmp_path, FLOWERS), target="species")
+    imputer = Impute(strategy)
+    x, y = imputer.fit(ds.x, ds.y)
+    assert len(x) == len(y) == rows
+    assert imputer.values[[0, 3]].tolist() == pytest.approx([height, width])
+    if strategy == "drop":
+        assert x[:, 0].tolist() == [1.0, 2.0, 4.0] and y.tolist() == [0, 1, 2]
     else:
-        assert ds.x[2, 0] == height and ds.x[4, 3] == width
+        filled = imputer(ds.x)
+        assert (filled[2, 0], filled[4, 3]) == (height, width) and not np.isnan(filled).any()
 
 
 def test_csv_minmax_scales_numeric_features_to_the_unit_interval(tmp_path: Path) -> None:
-    ds = tabular.csv(write(tmp_path, FLOWERS), target="species", scale="minmax")
-    assert ds.x[:, 0].tolist() == [0.0, 0.25, 0.5, 0.75, 1.0]
-    assert ds.x[:, 3].min() == 0.0 and ds.x[:, 3].max() == 1.0
+    """Min-max scaling moved from the loader to `data.normalize=minmax`, fitted on the train split."""
+    text = "height,colour,species\n" + "".join(
+        f"{i * 0.5},{'red' if i % 3 else 'blue'},{'ab'[i % 2]}\n" for i in range(40)
+    )
+    ds = tabular.csv(write(tmp_path, text), target="species")
+    data = DataModule(ds, normalize="minmax", seed=0)
+    train = data._arrays["train"][0]
+    assert train.min(0).tolist() == [0.0, 0.0, 0.0] and train.max(0).tolist() == [1.0, 1.0, 1.0]
+    heights = ds.x[split_indices(ds.y, 0.1, 0.2, True, 0)[0], 0]  # the train rows' raw heights
+    assert (data.x_scale[0][0], data.x_scale[1][0]) == (heights.min(), heights.max() - heights.min())
 
 
 def test_csv_target_kind_auto(tmp_path: Path) -> None:
@@ -326,7 +344,7 @@ def test_csv_quoted_fields_and_blank_lines(tmp_path: Path) -> None:
         ("a,y\n1,s\n2,s\n", {"target": "y"}, ["single value 's'"]),
         ("a,y\n1,s\n", {"target": "y", "drop": ["b"]}, ["data.dataset.drop", "'b'"]),
         ("a,y\n1,s\n", {"target": "y", "drop": ["a"]}, ["no feature columns"]),
-        ("a,y\n,s\n,t\n", {"target": "y", "impute": "drop"}, ["no row is left", "impute=mean"]),
+        ("a,y\n,s\n,t\n", {"target": "y"}, ["every feature column is empty"]),
     ],
 )
 def test_csv_errors_name_the_place_and_the_fix(text: str, kwargs: dict, expected: list[str], tmp_path: Path) -> None:
@@ -345,10 +363,10 @@ def test_csv_missing_file_and_bad_options(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="data.dataset.path=<file.csv>"):
         tabular.csv(None, target="y")
     path = write(tmp_path, FLOWERS)
-    with pytest.raises(ConfigValueError, match="data.standardize=true"):
-        tabular.csv(path, target="species", scale="standard")
-    with pytest.raises(ConfigValueError, match="Did you mean 'median'"):
-        tabular.csv(path, target="species", impute="medain")
+    with pytest.raises(ConfigValueError, match="data.dataset.kind='regresion'.*Did you mean 'regression'"):
+        tabular.csv(path, target="species", kind="regresion")
+    with pytest.raises(ConfigValueError, match="data.dataset.delimiter=';;' must be one character"):
+        tabular.csv(path, target="species", delimiter=";;")
     latin1 = tmp_path / "latin1.csv"
     latin1.write_bytes("a,y\n1,caf\xe9\n2,th\xe9\n".encode("latin-1"))
     with pytest.raises(UserError, match="not UTF-8"):

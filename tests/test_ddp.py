@@ -141,7 +141,7 @@ def test_every_task_declares_what_it_supports() -> None:
 
 
 def test_ddp_is_refused_for_tasks_that_do_not_declare_it() -> None:
-    from nnlab.engine.trainer import check_ddp_task
+    from nnlab.engine.distributed import check_ddp_task
     from nnlab.errors import ConfigValueError
 
     for cls in task_classes():

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 import subprocess
 import sys
@@ -12,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
 from helpers import CLI_TIMEOUT_S, TINY, cli_env, compose_config
@@ -25,8 +23,11 @@ from nnlab.analysis.ensembles import (
     side_by_side,
     vote_counts,
 )
+from nnlab.data.edits import check_order
+from nnlab.data.edits.bootstrap import Bootstrap
 from nnlab.ensemble import EnsemblePlan, ensemble, explain_override, member_config
 from nnlab.errors import ConfigValueError
+from nnlab.pipeline import row_edits
 
 
 def compose_ensemble(overrides: Sequence[str], run_dir: Path) -> DictConfig:
@@ -163,9 +164,37 @@ def test_members_share_the_split_and_differ_by_seed(tmp_path: Path) -> None:
     cfg = compose_ensemble(["seed=7", "ensemble.vary=bootstrap"], tmp_path)
     member = member_config(cfg, 2, "bootstrap", tmp_path)
     assert member.seed == 9 and member.data.seed == 7  # the ensemble's split, the member's own init
-    assert member.data.bootstrap is True and member.data.bootstrap_seed == 9
+    (edit,) = row_edits(member)
+    assert isinstance(edit, Bootstrap) and edit.seed == 9  # the member's own resample of that split
     assert member.paths.output_dir == str(tmp_path / "member_2") and "ensemble" not in member
-    assert member_config(cfg, 0, "seed", tmp_path).data.get("bootstrap") is False
+    assert row_edits(member_config(cfg, 0, "seed", tmp_path)) == []
+
+
+@pytest.mark.parametrize(
+    ("data_edit", "order"),
+    [
+        # no bootstrap listed: it goes at the end of the split stage, before fill/targets/order edits
+        ("[missing,imbalance,impute]", ["missing", "imbalance", "bootstrap", "impute"]),
+        ("[imbalance]", ["imbalance", "bootstrap"]),
+        ("[fixed_order]", ["bootstrap", "fixed_order"]),
+        # a listed bootstrap keeps its place (and gets the member's seed)
+        ("[bootstrap,imbalance]", ["bootstrap", "imbalance"]),
+    ],
+)
+def test_bootstrap_members_add_the_bootstrap_edit_in_stage_order(tmp_path: Path, data_edit: str, order) -> None:
+    cfg = compose_ensemble(["seed=7", "ensemble.vary=bootstrap", f"data_edit={data_edit}"], tmp_path)
+    member = member_config(cfg, 1, "bootstrap", tmp_path)
+    assert list(member.data_edit) == order
+    assert member.data_edit.bootstrap.seed == 8
+    assert [e.name for e in row_edits(member)] == order  # builds, and check_order accepts it
+    check_order(row_edits(member))
+
+
+def test_an_ensemble_refuses_kfold(tmp_path: Path) -> None:
+    cfg = compose_ensemble([*TINY, "data_edit=kfold"], tmp_path / "run")
+    with pytest.raises(ConfigValueError, match="data_edit lists kfold: an ensemble trains on one split"):
+        ensemble(cfg)
+    assert not (tmp_path / "run" / "member_0").exists()
 
 
 # -- the command, end to end on 3 tiny members -------------------------------------------------
@@ -225,18 +254,12 @@ def test_the_table_and_the_bar_chart_are_written(tiny_ensemble) -> None:
 
 def test_bootstrap_members_train_on_their_own_resample(tmp_path: Path) -> None:
     cfg = compose_ensemble([*TINY, "ensemble.members=2", "ensemble.vary=bootstrap"], tmp_path / "run")
-    if "bootstrap_seed" not in inspect.signature(get_object(cfg.data._target_)).parameters:
-        # The DataModule seeds its resample with data.seed, which also draws the split: refused.
-        with pytest.raises(ConfigValueError, match=r"ensemble.vary=bootstrap needs a data module"):
-            ensemble(cfg)
-        assert not (tmp_path / "run" / "member_0").exists()
-        return
     metrics = ensemble(cfg)
     assert metrics["members/mean/test/acc"] == pytest.approx(
         np.mean([metrics["member_0/test/acc"], metrics["member_1/test/acc"]])
     )
-    seeds = [OmegaConf.load(tmp_path / "run" / f"member_{i}" / ".hydra" / "config.yaml").data for i in (0, 1)]
-    assert [s.bootstrap_seed for s in seeds] == [0, 1] and all(s.bootstrap for s in seeds)
+    saved = [OmegaConf.load(tmp_path / "run" / f"member_{i}" / ".hydra" / "config.yaml") for i in (0, 1)]
+    assert [c.data_edit.bootstrap.seed for c in saved] == [0, 1] and [c.data.seed for c in saved] == [0, 0]
 
 
 def test_a_regression_ensemble_reports_mse_lower_is_better(tmp_path: Path) -> None:

@@ -87,7 +87,7 @@ def test_discriminator_learns_against_a_fixed_generator() -> None:
     """With G held still, D's steps are ordinary classifier training: its loss must fall, from
     about 2 log 2 (D cannot tell yet) towards 0, and D(x) must rise above D(G(z))."""
     torch.manual_seed(0)
-    data = DataModule(ring(2000, seed=0), batch_size=128, standardize=False, val_fraction=0.1, test_fraction=0.1)
+    data = DataModule(ring(2000, seed=0), batch_size=128, normalize="none", val_fraction=0.1, test_fraction=0.1)
     data.setup(CPU)
     model = GAN(data.input_shape, data.num_outputs, widths=[64, 64], output_activation="none", batch_norm=False)
     task = gan_task(model, optimizer=partial(torch.optim.Adam, lr=1e-3))
@@ -135,7 +135,7 @@ def test_mnist_format_run_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyP
     """28x28 MNIST-format files (the offline stand-in): G starts at 7x7, a whole run scores it."""
     files = offline_data("mnist", tmp_path / "data", monkeypatch)
     run = train_tiny(
-        ["model=gan", "data=mnist", *files, "data.standardize=false", "data.batch_size=16", *QUICK],
+        ["model=gan", "data=mnist", *files, "data.normalize=none", "data.batch_size=16", *QUICK],
         tmp_path / "run",
     )
     assert run.cfg.model._target_ == "nnlab.models.gan.GAN" and run.cfg.task._target_ == "nnlab.tasks.gan.Adversarial"
@@ -197,7 +197,7 @@ def test_judge_leaves_the_global_rng_alone(tmp_path: Path) -> None:
     and the judge is the same whatever the run's seed."""
     from nnlab.data.sklearn import digits
 
-    data = DataModule(digits(), standardize=False)
+    data = DataModule(digits(), normalize="none")
     data.setup(CPU)
     judges = []
     for seed in (0, 1):

@@ -1,4 +1,5 @@
-"""Imbalanced variants of a classification set, the weighted sampler and class-weighted losses."""
+"""Imbalanced variants of a classification set (the imbalance edit), class-balanced sampling
+(the balanced_sampling edit) and class-weighted losses."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ import torch.nn.functional as F
 
 from nnlab.data import sklearn
 from nnlab.data.datamodule import DataModule
-from nnlab.errors import ConfigValueError
+from nnlab.data.edits.imbalance import Imbalance
+from nnlab.data.edits.order import BalancedSampling
+from nnlab.errors import ConfigValueError, OptionError
 from nnlab.tasks.supervised import Supervised
 
 
@@ -22,7 +25,7 @@ def digits():
 
 def test_imbalance_thins_training_classes_exponentially(digits) -> None:
     balanced = DataModule(digits, seed=0)
-    skewed = DataModule(digits, imbalance=0.1, seed=0)
+    skewed = DataModule(digits, edits=[Imbalance(0.1)], seed=0)
     before, after = np.array(balanced.class_counts), np.array(skewed.class_counts)
     expected = np.round(before * 0.1 ** (np.arange(10) / 9))
     assert np.abs(after - expected).max() <= 1
@@ -32,8 +35,8 @@ def test_imbalance_thins_training_classes_exponentially(digits) -> None:
     assert np.array_equal(skewed._arrays["test"][1], balanced._arrays["test"][1])
 
 
-def test_weighted_sampler_balances_classes_and_is_seeded(digits) -> None:
-    data = DataModule(digits, imbalance=0.1, sampler="weighted", seed=0)
+def test_balanced_sampling_balances_classes_and_is_seeded(digits) -> None:
+    data = DataModule(digits, edits=[Imbalance(0.1), BalancedSampling()], seed=0)
     y = torch.from_numpy(data._arrays["train"][1])
     orders = [data.epoch_order(e) for e in range(5)]
     counts = torch.bincount(y[torch.cat(orders)], minlength=10).double()
@@ -63,5 +66,20 @@ def test_class_weights_need_a_weighted_loss() -> None:
 
 
 def test_imbalance_needs_classes() -> None:
-    with pytest.raises(ConfigValueError, match="need class labels"):
-        DataModule(sklearn.diabetes(), imbalance=0.5, stratify=False)
+    with pytest.raises(
+        ConfigValueError, match="data_edit.imbalance works on class labels, but this dataset is regression"
+    ):
+        DataModule(sklearn.diabetes(), edits=[Imbalance(0.5)], stratify=False)
+
+
+def test_balanced_sampling_needs_classes() -> None:
+    with pytest.raises(ConfigValueError, match="data_edit.balanced_sampling draws rows by class.*regression"):
+        DataModule(sklearn.diabetes(), edits=[BalancedSampling()], stratify=False)
+
+
+@pytest.mark.parametrize("ratio", [0.0, 1.5])
+def test_a_bad_imbalance_ratio_names_the_key(ratio: float) -> None:
+    with pytest.raises(
+        OptionError, match=rf"data_edit.imbalance.ratio={ratio} is out of range: it must be in \(0.0, 1.0\]"
+    ):
+        Imbalance(ratio)

@@ -3,9 +3,10 @@
 1. `nnlab.data.tabular.csv` (data=csv) on random tables: ragged rows, duplicate or empty column
    names, names with line breaks, missing markers, quoted delimiters, text in numeric columns,
    nan/inf and numbers beyond float32's range, constant and empty columns. Whatever the file, the
-   loader returns a clean dataset (finite float32 features) or raises a one-line `UserError` that
-   names the file (or the data.dataset key); it never raises anything else and never writes to
-   the file.
+   loader returns a clean dataset (float32 features, finite except for NaN where a number is
+   missing, which the DataModule's `Impute` fills with finite values) or raises a one-line
+   `UserError` that names the file (or the data.dataset key); it never raises anything else and
+   never writes to the file.
 2. The numeric options of a run (epochs, batch size, learning rate, dropout, layer sizes, clipping,
    regularization, health checks, seed, split fractions), drawn inside and outside their ranges,
    NaN and +-inf included, and with the wrong types, with the model's batch norm on or off:
@@ -36,6 +37,7 @@ from hypothesis import strategies as st
 from helpers import compose_config
 from nnlab.app import user_error_message
 from nnlab.data import tabular
+from nnlab.data.edits.impute import Impute
 from nnlab.data.split import fit_standardizer
 from nnlab.engine.nonfinite import TrainingDiverged
 from nnlab.errors import UserError
@@ -137,8 +139,6 @@ def tables(draw: st.DrawFn) -> Table:
         named = st.sampled_from([*header, "nope"]) if header else st.just("nope")
     options = {
         "kind": draw(st.sampled_from(tabular.KINDS)),
-        "impute": draw(st.sampled_from(tabular.IMPUTE)),
-        "scale": draw(st.sampled_from(tabular.SCALE)),
         "categorical": draw(st.lists(named, max_size=2, unique=True)),
         "drop": draw(st.lists(named, max_size=1 if tidy else 2, unique=True)),
         "delimiter": draw(st.sampled_from([",", ",", ";", "tab"])),
@@ -159,11 +159,10 @@ def expected_rows(table: Table) -> int | None:
         return None
     names = [h.strip() for h in table.header]
     t = names.index(table.target)
-    features = [i for i, c in enumerate(names) if i != t and c not in table.options["drop"]]
     kept = 0
     for row in (r for r in table.rows if not blank(r)):
         missing = [tabular._is_missing(v.strip()) for v in row]
-        if missing[t] or table.options["impute"] == "drop" and any(missing[i] for i in features):
+        if missing[t]:  # a row without a target is dropped; a gap in a feature keeps the row
             continue
         kept += 1
     return kept
@@ -195,7 +194,13 @@ def check_csv_property(table: Table, folder: Path) -> None:
     # A clean dataset: finite float32 features, one row per kept line, labels that fit the kind.
     n = expected_rows(table)
     assert ds.x.dtype == np.float32 and ds.x.ndim == 2 and ds.x.shape[1] >= 1
-    assert np.isfinite(ds.x).all(), ds.x
+    assert not np.isinf(ds.x).any(), ds.x
+    onehot = np.array(["=" in f for f in ds.feature_names], dtype=bool)
+    # A missing category is all zeros in its one-hot columns; only a missing number is NaN.
+    assert np.isin(ds.x[:, onehot], [0.0, 1.0]).all(), ds.x
+    filled = Impute()
+    filled.fit(ds.x, ds.y)
+    assert np.isfinite(filled(ds.x)).all(), ds.x  # what the DataModule hands on: no gap left
     assert len(ds.y) == len(ds.x) >= 1
     if table.options["kind"] != "auto":
         assert ds.kind == table.options["kind"]
@@ -472,7 +477,7 @@ def test_a_batch_of_one_row_runs_without_batch_norm_or_with_drop_last(overrides:
     assert error is None, "".join(traceback.format_exception(error))
 
 
-CSV_OPTIONS = {"kind": "auto", "impute": "mean", "scale": "none", "categorical": [], "drop": [], "delimiter": ","}
+CSV_OPTIONS = {"kind": "auto", "categorical": [], "drop": [], "delimiter": ","}
 
 
 @pytest.mark.parametrize(
@@ -496,11 +501,15 @@ def test_csv_numbers_just_inside_float32_load(tmp_path) -> None:
     rows = [[largest, "0"], ["-" + largest, "1"], ["", "0"], ["0", largest]]
     path = tmp_path / "data.csv"
     path.write_text("x,y\n" + "".join(",".join(r) + "\n" for r in rows))
-    ds = tabular.csv(str(path), target="y", kind="regression", impute="mean", scale="none")
-    assert np.isfinite(ds.x).all() and np.isfinite(ds.y).all(), (ds.x, ds.y)
-    assert ds.x.max() == ds.y.max() == np.float32(FLOAT32_MAX)
-    mean, std = fit_standardizer(ds.x)  # the DataModule's z-score: finite too
-    assert np.isfinite(mean).all() and np.isfinite(std).all() and np.isfinite((ds.x - mean) / std).all()
+    ds = tabular.csv(str(path), target="y", kind="regression")
+    assert np.isnan(ds.x[2, 0]) and np.isfinite(np.delete(ds.x, 2, axis=0)).all() and np.isfinite(ds.y).all()
+    assert np.nanmax(ds.x) == ds.y.max() == np.float32(FLOAT32_MAX)
+    imputer = Impute()  # the DataModule's fill: the mean of the largest floats, summed in float64
+    imputer.fit(ds.x, ds.y)
+    x = imputer(ds.x)
+    assert np.isfinite(x).all(), x
+    mean, std = fit_standardizer(x)  # the DataModule's z-score: finite too
+    assert np.isfinite(mean).all() and np.isfinite(std).all() and np.isfinite((x - mean) / std).all()
 
 
 @pytest.mark.parametrize(

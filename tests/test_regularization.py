@@ -264,9 +264,9 @@ def test_accumulating_two_half_batches_equals_one_full_batch() -> None:
         full_optim.step(F.cross_entropy(full(x[rows]), y[rows]))
     for i in range(8):
         rows = slice(32 * i, 32 * i + 32)
-        rules.update_now = i % 2 == 1
-        half_optim.step(F.cross_entropy(halves(x[rows]), y[rows]))
-        if not rules.update_now:
+        update = i % 2 == 1
+        half_optim.step(F.cross_entropy(halves(x[rows]), y[rows]), update)
+        if not update:
             assert all(p.grad is not None for p in halves.parameters())  # held for the next batch
     for a, b in zip(full.parameters(), halves.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)

@@ -140,7 +140,7 @@ def test_resume_auto_continues_the_interrupted_run_in_its_folder(tmp_path: Path)
     class StopAt:  # what a first Ctrl-C does, at a known step
         def on_train_batch_end(self, trainer) -> None:
             if trainer.global_step == stop_at:
-                trainer._stop_requested = signal.SIGINT
+                trainer.stop_signals.requested = signal.SIGINT
 
     import nnlab.pipeline as nnlab_pipeline
 

@@ -159,7 +159,7 @@ def blobs_data(n: int = 90, batch_size: int = 8) -> DataModule:
     centers = rng.normal(0, 4, (3, 4))
     y = np.arange(n) % 3
     x = centers[y] + rng.normal(0, 0.3, (n, 4))
-    data = DataModule(ArrayDataset(x, y, "classification"), batch_size=batch_size, standardize=False, seed=0)
+    data = DataModule(ArrayDataset(x, y, "classification"), batch_size=batch_size, normalize="none", seed=0)
     data.setup(CPU)
     return data
 

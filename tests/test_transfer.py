@@ -1,5 +1,6 @@
-"""Transfer learning: the few-label data options, bagging, `model.init_from`, `model.freeze`,
-`model.backbone_lr_scale`, and the autoencoder -> encoder_classifier path of SSL pretraining."""
+"""Transfer learning: the few-label row edits (classes, few_labels), bagging (bootstrap),
+`model.init_from`, `model.freeze`, `model.backbone_lr_scale`, and the autoencoder ->
+encoder_classifier path of SSL pretraining."""
 
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ import torch
 from helpers import TINY, compose_config, run_cli, train_tiny
 from nnlab.data import sklearn
 from nnlab.data.datamodule import DataModule
+from nnlab.data.edits.bootstrap import Bootstrap
+from nnlab.data.edits.classes import KeepClasses
+from nnlab.data.edits.few_labels import FewLabels
 from nnlab.engine.precision import Precision
 from nnlab.engine.rng import seed_everything
 from nnlab.errors import ConfigValueError, UserError
@@ -35,8 +39,8 @@ def rows(data: DataModule, split: str) -> set[bytes]:
 
 
 def test_bootstrap_resamples_train_rows_only(digits) -> None:
-    plain = DataModule(digits, standardize=False, seed=3)
-    boot = DataModule(digits, standardize=False, bootstrap=True, seed=3)
+    plain = DataModule(digits, normalize="none", seed=3)
+    boot = DataModule(digits, normalize="none", edits=[Bootstrap()], seed=3)
     x, y = boot._arrays["train"]
     # Same count, every row drawn from the plain train split, some drawn more than once.
     assert len(x) == plain.size("train")
@@ -47,18 +51,19 @@ def test_bootstrap_resamples_train_rows_only(digits) -> None:
     for split in ("val", "test"):
         for a, b in zip(boot._arrays[split], plain._arrays[split]):
             np.testing.assert_array_equal(a, b)
-    # Deterministic per seed, different across seeds.
-    again = DataModule(digits, standardize=False, bootstrap=True, seed=3)
+    # Deterministic per seed (None: data.seed), different across seeds on the same split.
+    again = DataModule(digits, normalize="none", edits=[Bootstrap(seed=3)], seed=3)
     np.testing.assert_array_equal(again._arrays["train"][0], x)
-    other = DataModule(digits, standardize=False, bootstrap=True, seed=4)
+    other = DataModule(digits, normalize="none", edits=[Bootstrap(seed=4)], seed=3)
     assert not np.array_equal(other._arrays["train"][0], x)
+    assert rows(other, "train") <= rows(plain, "train")  # the same split, another resample of it
 
 
-# --- data: classes and labels_per_class -------------------------------------------------------
+# --- data: keep classes, few labels --------------------------------------------------------------
 
 
 def test_classes_are_kept_and_relabelled_in_listed_order(digits) -> None:
-    data = DataModule(digits, standardize=False, classes=[7, 5, 9], seed=0)
+    data = DataModule(digits, normalize="none", edits=[KeepClasses([7, 5, 9])], seed=0)
     assert data.class_names == ["7", "5", "9"] and data.num_classes == 3 and data.num_outputs == 3
     for split in ("train", "val", "test"):
         x, y = data._arrays[split]
@@ -70,46 +75,61 @@ def test_classes_are_kept_and_relabelled_in_listed_order(digits) -> None:
     total = sum(data.size(s) for s in ("train", "val", "test"))
     assert total == int(np.isin(digits.y, [5, 7, 9]).sum())
     # Class names work too.
-    assert DataModule(digits, classes=["7", "5", "9"], seed=0).class_names == ["7", "5", "9"]
+    assert DataModule(digits, edits=[KeepClasses(["7", "5", "9"])], seed=0).class_names == ["7", "5", "9"]
 
 
-def test_labels_per_class_keeps_n_training_rows_per_class(digits) -> None:
-    full = DataModule(digits, standardize=False, classes=[5, 6, 7, 8, 9], seed=1)
-    few = DataModule(digits, standardize=False, classes=[5, 6, 7, 8, 9], labels_per_class=4, seed=1)
+def test_keep_classes_edits_a_dataset_on_its_own(digits) -> None:
+    """What `select_classes(ds, classes)` was: the dataset edit, without a DataModule."""
+    kept = KeepClasses([7, 5]).edit_dataset(digits, seed=0)
+    assert kept.class_names == ["7", "5"] and kept.num_classes == 2
+    np.testing.assert_array_equal(kept.x, digits.x[np.isin(digits.y, [5, 7])])
+    np.testing.assert_array_equal(kept.y, np.where(digits.y[np.isin(digits.y, [5, 7])] == 7, 0, 1))
+
+
+def test_few_labels_keeps_n_training_rows_per_class(digits) -> None:
+    five = KeepClasses([5, 6, 7, 8, 9])
+    full = DataModule(digits, normalize="none", edits=[five], seed=1)
+    few = DataModule(digits, normalize="none", edits=[five, FewLabels(4)], seed=1)
     assert np.bincount(few._arrays["train"][1]).tolist() == [4] * 5
     assert rows(few, "train") <= rows(full, "train")
     for split in ("val", "test"):  # untouched: runs with few and many labels score the same rows
         np.testing.assert_array_equal(few._arrays[split][0], full._arrays[split][0])
-    other_seed = DataModule(digits, standardize=False, classes=[5, 6, 7, 8, 9], labels_per_class=4, seed=2)
+    other_seed = DataModule(digits, normalize="none", edits=[five, FewLabels(4)], seed=2)
     assert rows(other_seed, "train") != rows(few, "train")
 
 
 @pytest.mark.parametrize(
-    "kwargs, message",
+    "edit, message",
     [
-        ({"classes": [3, 12]}, "unknown class 12"),
-        ({"classes": ["3", "eigth"]}, "unknown class 'eigth'"),
-        ({"classes": [3, 3]}, "at least two different classes"),
-        ({"labels_per_class": 1000}, "Lower data.labels_per_class to at most"),
-        ({"labels_per_class": 0}, "data.labels_per_class"),
+        (lambda: KeepClasses([3, 12]), "data_edit.classes.classes: unknown class 12"),
+        (lambda: KeepClasses(["3", "eigth"]), "data_edit.classes.classes: unknown class 'eigth'"),
+        (lambda: KeepClasses([3, 3]), r"data_edit.classes.classes=\[3, 3\] must list at least two different classes"),
+        (lambda: FewLabels(1000), "Lower data_edit.few_labels.per_class to at most"),
+        (lambda: FewLabels(0), "data_edit.few_labels.per_class=0 is out of range"),
     ],
 )
-def test_few_label_options_are_validated(digits, kwargs, message) -> None:
+def test_few_label_options_are_validated(digits, edit, message) -> None:
     with pytest.raises(ConfigValueError, match=message):
-        DataModule(digits, **kwargs)
+        DataModule(digits, edits=[edit()])
 
 
 def test_few_label_options_need_classes() -> None:
-    with pytest.raises(ConfigValueError, match="data.classes.*regression"):
-        DataModule(sklearn.diabetes(), stratify=False, classes=[0, 1])
-    with pytest.raises(ConfigValueError, match="data.labels_per_class.*regression"):
-        DataModule(sklearn.diabetes(), stratify=False, labels_per_class=3)
+    with pytest.raises(ConfigValueError, match="data_edit.classes works on class labels.*regression"):
+        DataModule(sklearn.diabetes(), stratify=False, edits=[KeepClasses([0, 1])])
+    with pytest.raises(ConfigValueError, match="data_edit.few_labels works on class labels.*regression"):
+        DataModule(sklearn.diabetes(), stratify=False, edits=[FewLabels(3)])
 
 
 # --- transfer: init_from, freeze, backbone_lr_scale --------------------------------------------
 
 # Digits 0-4 pretrain a 5-way MLP; the fine-tuning runs below are 10-way, so the head cannot fit.
-PRETRAIN = ["data=digits", "data.classes=[0,1,2,3,4]", "trainer.max_epochs=1", "trainer.limit_train_batches=3"]
+PRETRAIN = [
+    "data=digits",
+    "data_edit=classes",
+    "data_edit.classes.classes=[0,1,2,3,4]",
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=3",
+]
 # Linear (no bias: the BN after it shifts), BN, Linear, BN; then dropout and the head.
 BACKBONE_NAMES = ["net.1.weight", "net.2.weight", "net.2.bias", "net.5.weight", "net.6.weight", "net.6.bias"]
 HEAD = ["net.9.weight", "net.9.bias"]
@@ -266,7 +286,12 @@ def test_a_finetuned_run_restores_without_its_source_checkpoint(pretrained, tmp_
 
 
 def test_reinit_leaves_fitting_layers_fresh(pretrained, tmp_path) -> None:
-    overrides = ["data=digits", "data.classes=[5,6,7,8,9]", f"transfer.init_from='{pretrained}'"]
+    overrides = [
+        "data=digits",
+        "data_edit=classes",
+        "data_edit.classes.classes=[5,6,7,8,9]",
+        f"transfer.init_from='{pretrained}'",
+    ]
     _, model, _ = built([*overrides, "transfer.reinit=[net.9,net.6]"], tmp_path)
     copied, fresh = model.nnlab_transfer.copied, model.nnlab_transfer.reinitialised
     assert "net.5.weight" in copied  # 5 classes -> 5 classes: everything fits by shape ...

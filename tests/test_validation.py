@@ -20,7 +20,8 @@ from omegaconf import OmegaConf
 
 from helpers import TINY, compose_config, run_cli
 from nnlab.errors import ConfigValueError
-from nnlab.validation import _describe, _example, _matches, validate_config
+from nnlab.type_hints import describe, example_of, matches
+from nnlab.validation import validate_config
 
 # (hint, values that fit, values that do not): values as YAML or the command line give them.
 CASES: list[tuple[Any, list[Any], list[Any]]] = [
@@ -52,9 +53,9 @@ CASES: list[tuple[Any, list[Any], list[Any]]] = [
 @pytest.mark.parametrize("hint, good, bad", CASES, ids=[str(c[0]) for c in CASES])
 def test_values_are_checked_against_the_hint_and_its_element_types(hint: Any, good: list, bad: list) -> None:
     for value in good:
-        assert _matches(value, hint), (value, hint)
+        assert matches(value, hint), (value, hint)
     for value in bad:
-        assert not _matches(value, hint), (value, hint)
+        assert not matches(value, hint), (value, hint)
 
 
 @pytest.mark.parametrize(
@@ -69,16 +70,16 @@ def test_values_are_checked_against_the_hint_and_its_element_types(hint: Any, go
     ],
 )
 def test_hints_are_described_as_config_values(hint: Any, words: str) -> None:
-    assert _describe(hint) == words
+    assert describe(hint) == words
 
 
 @pytest.mark.parametrize("hint", [c[0] for c in CASES if c[0] is not Any], ids=str)
 def test_the_example_in_a_fix_parses_and_fits(hint: Any) -> None:
     """The fix a type error suggests is typed on the command line: Hydra must parse it to a fitting value."""
-    example = _example(hint)
+    example = example_of(hint)
     assert example is not None
     value = OverridesParser.create().parse_override(f"key={example}").value()
-    assert _matches(value, hint), (example, value)
+    assert matches(value, hint), (example, value)
 
 
 # ------------------------------------------------------------------- binding `_target_` nodes

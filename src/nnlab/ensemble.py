@@ -13,7 +13,6 @@ ensemble's `seed`, so they are tested on the same rows and none has seen another
 from __future__ import annotations
 
 import copy
-import inspect
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from nnlab import app
 from nnlab.app import guarded
@@ -62,21 +61,6 @@ class EnsemblePlan:
         self.vary = vary
         self.combine = combine
 
-    def check_data(self, data_target: str) -> None:
-        """Bagging needs a DataModule that resamples the train rows with a seed of their own: its
-        `seed` also draws the split, which the members must share."""
-        if self.vary != "bootstrap":
-            return
-        from hydra.utils import get_object
-
-        if "bootstrap_seed" not in inspect.signature(get_object(data_target)).parameters:
-            raise ConfigValueError(
-                f"ensemble.vary=bootstrap needs a data module whose bootstrap resample has its own seed "
-                f"(a `bootstrap_seed` argument), but {data_target} has none: its `seed` draws both the "
-                "split and the resample, so members with different resamples would be tested on different "
-                "rows. Use ensemble.vary=seed."
-            )
-
     def check_kind(self, kind: str) -> None:
         """Refuse combinations that do not fit the dataset's kind, before anything is trained."""
         if kind == "regression" and "vote" in self.combine:
@@ -95,12 +79,32 @@ def member_config(cfg: DictConfig, i: int, vary: str, root: Path) -> DictConfig:
         member.data.seed = int(cfg.data.seed)
         member.seed = int(cfg.seed) + i
         if vary == "bootstrap":  # bagging: the same split, a different resample of its train rows
-            member.data.bootstrap = True
-            member.data.bootstrap_seed = int(cfg.seed) + i
+            member.data_edit = with_bootstrap(member.get("data_edit"), seed=int(cfg.seed) + i)
         member.paths.output_dir = str(root / f"member_{i}")
         if (member.get("callbacks") or {}).get("model_checkpoint"):
             member.callbacks.model_checkpoint.dirpath = None  # each member's own <member>/checkpoints
     return member
+
+
+def with_bootstrap(edits: DictConfig | None, seed: int) -> DictConfig:
+    """The row edits `edits` with the bootstrap seeded `seed`: a listed bootstrap keeps its place;
+    otherwise configs/data_edit/bootstrap.yaml's goes at the end of the split stage."""
+    from importlib.resources import files
+
+    from hydra.utils import get_object
+
+    from nnlab.data.edits import STAGES
+
+    items = [(str(k), v) for k, v in (edits or {}).items()]
+    if not any(k == "bootstrap" and v for k, v in items):
+        node = OmegaConf.load(files("nnlab.configs").joinpath("data_edit", "bootstrap.yaml")).bootstrap
+        items = [(k, v) for k, v in items if k != "bootstrap"]  # (a bootstrap set to null)
+        split = STAGES.index("split")
+        later = [i for i, (_, v) in enumerate(items) if v and STAGES.index(get_object(v._target_).stage) > split]
+        items.insert(later[0] if later else len(items), ("bootstrap", node))
+    merged = OmegaConf.create(dict(items))
+    merged.bootstrap.seed = seed
+    return merged
 
 
 def tested_checkpoint(member_dir: Path, test_ckpt: str) -> Path:
@@ -171,8 +175,8 @@ def ensemble(cfg: DictConfig) -> dict[str, float]:
             raise e.__cause__ from None
         raise
     validate_config(cfg)
-    if cfg.data.get("cv_folds"):
-        raise ConfigValueError("data.cv_folds is set: an ensemble trains on one split. Remove data.cv_folds.")
+    if (cfg.get("data_edit") or {}).get("kfold"):
+        raise ConfigValueError("data_edit lists kfold: an ensemble trains on one split. Remove kfold from data_edit.")
     if not (cfg.get("callbacks") or {}).get("model_checkpoint"):
         raise ConfigValueError(
             "callbacks.model_checkpoint is off, but the ensemble reloads each member from its checkpoint. "
@@ -180,8 +184,9 @@ def ensemble(cfg: DictConfig) -> dict[str, float]:
         )
     # Loading the dataset once up front costs little and refuses a mismatched combination (a vote
     # on a regression) before any member trains.
-    plan.check_data(cfg.data._target_)
-    kind = instantiate(cfg.data).kind
+    from nnlab.pipeline import build_data
+
+    kind = build_data(cfg, augment=False).kind
     plan.check_kind(kind)
     root = Path(cfg.paths.output_dir)
     report = Report(root, cfg)

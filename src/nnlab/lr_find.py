@@ -191,8 +191,7 @@ def suggest_lr(lrs: Sequence[float], smoothed_loss: Sequence[float], skip_fracti
 def single_optimizer(task: Any) -> Optimizer:
     """The one optimizer a configured task declares it trains with (`task.single_optimizer()`, see
     `nnlab.engine.task.Task`), or a UserError (a task that declares none has none to sweep)."""
-    declared = getattr(task, "single_optimizer", None)
-    optimizer = declared() if declared is not None else None
+    optimizer = task.single_optimizer()
     if not isinstance(optimizer, Optimizer):
         choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
         name = type(task).__module__ + "." + type(task).__name__
@@ -271,9 +270,7 @@ def lr_find(cfg: DictConfig) -> Suggestion:
     task.configure(trainer.device, trainer.precision, total_steps=range_test.num_steps, rules=rules)
     optimizer = single_optimizer(task)
     save_run_record(cfg, output_dir)  # once the run is known to be possible (see its docstring)
-    prepare = getattr(task, "prepare", None)  # e.g. a reconstruction task's data-dependent setup
-    if prepare is not None:
-        prepare(data)
+    task.prepare(data)  # e.g. a reconstruction task's data-dependent setup
     log.info(
         "LR range test of %s on %s: %d steps, lr %.3g -> %.3g",
         type(task.model).__name__,

@@ -110,9 +110,17 @@ def _quote_value(override: str, start: int, at: int) -> str | None:
 
 
 def _unknown_key(key: str, overrides: list[str]) -> str:
-    """Name the misspelled key, the closest existing one, and the keys of its parent node."""
+    """Name the misspelled key, the closest existing one, and the keys of its parent node (or, for a
+    key that was renamed, its new spelling)."""
     from hydra import compose, initialize_config_module
     from omegaconf import DictConfig, OmegaConf
+
+    from nnlab.data.edits.renamed import renamed_message
+
+    given = [o.split("=", 1) for o in overrides if "=" in o]
+    renamed = renamed_message(key, next((v for k, v in given if k.lstrip("+~") == key), None))
+    if renamed:
+        return renamed
 
     parent, _, leaf = key.rpartition(".")
     # Compose with the group choices only: dotted value overrides may be the broken ones.

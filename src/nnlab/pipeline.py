@@ -42,10 +42,10 @@ HPARAM_GROUPS = ("data", "model", "init", "task", "optimizer", "scheduler", "reg
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Validate, build every part the config names, train, test; return the final metrics.
-    With `data.cv_folds=k`, do that once per fold and return the folds' means."""
+    With `data_edit=kfold`, do that once per fold and return the folds' means."""
     if cfg.trainer.get("strategy") == "ddp":
         join_process_group(cfg)
-    if cfg.data.get("cv_folds"):
+    if (cfg.get("data_edit") or {}).get("kfold"):
         return cross_validate(cfg)
     return train_once(cfg)
 
@@ -76,7 +76,7 @@ def cross_validate(cfg: DictConfig) -> dict[str, float]:
     """
     validate_config(cfg)
     root = Path(cfg.paths.output_dir)
-    k = int(cfg.data.cv_folds)
+    k = int(cfg.data_edit.kfold.folds)
     save_run_record(cfg, root)
     started = time.time()
     write_status(root, "running", started)
@@ -84,7 +84,7 @@ def cross_validate(cfg: DictConfig) -> dict[str, float]:
     for i in range(k):
         fold_cfg = copy.deepcopy(cfg)
         with open_dict(fold_cfg):
-            fold_cfg.data.fold = i
+            fold_cfg.data_edit.kfold.fold = i
             fold_cfg.paths.output_dir = str(root / f"fold_{i}")
         log.info("Cross-validation: fold %d of %d", i + 1, k)
         folds.append(train_once(fold_cfg, show_table=False))
@@ -224,9 +224,7 @@ def build_model(cfg: DictConfig, augment: bool = True) -> tuple[Any, Any, Any]:
     run's own checkpoint)."""
     from nnlab.models import transfer
 
-    log.info("Building data <%s>", cfg.data.dataset._target_)
-    augmentation = instantiate(cfg.augmentation) if augment and cfg.get("augmentation") else None
-    data = instantiate(cfg.data, augment=augmentation)
+    data = build_data(cfg, augment)
 
     log.info("Building model <%s>", cfg.model._target_)
     try:
@@ -258,6 +256,31 @@ def build_model(cfg: DictConfig, augment: bool = True) -> tuple[Any, Any, Any]:
     return data, model, task
 
 
+def build_data(cfg: DictConfig, augment: bool = True) -> Any:
+    """The data module `cfg.data` names, with the row edits `cfg.data_edit` lists (in its order)
+    and, unless `augment=False`, the training augmentation."""
+    log.info("Building data <%s>", cfg.data.dataset._target_)
+    augmentation = instantiate(cfg.augmentation) if augment and cfg.get("augmentation") else None
+    return instantiate(cfg.data, edits=row_edits(cfg), augment=augmentation)
+
+
+def row_edits(cfg: DictConfig) -> list[Any]:
+    """The row edits `cfg.data_edit` lists, built in order (a node set to null is off)."""
+    edits = []
+    for name, node in (cfg.get("data_edit") or {}).items():
+        if not node:
+            continue
+        if not isinstance(node, DictConfig) or "_target_" not in node:
+            # e.g. an experiment's data_edit.outliers.scale left behind by data_edit=[] on the command line
+            raise ConfigValueError(
+                f"data_edit.{name} sets options but names no edit (no _target_): is data_edit.{name} "
+                f"missing from the data_edit list? Add it (data_edit=[...,{name}]) or turn it off with "
+                f"data_edit.{name}=null."
+            )
+        edits.append(instantiate(node))
+    return edits
+
+
 def preflight(cfg: DictConfig) -> None:
     """The data module's and the model's option checks (`data.batch_size=0`, `model.dropout=1.5`),
     run before the dataset is read: each is built once, on a small stand-in dataset and input
@@ -271,7 +294,7 @@ def preflight(cfg: DictConfig) -> None:
     rows = np.random.default_rng(0).normal(size=(200, 1, 8, 8)).astype(np.float32)
     stand_in = ArrayDataset(rows, np.arange(200) % 10, "classification", [str(c) for c in range(10)])
     with torch.random.fork_rng(devices=[]):
-        _options_only(lambda: _call_with(cfg.data, dataset=stand_in, augment=None))
+        _options_only(lambda: _call_with(cfg.data, dataset=stand_in, edits=row_edits(cfg), augment=None))
         _options_only(lambda: instantiate(cfg.model, input_shape=(1, 8, 8), num_outputs=10))
 
 

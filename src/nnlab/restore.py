@@ -23,8 +23,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from nnlab.engine.checkpoint import load_checkpoint, mismatch
+from nnlab.engine.devices import resolve_device
 from nnlab.engine.precision import Precision
-from nnlab.engine.trainer import resolve_device
 from nnlab.errors import UserError
 from nnlab.models.transfer import trained_weights
 from nnlab.untrusted import stored_run_config

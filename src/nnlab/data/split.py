@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from nnlab.data.arrays import ArrayDataset
+
 # Each split needs a row; a class's share of each split is rounded to whole rows, and with the
 # default fractions (val 0.1, test 0.2) 6 rows are the fewest whose 0.1 rounds to one row.
 MIN_ROWS = 3
@@ -66,3 +68,61 @@ def fit_minmax(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     span = x.max(axis=0).astype(np.float64) - low
     span = np.where(span < 1e-8, 1.0, span)
     return np.asarray(low, dtype=np.float32), np.asarray(span, dtype=np.float32)
+
+
+def empty_split_message(name: str, dataset: ArrayDataset, val: float, test: float, stratify: bool, seed: int) -> str:
+    """The message for an empty split, with the fractions nearest to `val` and `test` (and
+    `stratify`) that give every split a row, found by trying them on the same rows and seed."""
+    source = f" of {dataset.source}" if dataset.source else ""
+    rows = f"{len(dataset.x)} rows{source}"
+    now = f"data.val_fraction={val} and data.test_fraction={test}"
+    found = fractions_that_fill_every_split(dataset, val, test, stratify, seed)
+    if found == (val, test, stratify):  # the split itself is fine: a later option emptied it
+        fix = (
+            "lower data.val_fraction or data.test_fraction"
+            if name == "train"
+            else f"raise data.{name}_fraction (now {val if name == 'val' else test})"
+        )
+        return f"data: the {name} split of {rows} is empty; {fix}."
+    if found is None:
+        return (
+            f"data: the {name} split of the {rows} is empty, and no data.val_fraction and data.test_fraction "
+            f"give each of the training, validation and test splits a row of so few. Add rows: {ENOUGH_ROWS}."
+        )
+    new_val, new_test, new_stratify = found
+    settings = [f"data.val_fraction={new_val}"] if new_val != val else []
+    settings += [f"data.test_fraction={new_test}"] if new_test != test and dataset.test_mask is None else []
+    settings += ["data.stratify=false"] if new_stratify != stratify else []
+    whose = "each class's rows (data.stratify splits every class alike)" if stratify else "the rows"
+    if name == "train":
+        why = f"{now} take all of {whose}"
+    else:
+        why = f"data.{name}_fraction={val if name == 'val' else test} of {whose} rounds to no row"
+    return (
+        f"data: the {name} split of the {rows} is empty: {why}. Set {' '.join(settings)}, which gives every "
+        "split a row (or add rows)."
+    )
+
+
+def fractions_that_fill_every_split(
+    dataset: ArrayDataset, val: float, test: float, stratify: bool, seed: int
+) -> tuple[float, float, bool] | None:
+    """(val_fraction, test_fraction, stratify) nearest the given ones whose split leaves no split
+    empty, on a grid of 0.05 steps (stratified first, as asked), or None when none does."""
+    steps = [round(0.05 * i, 2) for i in range(1, 19)]
+    tests = [test] if dataset.test_mask is not None else [test, *steps]
+    trials = sorted(
+        {(v, t) for v in [val, *steps] for t in tests if round(v + t, 2) < 1.0},
+        key=lambda vt: (abs(vt[0] - val) + abs(vt[1] - test), vt),
+    )
+    y = dataset.y if dataset.test_mask is None else dataset.y[~dataset.test_mask]
+    # Two training rows if the data allow (batch norm cannot train on a batch of one), else one.
+    for least_train in (2, 1):
+        for strat in dict.fromkeys([stratify, False]):
+            for v, t in trials:
+                sizes = [len(s) for s in split_indices(y, v, 0.0 if dataset.test_mask is not None else t, strat, seed)]
+                if dataset.test_mask is not None:
+                    sizes[2] = int(dataset.test_mask.sum())
+                if sizes[0] >= least_train and min(sizes) > 0:
+                    return v, t, strat
+    return None

@@ -30,16 +30,12 @@ MISSING = frozenset({"", "na", "n/a", "nan", "null", "none", "?", "#n/a", "<na>"
 MAX_AUTO_CLASSES = 20
 
 KINDS = ("auto", "classification", "regression")
-IMPUTE = ("mean", "median", "most_frequent", "drop")
-SCALE = ("none", "minmax")
 
 
 def csv(
     path: str | None = None,
     target: str | None = None,
     kind: str = "auto",
-    impute: str = "mean",
-    scale: str = "none",
     categorical: Sequence[str] | None = None,
     drop: Sequence[str] | None = None,
     delimiter: str = ",",
@@ -56,28 +52,17 @@ def csv(
     kind: auto, classification or regression. auto: a text target, or an integer one with at most
         20 distinct values, is classification; any other number is regression. Class names are the
         target's distinct values, sorted (numerically when they are numbers).
-    impute: what fills a missing feature value (an empty field, NA, N/A, NaN, null, None or ?):
-        mean, median or most_frequent of the column (categorical columns always take their most
-        frequent value), or drop to discard every row with a missing value. Rows whose target is
-        missing are always dropped.
-    scale: none, or minmax to map each numeric feature to [0, 1]. Z-scoring is not done here: it
-        is the DataModule's `standardize`, fitted on the training split only. With minmax, set
-        data.standardize=false, or the z-score undoes it.
     categorical: columns to one-hot encode even though they hold numbers (codes, ZIP codes).
     drop: columns to leave out (ids, free text, leaks of the target).
     delimiter: the field separator: "," (default), ";", "|", or "tab".
 
-    The statistics of `impute` and `scale` are taken over all rows, test rows included, because
-    the split is made later by the DataModule; the leak is small for means, medians and ranges.
+    Missing values (an empty field, NA, N/A, NaN, null, None or ?): a row without a target is
+    dropped. A missing number stays NaN, for the DataModule to fill with statistics of the
+    training split only (`data_edit=impute` chooses how; train means by default); a missing
+    category is all zeros in its one-hot columns (no category), which needs no statistic.
+    Scaling is the DataModule's too (`data.normalize`), fitted on the training split.
     """
     check_choice("data.dataset.kind", kind, KINDS)
-    check_choice("data.dataset.impute", impute, IMPUTE)
-    if scale == "standard":
-        raise ConfigValueError(
-            "data.dataset.scale=standard: z-scoring is done by the DataModule, with statistics of the "
-            "training split only. Set data.dataset.scale=none and data.standardize=true."
-        )
-    check_choice("data.dataset.scale", scale, SCALE)
     delimiter = "\t" if delimiter in ("tab", "\\t") else delimiter
     if len(delimiter) != 1:
         raise ConfigValueError(f"data.dataset.delimiter={delimiter!r} must be one character, e.g. ',' ';' or 'tab'.")
@@ -97,18 +82,14 @@ def csv(
     if not features:
         raise UserError(f"{name} has no feature columns besides the target '{target}' (and data.dataset.drop).")
 
-    # Rows to keep: those with a target, and with every feature when impute=drop.
+    # Rows to keep: those with a target.
     missing = {c: np.array([_is_missing(v) for v in columns[c]], dtype=bool) for c in [target, *features]}
     keep = ~missing[target]
-    if impute == "drop":
-        keep &= ~np.any([missing[c] for c in features], axis=0)
     if not keep.all():
         dropped = [lines[i] for i in np.flatnonzero(~keep)]
-        why = "no target value" if impute != "drop" else "a missing value"
-        log.warning("%s: dropped %d row(s) with %s (lines %s)", name, len(dropped), why, _some(dropped))
+        log.warning("%s: dropped %d row(s) with no target value (lines %s)", name, len(dropped), _some(dropped))
     if not keep.any():
-        fix = "set data.dataset.impute=mean to fill missing features" if impute == "drop" else "fill in the target"
-        raise UserError(f"{name}: no row is left once rows with {why} are dropped; {fix}.")
+        raise UserError(f"{name}: every row's target '{target}' is missing; fill in the target.")
     lines = [line for line, k in zip(lines, keep) if k]
     columns = {c: [v for v, k in zip(values, keep) if k] for c, values in columns.items()}
     missing = {c: m[keep] for c, m in missing.items()}
@@ -118,7 +99,7 @@ def csv(
         if missing[c].all():
             log.warning("%s: column '%s' has no values; left out", name, c)
             continue
-        block, block_names = _feature(name, c, columns[c], missing[c], lines, impute, scale, c in categorical)
+        block, block_names = _feature(name, c, columns[c], missing[c], lines, c in categorical)
         blocks.append(block)
         names += block_names
     if not blocks:
@@ -235,11 +216,10 @@ def _feature(
     values: list[str],
     missing: np.ndarray,
     lines: list[int],
-    impute: str,
-    scale: str,
     categorical: bool,
 ) -> tuple[np.ndarray, list[str]]:
-    """One column as (N, 1) numbers or (N, K) one-hot indicators, missing values filled."""
+    """One column as (N, 1) numbers (NaN where missing) or (N, K) one-hot indicators (all zero where
+    missing)."""
     numbers = [None if m else _number(v) for v, m in zip(values, missing)]
     text = [i for i, (n, m) in enumerate(zip(numbers, missing)) if n is None and not m]
     if not categorical and text and len(text) * 2 < (~missing).sum():
@@ -247,35 +227,19 @@ def _feature(
         more = f" (and {len(text) - 1} more rows: lines {_some([lines[j] for j in text[1:]])})" if len(text) > 1 else ""
         raise UserError(
             f"{name}, line {lines[i]}: column '{column}' holds numbers, but this row has {values[i]!r}{more}. "
-            "Fix the value, leave the field empty to mark it missing (filled as data.dataset.impute says), "
+            "Fix the value, leave the field empty to mark it missing (filled as data_edit=impute says), "
             f"or add '{column}' to data.dataset.categorical to one-hot encode the column."
         )
     if categorical or text:
-        present = [v for v, m in zip(values, missing) if not m]
-        counts = Counter(present)
-        fill = max(sorted(counts), key=counts.__getitem__)  # the most frequent; ties go to the first in order
-        filled = [fill if m else v for v, m in zip(values, missing)]
-        categories = sorted(counts)
+        categories = sorted({v for v, m in zip(values, missing) if not m})
         index = {c: k for k, c in enumerate(categories)}
+        rows = np.flatnonzero(~missing)
         onehot = np.zeros((len(values), len(categories)), dtype=np.float32)
-        onehot[np.arange(len(values)), [index[v] for v in filled]] = 1.0
+        onehot[rows, [index[values[i]] for i in rows]] = 1.0
         return onehot, [f"{column}={c}" for c in categories]
 
     col = np.array([np.nan if n is None else n for n in numbers], dtype=np.float64)
     _check_float32(name, column, col, values, lines)
-    present = col[~missing]
-    if missing.any():
-        if impute == "mean":
-            fill = present.mean()
-        elif impute == "median":
-            fill = np.median(present)
-        else:  # most_frequent (impute=drop left no missing values)
-            uniques, counts = np.unique(present, return_counts=True)
-            fill = uniques[np.argmax(counts)]
-        col[missing] = fill
-    if scale == "minmax":
-        low, high = col.min(), col.max()
-        col = (col - low) / (high - low) if high > low else np.zeros_like(col)
     return col[:, None].astype(np.float32), [column]
 
 

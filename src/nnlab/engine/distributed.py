@@ -14,12 +14,15 @@ import datetime
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
 
 from nnlab.errors import ConfigValueError
+
+if TYPE_CHECKING:
+    from nnlab.engine.task import Task
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +69,31 @@ def current() -> DistInfo:
     if dist.is_available() and dist.is_initialized():
         return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
     return DistInfo()
+
+
+def check_ddp_task(task: Task) -> None:
+    """DDP wraps `task.model` and runs its forward, so a task must declare that it trains only
+    through that forward (`supports_ddp = True`, see `nnlab.engine.task.Task`); a GAN calls into
+    the model's parts, a SOM learns without gradients. A task that declares nothing is refused."""
+    # (getattr: a task class written outside nnlab may lack the declaration; the safe answer is no)
+    if not getattr(task, "supports_ddp", False):
+        raise ConfigValueError(
+            "trainer.strategy=ddp supports tasks that train only through model(x), such as task=supervised and "
+            f"task=reconstruction, not {type(task).__name__}. Train this model in one process (trainer.strategy=auto)."
+        )
+
+
+def data_parallel(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """`module` wrapped in DistributedDataParallel, which averages gradients across ranks during
+    backward; rank 0's weights and buffers are broadcast at construction (and buffers at every
+    forward), so all ranks stay identical."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [device.index or 0] if device.type == "cuda" else None
+    wrapped = DistributedDataParallel(module, device_ids=ids)
+    info = current()
+    log.info("DistributedDataParallel: rank %d of %d", info.rank, info.world_size)
+    return wrapped
 
 
 def broadcast_object(obj: Any) -> Any:

@@ -98,6 +98,37 @@ class RunningMean:
         self.count = int(state["count"])
 
 
+class EpochMeans:
+    """The epoch's step metrics so far: the open `window`, and the sample-weighted sums
+    (`totals`, over `seen` samples) of the windows already read back. The epoch's train/
+    metrics are totals / seen; a mid-epoch checkpoint records all three, so that a resumed run
+    reports the same epoch metrics."""
+
+    def __init__(self) -> None:
+        self.window = RunningMean()  # step metrics since the last read-back
+        self.totals: dict[str, float] = {}
+        self.seen = 0
+
+    def pop_window(self) -> dict[str, float]:
+        """The window's means (one host read-back), their sums added to the epoch's."""
+        means, count = self.window.pop()
+        for key, v in means.items():
+            self.totals[key] = self.totals.get(key, 0.0) + v * count
+        self.seen += count
+        return means
+
+    def state_dict(self) -> dict[str, object]:
+        return {"totals": dict(self.totals), "seen": self.seen, "window": self.window.state_dict()}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        """`state` may be empty (a checkpoint taken before these were recorded): a fresh epoch."""
+        self.totals = dict(state.get("totals", {}))
+        self.seen = state.get("seen", 0)
+        self.window = RunningMean()
+        if state.get("window"):
+            self.window.load_state_dict(state["window"])
+
+
 def _window_values(values: list[torch.Tensor | Accuracy]) -> torch.Tensor:
     """One metric's window as a 1-d float64 tensor to read back: for `Accuracy` one value, the
     number of correct predictions in the window; for batch means, the means themselves (summed

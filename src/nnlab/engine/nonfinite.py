@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -51,6 +52,19 @@ def locate_nonfinite(model: nn.Module, batch: Any, error: NonFiniteStep, precisi
             f"gradients exploded, the largest in {names.get(id(error.largest_grad), '?')}"
         )
     return "the location could not be determined"
+
+
+def diverged(cause: str, kept_in: Path | None, skipping: bool) -> TrainingDiverged:
+    """The error that ends a run whose updates went NaN/inf: its `cause`, what is kept (the
+    checkpoint folder `kept_in`; None when no checkpoint was written) and the fixes to try
+    (trainer.nonfinite=skip among them unless the run was `skipping` already)."""
+    kept = f"The checkpoints written before it are kept ({kept_in})" if kept_in else "No checkpoint was written"
+    return TrainingDiverged(
+        f"Training stopped: {cause}. {kept}, and no update with NaN/inf was applied. Try a lower "
+        "optimizer.lr, gradient clipping (trainer.gradient_clip_val=1.0), a smaller initialization "
+        "(init=xavier_uniform or init=kaiming_normal) or normalization (model.batch_norm=true)"
+        + ("." if skipping else ", or trainer.nonfinite=skip to skip such steps.")
+    )
 
 
 @torch.no_grad()

@@ -56,8 +56,9 @@ class UpdateRules:
         regularization: L1/L2 penalties and the max-norm constraint (None: none).
         check_finite: check the losses and the gradients before each update (one host sync
             per update) and raise `NonFiniteStep` instead of stepping on NaN/inf.
-        update_now: set by the trainer before each batch: False while an accumulation window
-            is still open (backward only), True on the batch that completes it (update).
+
+    Which batch completes an accumulation window is not stored here: the trainer decides it per
+    batch and it reaches `Optimization.step` as its `update` argument, through the task.
     """
 
     accumulate_grad_batches: int = 1
@@ -65,7 +66,6 @@ class UpdateRules:
     gradient_clip_algorithm: str = "norm"
     regularization: Regularization | None = None
     check_finite: bool = True
-    update_now: bool = True
 
     def gradient_free_conflicts(self) -> list[str]:
         """The options set here that need gradients (for tasks that learn without them)."""
@@ -166,8 +166,10 @@ class Optimization:
         self._constraint = reg if reg is not None and reg.constrains else None
         self._losses: list[torch.Tensor] = []  # the losses of the open accumulation window
 
-    def step(self, loss: torch.Tensor) -> None:
-        """Backpropagate `loss`; update the parameters when the accumulation window is complete."""
+    def step(self, loss: torch.Tensor, update: bool = True) -> None:
+        """Backpropagate `loss`, then update the parameters if `update`: on the batch that completes
+        the accumulation window (every batch, without accumulation). With `update=False` the
+        gradients are kept, to be summed with the next batches'."""
         rules = self.rules
         if self._penalty is not None:
             loss = loss + self._penalty.penalty(self.params)
@@ -180,7 +182,7 @@ class Optimization:
             loss.backward()
         else:
             self.scaler.scale(loss).backward()
-        if rules.update_now:
+        if update:
             self._update()
 
     def _update(self) -> None:

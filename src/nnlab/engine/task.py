@@ -10,19 +10,10 @@ What a task supports it declares (the `supports_*` and `own_optimizer_parts` cla
 `single_optimizer()`): the trainer, the transfer options and the LR finder read these, never the
 task's type or its model's layer names. A task that declares nothing supports none of it.
 
-Optional methods, called when a task defines them:
-
-    prepare(data)       once, after `configure`: initialisation that needs the training data
-                        (a SOM's PCA init, the judge classifier that scores a GAN's samples)
-    epoch_metrics()     after each epoch: totals over it (not per-sample means), logged as
-                        train/<name>, e.g. the perceptron's mistakes
-    epoch_images()      after each validation: {tag: (C, H, W) tensor in [0, 1] or matplotlib
-                        figure}, logged at step = epoch and saved as figures/<name>.png, e.g.
-                        reconstructions, or a GAN's samples from a fixed noise batch
-    figures()           after testing: {name: matplotlib figure}, logged as test/<name> and saved
-                        as figures/<name>.png, e.g. a confusion matrix or a U-matrix
-    embeddings()        after testing: {tag: (vectors (N, D), labels or None, thumbnails
-                        (N, C, H, W) in [0, 1] or None)} for TensorBoard's Projector tab
+Besides the step and the evaluation, the trainer calls five hooks on every task: `prepare`,
+`epoch_metrics`, `epoch_images`, `figures` and `embeddings`. Most tasks have something for only
+some of them; `TaskDefaults` gives the others' empty answers, so a task inherits it and writes
+only the hooks it has.
 """
 
 from __future__ import annotations
@@ -44,7 +35,7 @@ class Task(Protocol):
     supports_ddp: bool
     """True when the task trains only through model(x), so trainer.strategy=ddp may wrap the model
     in DistributedDataParallel (a GAN calls into the model's parts; a SOM learns without
-    gradients). Read by `nnlab.engine.trainer.check_ddp_task`."""
+    gradients). Read by `nnlab.engine.distributed.check_ddp_task`."""
 
     supports_backbone_lr_scale: bool
     """True when `configure` builds the optimizer from `nnlab.models.transfer.optimizer_params`
@@ -69,16 +60,46 @@ class Task(Protocol):
         non-finite check) to each `Optimization`; tasks without gradients reject any rule that
         would do nothing for them (`nnlab.engine.optim.require_no_gradient_rules`)."""
 
-    def training_step(self, batch: Any) -> dict[str, torch.Tensor]:
-        """Do one training update on `batch`; return detached 0-dim metric tensors (on device).
+    def prepare(self, data: Any) -> None:
+        """Called once per fit, after `configure` and before any checkpoint is restored:
+        initialisation that needs the data module `data` (a SOM's PCA init, the judge classifier
+        that scores a GAN's samples, the anomaly classes a reconstruction task leaves out)."""
 
-        The engine averages them over the logging interval and the epoch, reading them back
-        to the host only at those points, so a step never forces a device synchronisation.
+    def training_step(self, batch: Any, update: bool = True) -> dict[str, torch.Tensor]:
+        """Do one training step on `batch`; return detached 0-dim metric tensors (on device).
+
+        `update` says whether this batch ends with an optimizer update: False while a window of
+        trainer.accumulate_grad_batches = k > 1 batches is open (backward only, the gradients
+        kept for the next batch), True on its k-th batch and on the epoch's last. Pass it to every
+        `Optimization.step` of the step. Tasks without gradients refuse accumulation in
+        `configure`, so they only ever get True.
+
+        The engine averages the metrics over the logging interval and the epoch, reading them
+        back to the host only at those points, so a step never forces a device synchronisation.
         """
 
     def evaluate(self, batches: Iterable[Any], detailed: bool = False) -> dict[str, float]:
         """Metrics over a whole split (no gradients, eval mode), e.g. {"loss": .., "acc": ..}.
         `detailed` (the final test) asks for the full report, e.g. per-class metrics."""
+
+    def epoch_metrics(self) -> dict[str, float]:
+        """Called once per epoch, after its training steps and validation: totals over the epoch's
+        training steps (not per-sample means), logged as train/<name>, e.g. the perceptron's
+        mistakes. Empty for most tasks."""
+
+    def epoch_images(self) -> dict[str, Any]:
+        """Called after each validation, with the evaluation weights (the EMA when set): {tag:
+        (C, H, W) tensor in [0, 1] or matplotlib figure}, logged at step = epoch and saved as
+        figures/<name>.png, e.g. reconstructions, or a GAN's samples from a fixed noise batch."""
+
+    def figures(self) -> dict[str, Any]:
+        """Called after testing: {name: matplotlib figure}, logged as test/<name> and saved as
+        figures/<name>.png, e.g. a confusion matrix or a U-matrix."""
+
+    def embeddings(self) -> dict[str, tuple[torch.Tensor, list[str] | None, torch.Tensor | None]]:
+        """Called after testing when a logger is set: {tag: (vectors (N, D), labels or None,
+        thumbnails (N, C, H, W) in [0, 1] or None)} for TensorBoard's Projector tab, e.g. an
+        autoencoder's codes."""
 
     def epoch_end(self, val_metrics: dict[str, float]) -> None:
         """Called after each validation: step per-epoch schedulers (plateau ones read val metrics)."""
@@ -90,3 +111,24 @@ class Task(Protocol):
         """Optimizer, scheduler and grad-scaler state (the model's weights are saved separately)."""
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class TaskDefaults:
+    """The hooks' answers for a task that has nothing for them: no data-dependent setup, no
+    epoch totals, no pictures, no embeddings. A task inherits this and overrides the hooks it
+    has (see `Task` for when each is called); it holds no state and no other behaviour."""
+
+    def prepare(self, data: Any) -> None:
+        return None
+
+    def epoch_metrics(self) -> dict[str, float]:
+        return {}
+
+    def epoch_images(self) -> dict[str, Any]:
+        return {}
+
+    def figures(self) -> dict[str, Any]:
+        return {}
+
+    def embeddings(self) -> dict[str, tuple[torch.Tensor, list[str] | None, torch.Tensor | None]]:
+        return {}

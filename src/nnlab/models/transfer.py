@@ -270,7 +270,7 @@ def check_task_support(task: Any, node: Mapping[str, Any] | None) -> None:
       discriminator), or that optimizer would have nothing to step.
     """
     scale = (node or {}).get("backbone_lr_scale", 1.0)
-    if scale != 1.0 and not getattr(task, "supports_backbone_lr_scale", False):
+    if scale != 1.0 and not task.supports_backbone_lr_scale:
         raise ConfigValueError(
             f"transfer.backbone_lr_scale={scale} is supported by the supervised task only, not by "
             f"{type(task).__name__}. Leave it at 1.0 (transfer.init_from and transfer.freeze work here)."
@@ -280,7 +280,7 @@ def check_task_support(task: Any, node: Mapping[str, Any] | None) -> None:
         return
     frozen = set(transfer.frozen)
     freeze = list((node or {}).get("freeze") or [])
-    for part in getattr(task, "own_optimizer_parts", ()):
+    for part in task.own_optimizer_parts:
         named = [(name, p) for name, p in task.model.named_parameters() if name.startswith(f"{part}.")]
         froze = [name for name, _ in named if name in frozen]
         if froze and not any(p.requires_grad for _, p in named):

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from nnlab.engine.optim import Optimization, UpdateRules, build_scheduler
 from nnlab.engine.precision import Precision
+from nnlab.engine.task import TaskDefaults
 from nnlab.errors import ConfigValueError, check_range
 from nnlab.models.gan import GAN
 from nnlab.tasks.gan_metrics import Judge, assign_modes, coverage, fit_modes, frechet_distance, mode_tv
@@ -19,7 +20,7 @@ from nnlab.tasks.gan_metrics import Judge, assign_modes, coverage, fit_modes, fr
 log = logging.getLogger(__name__)
 
 
-class Adversarial:
+class Adversarial(TaskDefaults):
     """Train a `GAN`: D and G, each with its own optimizer, take turns on every batch.
 
     D, a classifier of real against generated samples, maximises
@@ -181,15 +182,18 @@ class Adversarial:
         log.info("Judge classifier: val acc %.4f; FD(train, val) = %.3f, a floor for val/fd", acc, floor)
 
     # ---- one training step: D, then G ---------------------------------------------------------
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], update: bool = True) -> dict[str, torch.Tensor]:
         x, y = batch
         labels = y if self.model.conditional else None
-        metrics = self.discriminator_step(x, labels)
-        metrics.update(self.generator_step(len(x), labels))
+        metrics = self.discriminator_step(x, labels, update)
+        metrics.update(self.generator_step(len(x), labels, update))
         return metrics
 
-    def discriminator_step(self, x: torch.Tensor, labels: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        """One update of D on a real batch and as many fresh fakes; G is not touched."""
+    def discriminator_step(
+        self, x: torch.Tensor, labels: torch.Tensor | None, update: bool = True
+    ) -> dict[str, torch.Tensor]:
+        """One update of D on a real batch and as many fresh fakes (backward only when not
+        `update`: an open accumulation window); G is not touched."""
         G, D = self.model.generator, self.model.discriminator
         z = torch.randn(len(x), self.model.latent_dim, device=x.device)
         with torch.no_grad(), self.precision.autocast():
@@ -203,14 +207,16 @@ class Adversarial:
         bce = F.binary_cross_entropy_with_logits
         real_target = torch.full_like(real_logits, 1.0 - self.label_smoothing)
         loss = bce(real_logits, real_target) + bce(fake_logits, torch.zeros_like(fake_logits))
-        self.optim_d.step(loss)
+        self.optim_d.step(loss, update)
         return {
             "d_loss": loss.detach(),
             "d_real": torch.sigmoid(real_logits.detach()).mean(),
             "d_fake": torch.sigmoid(fake_logits.detach()).mean(),
         }
 
-    def generator_step(self, batch_size: int, labels: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    def generator_step(
+        self, batch_size: int, labels: torch.Tensor | None, update: bool = True
+    ) -> dict[str, torch.Tensor]:
         """One update of G through a frozen D: D's parameters get no gradient, so nothing is left
         in them for its next update (and no time is spent computing it)."""
         G, D = self.model.generator, self.model.discriminator
@@ -222,7 +228,7 @@ class Adversarial:
             with self.precision.autocast():
                 logits = D(G(z, labels), labels).float()
             loss = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
-            self.optim_g.step(loss)
+            self.optim_g.step(loss, update)
         finally:
             D.requires_grad_(True)
         return {"g_loss": loss.detach()}

@@ -10,12 +10,13 @@ import torch.nn.functional as F
 
 from nnlab.engine.optim import UpdateRules, require_no_gradient_rules
 from nnlab.engine.precision import Precision
+from nnlab.engine.task import TaskDefaults
 from nnlab.errors import ConfigValueError, check_range
 from nnlab.models.perceptron import Perceptron
 from nnlab.tasks.metrics import classification_metrics
 
 
-class PerceptronRule:
+class PerceptronRule(TaskDefaults):
     """Online perceptron training (Rosenblatt 1958), one-vs-rest for more than two classes.
 
     For each training sample x with label t in {-1, +1} (per unit: +1 for its class, -1 for the
@@ -79,7 +80,7 @@ class PerceptronRule:
         return onehot.float() * 2 - 1
 
     @torch.no_grad()
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], update: bool = True) -> dict[str, torch.Tensor]:
         x, y = batch
         x = x.flatten(1)
         t = self._signed_targets(y)  # (B, units)

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from nnlab.engine.optim import Optimization, UpdateRules, build_scheduler
 from nnlab.engine.precision import Precision
+from nnlab.engine.task import TaskDefaults
 from nnlab.errors import ConfigValueError, check_choice, check_range
 from nnlab.models.autoencoder import VAE, Autoencoder
 from nnlab.tasks.anomaly import THRESHOLD_RULES, anomaly_metrics, choose_threshold, score_histogram
@@ -19,7 +20,7 @@ from nnlab.tasks.anomaly import THRESHOLD_RULES, anomaly_metrics, choose_thresho
 LOSSES = ("mse", "bce")
 
 
-class Reconstruction:
+class Reconstruction(TaskDefaults):
     """Minimise the reconstruction error of an autoencoder; for a VAE, the negative ELBO.
 
     Per sample, the reconstruction error is summed over the input's values (squared error for
@@ -44,13 +45,13 @@ class Reconstruction:
     raw inputs (PCA fitted on the training split) gives `pca_knn_acc`, the linear baseline the
     code should beat when its non-linearity is worth anything.
 
-    Anomaly detection: when the data module leaves `anomaly_classes` out of training, each
-    validation/test sample is scored by its reconstruction error (per value; the VAE's uses the
-    mean code), the loss is reported over the normal samples only, and the anomaly metrics of
-    `nnlab.tasks.anomaly` are added: ROC-AUC, PR-AUC, and precision/recall/F1 at a threshold
-    chosen on each validation pass by `threshold` (f1 or quantile). The threshold is stored in
-    the model (`anomaly_threshold`), so the best checkpoint carries the one chosen with it, and
-    the test split is flagged with exactly that value.
+    Anomaly detection: when the data module leaves `anomaly_classes` out of training (the
+    `data_edit=anomaly` row edit), each validation/test sample is scored by its reconstruction
+    error (per value; the VAE's uses the mean code), the loss is reported over the normal samples
+    only, and the anomaly metrics of `nnlab.tasks.anomaly` are added: ROC-AUC, PR-AUC, and
+    precision/recall/F1 at a threshold chosen on each validation pass by `threshold` (f1 or
+    quantile). The threshold is stored in the model (`anomaly_threshold`), so the best checkpoint
+    carries the one chosen with it, and the test split is flagged with exactly that value.
 
     TensorBoard: every epoch, `reconstructions` (the first `num_images` validation samples above
     their reconstructions) and, for a VAE, `samples` decoded from a fixed batch of prior codes;
@@ -118,7 +119,7 @@ class Reconstruction:
         self._scheduler_factory = scheduler
         self.optim: Optimization | None = None
         self.precision: Precision | None = None
-        self.anomaly_classes: list[int] | None = None
+        self.anomaly_classes: list[int] = []
         self._prior_z: torch.Tensor | None = None
         self._grid: torch.Tensor | None = None  # the last validation's reconstruction grid
         self._denoise_grid: torch.Tensor | None = None  # noisy inputs, their reconstructions, clean inputs
@@ -140,7 +141,7 @@ class Reconstruction:
     def prepare(self, data: Any) -> None:
         """Read which classes the data module left out of training (anomaly detection), and keep
         a way to the training split for the kNN probe of the codes."""
-        self.anomaly_classes = getattr(data, "anomaly_classes", None)
+        self.anomaly_classes = data.anomaly_classes
         self._train_batches = lambda: data.eval_batches("train")
 
     # ----------------------------------------------------------------------------------------
@@ -157,7 +158,7 @@ class Reconstruction:
         """(B,) KL(N(mu, exp(logvar)) || N(0, I)), in closed form."""
         return -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], update: bool = True) -> dict[str, torch.Tensor]:
         x, _ = batch
         with self.precision.autocast():
             out = self.model(x)
@@ -168,7 +169,7 @@ class Reconstruction:
             kl = self.kl(out.mu.float(), out.logvar.float()).mean()
             loss = recon + self.beta * kl
             metrics["kl"] = kl.detach()
-        self.optim.step(loss)
+        self.optim.step(loss, update)
         metrics["loss"] = loss.detach()
         return metrics
 

@@ -10,6 +10,7 @@ import torch
 
 from nnlab.engine.optim import UpdateRules, require_no_gradient_rules
 from nnlab.engine.precision import Precision
+from nnlab.engine.task import TaskDefaults
 from nnlab.errors import ConfigValueError, check_choice, check_range
 from nnlab.models.som import SOM
 from nnlab.tasks.metrics import classification_metrics
@@ -70,7 +71,7 @@ def pca_weights(x_mean: torch.Tensor, x_cov: torch.Tensor, coords: torch.Tensor)
     return (x_mean.double() + unit[:, :k] @ spread.T).float()
 
 
-class SOMRule:
+class SOMRule(TaskDefaults):
     """Trains a `nnlab.models.som.SOM`: competitive learning with a shrinking neighborhood.
 
     For a sample x with best matching unit b (the node nearest to x), every node j moves towards
@@ -202,11 +203,10 @@ class SOMRule:
         )
 
     @torch.no_grad()
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], update: bool = True) -> dict[str, torch.Tensor]:
         x = batch[0].flatten(1).float()  # (B, D)
         lr, sigma = self.rates()
-        update = self._batch_update if self.mode == "batch" else self._online_update
-        qe = update(x, lr, sigma)
+        qe = (self._batch_update if self.mode == "batch" else self._online_update)(x, lr, sigma)
         self.step += 1
         return {"qe": qe}
 

@@ -14,6 +14,7 @@ from nnlab.analysis.adversarial import perturb
 from nnlab.engine.metrics import Accuracy
 from nnlab.engine.optim import Optimization, UpdateRules, build_scheduler
 from nnlab.engine.precision import Precision
+from nnlab.engine.task import TaskDefaults
 from nnlab.errors import ConfigValueError, check_choice, check_range
 from nnlab.models import transfer
 from nnlab.tasks.metrics import classification_metrics, regression_metrics
@@ -53,7 +54,7 @@ LossName = Literal[("auto", *(name for losses in LOSSES.values() for name in los
 CLASS_WEIGHTED = ("cross_entropy", "nll", "hinge")
 
 
-class Supervised:
+class Supervised(TaskDefaults):
     """One optimizer minimising a loss between model(x) and y.
 
     The dataset's kind picks the defaults: cross-entropy for classification, MSE for regression
@@ -181,14 +182,14 @@ class Supervised:
             out = out.view_as(y)  # (B, 1) -> (B,) for single-target regression
         return LOSSES[self.kind][self.loss_name](out, y, self.class_weights, self.label_smoothing)
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], update: bool = True) -> dict[str, torch.Tensor]:
         x, y = batch
         if self.adversarial != "none":
             x = self.adversarial_batch(x, y)
         with self.precision.autocast():
             out = self.model(x)
             loss = self.loss(out.float(), y)
-        self.optim.step(loss)
+        self.optim.step(loss, update)
         metrics: dict[str, torch.Tensor | Accuracy] = {"loss": loss.detach()}
         if self.kind == "classification":
             metrics["acc"] = Accuracy(out.detach(), y)  # counted when the trainer logs

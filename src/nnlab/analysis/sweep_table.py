@@ -1,0 +1,92 @@
+"""The table of a sweep's trials, in the three forms `nnlab-report` gives it: printed in the
+terminal (the best N), report.md (every trial, with the command that reruns the best) and
+report.csv (every override and every metric, full precision).
+
+The trials come ranked, best first (`nnlab.report.ranked`); a row holds the rank, the trial's
+folder, its swept values, the chosen metric columns, its wall time and how it ended.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from rich.table import Table
+from rich.text import Text
+
+from nnlab.console import console
+from nnlab.sweepfolder import Trial, rerun_command, split_override, swept_keys
+
+
+def cell(value: float | None) -> str:
+    return "" if value is None else f"{value:.4f}"
+
+
+def outcome(trial: Trial, width: int = 80) -> str:
+    """'completed', or 'failed: <error, truncated>'."""
+    if not trial.error:
+        return trial.status
+    error = " ".join(trial.error.split())
+    return f"{trial.status}: {error if len(error) <= width else error[: width - 3] + '...'}"
+
+
+def rows(trials: list[Trial], swept: list[str], columns: list[str]) -> list[list[str]]:
+    """One row of text cells per trial: rank, trial, swept values, metrics, wall time, status."""
+    return [
+        [
+            str(rank),
+            t.name,
+            *(t.value(k) or "" for k in swept),
+            *(cell(t.metrics.get(m)) for m in columns),
+            "" if t.wall_s is None else f"{t.wall_s:.1f}",
+            outcome(t),
+        ]
+        for rank, t in enumerate(trials, 1)
+    ]
+
+
+def print_table(trials: list[Trial], swept: list[str], columns: list[str], fixed: list[str], title: str, top: int):
+    table = Table(title=title, caption=f"same in every trial: {' '.join(fixed)}" if fixed else None)
+    for name in ["#", "trial", *swept]:
+        table.add_column(name, style="bold cyan" if name in swept else None)
+    for name in columns:
+        table.add_column(name, justify="right", style="bold" if name == columns[0] else None)
+    table.add_column("wall s", justify="right")
+    table.add_column("status")
+    for t, row in zip(trials[:top], rows(trials[:top], swept, columns)):
+        best = row[0] == "1" and t.status == "completed"
+        # Text cells: a value from a trial's files is shown as written, never read as rich markup.
+        table.add_row(*map(Text, row), style="green" if best else "red" if t.status == "failed" else None)
+    console().print(table)
+    if len(trials) > top:
+        console().print(f"... and {len(trials) - top} more trials in report.md")
+
+
+def write_markdown(
+    path: Path, trials: list[Trial], swept: list[str], columns: list[str], fixed: list[str], title: str
+) -> None:
+    header = ["#", "trial", *swept, *columns, "wall s", "status"]
+    lines = [f"# {title}", ""]
+    if fixed:
+        lines += [f"Same in every trial: `{' '.join(fixed)}`", ""]
+    if trials and trials[0].status == "completed":
+        lines += ["Best trial, to rerun:", "", f"    {rerun_command(trials[0])}", ""]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows(trials, swept, columns):
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in row) + " |")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def write_csv(path: Path, trials: list[Trial], metric: str) -> None:
+    """Every override and every metric, full precision; one row per trial, best first."""
+    keys = swept_keys(trials)
+    keys += [k for k in dict.fromkeys(split_override(o)[0] for t in trials for o in t.overrides) if k not in keys]
+    metrics = [metric, *sorted({m for t in trials for m in t.metrics} - {metric})]
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["rank", "trial", "status", "wall_s", *keys, *metrics, "error", "run_dir"])
+        for rank, t in enumerate(trials, 1):
+            values = [repr(t.metrics[m]) if m in t.metrics else "" for m in metrics]
+            wall_s = "" if t.wall_s is None else t.wall_s
+            overrides = [t.value(k) or "" for k in keys]
+            writer.writerow([rank, t.name, t.status, wall_s, *overrides, *values, t.error or "", t.dir])
