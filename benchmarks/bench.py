@@ -274,7 +274,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             parser.error(f"--cases: unknown case '{n}'.{did_you_mean(n, CASES)} Choose from: {', '.join(CASES)}.")
     args.cases = names
     if args.overrides:  # refused now if they do not compose or validate, not after the first cases ran
-        from nnlab.validation import validate_config
+        from nnlab.checks.validation import validate_config
 
         for n in names:
             if CASES[n].implementations == ("som",) or CASES[n].missing_configs():

@@ -2,7 +2,7 @@
 
     python -m benchmarks.bench_health --repeats 5 --out health_bench.json
 
-Runs `python -m nnlab.train callbacks.progress=null` (the default experiment) `--repeats` times
+Runs `python -m nnlab.commands.train callbacks.progress=null` (the default experiment) `--repeats` times
 with the monitor off (`callbacks.health=null`) and as many times with it on, alternating off/on so
 drifts in machine load hit both alike. The training time of a run is the sum of its per-epoch
 `perf/epoch_s` (the training steps only: no start-up, validation or test), read back from its
@@ -48,7 +48,13 @@ def main() -> None:
         for i in range(args.repeats):
             for mode, extra in MODES.items():
                 run_dir = Path(tmp) / f"{mode}{i}"
-                command = [sys.executable, "-m", "nnlab.train", "callbacks.progress=null", f"hydra.run.dir={run_dir}"]
+                command = [
+                    sys.executable,
+                    "-m",
+                    "nnlab.commands.train",
+                    "callbacks.progress=null",
+                    f"hydra.run.dir={run_dir}",
+                ]
                 t0 = time.perf_counter()
                 proc = subprocess.run([*command, *extra, *args.overrides], capture_output=True, text=True)
                 wall = time.perf_counter() - t0

@@ -40,7 +40,7 @@ from omegaconf import open_dict  # noqa: E402
 from benchmarks import loops  # noqa: E402
 from benchmarks.cases import compose  # noqa: E402
 from nnlab.engine.rng import seed_everything  # noqa: E402
-from nnlab.pipeline import build  # noqa: E402
+from nnlab.runs.build import build  # noqa: E402
 
 WARMUP = 3  # epoch pairs left out of the statistics (first allocations, the event file's creation)
 

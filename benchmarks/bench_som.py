@@ -13,7 +13,7 @@ default (--threads): a 100-node map's operations are too small to gain from more
 shared machine extra OpenMP threads only wait for each other (10x slower steps seen). The errors are measured on
 the training rows by each library's own code; both define them alike: quantization error = mean
 distance to the BMU, topographic error = share of samples whose two BMUs are not grid neighbors
-(tests/test_som.py checks nnlab's against MiniSom's on the same weights).
+(tests/tasks/test_som.py checks nnlab's against MiniSom's on the same weights).
 
 Settings:
   nnlab batch:    experiment=digits_som exactly (its config is composed here): the batch SOM on
@@ -50,7 +50,7 @@ from omegaconf import OmegaConf
 
 from nnlab.engine.precision import Precision
 from nnlab.models.som import SOM
-from nnlab.pipeline import build_data
+from nnlab.runs.build import build_data
 from nnlab.tasks.som import SOMRule
 
 MINISOM_SIGMAS = (1.0, 1.5)

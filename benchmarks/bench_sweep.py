@@ -2,7 +2,7 @@
 
     python -m benchmarks.bench_sweep --trials 8 --epochs 10 100 --repeats 3 --out sweep_bench.json
 
-For each trial length in `--epochs`, runs `python -m nnlab.train -m seed=0,...,<trials-1>` (the
+For each trial length in `--epochs`, runs `python -m nnlab.commands.train -m seed=0,...,<trials-1>` (the
 default experiment on CPU) once per launcher variant:
 
     sequential            Hydra's basic launcher: one trial after another, in the main process
@@ -102,7 +102,7 @@ def run_sweep(
     base_env = {k: v for k, v in os.environ.items() if k not in THREAD_VARS}  # the variant decides threads
     t0 = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-m", "nnlab.train", *args],
+        [sys.executable, "-m", "nnlab.commands.train", *args],
         cwd=workdir,
         env={**base_env, "NNLAB_ROOT": str(workdir), **env},
         capture_output=True,
@@ -152,7 +152,7 @@ def main() -> None:
     args = parser.parse_args()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
-    warm_up = "import torch, torch._dynamo, sklearn.metrics, matplotlib.pyplot, hydra, nnlab.pipeline"
+    warm_up = "import torch, torch._dynamo, sklearn.metrics, matplotlib.pyplot, hydra, nnlab.runs.pipeline"
     subprocess.run([sys.executable, "-c", warm_up], check=True)
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -14,7 +14,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 import nnlab.configs
-from nnlab.train import compose_run
+from nnlab.commands.train import compose_run
 
 CONFIG_DIR = Path(nnlab.configs.__file__).parent
 

@@ -4,7 +4,7 @@ Every loop has the signature `loop(cfg, device) -> Outcome` and trains the model
 for `cfg.trainer.max_epochs` epochs, timing the training loop only: building the data and
 model before it, and testing after it, are outside the clock.
 
-  nnlab       `nnlab.pipeline.build(cfg)` then `trainer.fit`, exactly as `nnlab-train` builds the
+  nnlab       `nnlab.runs.pipeline.build(cfg)` then `trainer.fit`, exactly as `nnlab-train` builds the
               run: TensorBoard logger, checkpoints (last + best), the rich progress bar, the
               health monitor, the log lines (train.log and the console's), all at their defaults.
   nnlab_lean  the same without the health monitor and the checkpoints (logger and progress bar on).
@@ -14,7 +14,7 @@ model before it, and testing after it, are outside the clock.
               initialization draws), the same optimizer and schedule, the same standardized
               rows in the same per-epoch order (`DataModule.epoch_order`), and after each epoch
               the same validation forward pass nnlab does. Dropout draws from the global
-              generator in the same order, so its final loss equals nnlab's (tests/test_bench.py).
+              generator in the same order, so its final loss equals nnlab's (tests/tools/test_bench.py).
   dataloader  the tutorial loop: `TensorDataset` + `DataLoader(shuffle=True)`, batches moved to
               the device in the loop, the same validation pass.
   sklearn     scikit-learn's `MLPClassifier` with the MLP's hidden sizes, batch size, epochs
@@ -113,7 +113,7 @@ def nnlab_train_logging(folder: Path) -> Iterator[None]:
 
     from rich.console import Console
 
-    from nnlab.console import CONSOLE, LogHandler
+    from nnlab.cli.console import CONSOLE, LogHandler
 
     null = open(os.devnull, "w")  # noqa: SIM115 - closed below
     shown = LogHandler(
@@ -140,7 +140,7 @@ def nnlab_train_logging(folder: Path) -> Iterator[None]:
 def nnlab_loop(cfg: DictConfig, device: str) -> Outcome:
     """`nnlab-train`'s run: seed, `build(cfg)`, then `trainer.fit` under the clock."""
     from nnlab.engine.rng import seed_everything
-    from nnlab.pipeline import build
+    from nnlab.runs.build import build
 
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -200,7 +200,7 @@ def _build(cfg: DictConfig) -> tuple[Any, nn.Module, torch.optim.Optimizer, Any,
     from nnlab.engine.devices import resolve_device
     from nnlab.engine.optim import build_scheduler
     from nnlab.engine.rng import seed_everything
-    from nnlab.pipeline import build_model
+    from nnlab.runs.build import build_model
 
     seed_everything(cfg.seed)
     data, model, _ = build_model(cfg)  # (the task it also builds draws no random numbers)

@@ -12,7 +12,8 @@ machine, in one invocation, and their metrics.json files compared bitwise.
 A side is a git revision, `worktree` (this checkout's src/ as it is at the start, uncommitted edits
 included, copied so that edits saved during the comparison do not reach it) or a folder written by
 --record. A revision is checked out with `git worktree add --detach` into a temporary
-folder (removed at the end); its commands run as `python -m nnlab.train ...` subprocesses with
+folder (removed at the end); its commands run as `python -m nnlab.commands.train ...` (`nnlab.train` where the commands
+were still at the top level) subprocesses with
 PYTHONPATH=<that checkout>/src in front, so nnlab comes from there while torch, Hydra and the rest
 come from this virtual environment. Before any command, `import nnlab` is checked to resolve to that
 checkout, and every run's run_info.json must name its train.py and commit: a side that silently ran
@@ -70,9 +71,15 @@ class Command:
     name: str
     covers: str
     args: tuple[str, ...]
-    module: str = "nnlab.train"
+    command: str = "train"  # the module under nnlab/commands/ (nnlab/ before the commands moved there)
     expected_change: str | None = None
     legacy_args: tuple[str, ...] | None = None
+
+    def module_for(self, src: Path) -> str:
+        """The command's module as the nnlab in `src` lays it out."""
+        if (src / "nnlab" / "commands").is_dir():
+            return f"nnlab.commands.{self.command}"
+        return f"nnlab.{self.command}"
 
     def args_for(self, src: Path) -> tuple[str, ...]:
         """The arguments as the nnlab in `src` spells them."""
@@ -178,7 +185,7 @@ COMMANDS: tuple[Command, ...] = (
         "nnlab-ensemble: two members on bootstrap resamples, mean and vote",
         ("data=iris", "ensemble.members=2", "ensemble.vary=bootstrap", "ensemble.combine=[mean,vote]")
         + ("trainer.max_epochs=3",),
-        module="nnlab.ensemble",
+        command="ensemble",
     ),
     Command(
         "csv_impute_minmax",
@@ -388,7 +395,7 @@ def run_command(command: Command, side: Side, root: Path, csv: Path) -> Outcome:
         return Outcome(metrics=json.loads(path.read_text()))
     run_dir = root / "runs" / command.name
     args = [a.replace("{csv}", str(csv)) for a in command.args_for(side.src)]
-    argv = [sys.executable, "-m", command.module, *args, *QUIET, f"hydra.run.dir={run_dir}"]
+    argv = [sys.executable, "-m", command.module_for(side.src), *args, *QUIET, f"hydra.run.dir={run_dir}"]
     started = time.perf_counter()
     try:
         proc = subprocess.run(
@@ -545,7 +552,7 @@ def to_json(rows: list[Row], before: Side, after: Side, wall_s: float, outcomes:
         "commands": [
             {
                 "name": r.command.name,
-                "module": r.command.module,
+                "command": r.command.command,
                 "args": list(r.command.args),
                 "covers": r.command.covers,
                 "expected_change": r.command.expected_change,
@@ -602,7 +609,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def list_commands() -> None:
     for c in COMMANDS:
-        command = "nnlab-train" if c.module == "nnlab.train" else c.module.replace("nnlab.", "nnlab-")
+        command = f"nnlab-{c.command}"
         print(f"{c.name}: {c.covers}")
         print(f"    {command} {' '.join(c.args)}")
         if c.expected_change:

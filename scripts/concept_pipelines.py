@@ -42,10 +42,10 @@ from pathlib import Path
 from typing import Any
 
 from concepts import cpu_seconds, print_summary, split_argv, timing_record  # scripts/concepts.py, beside this one
-from nnlab.sweepfolder import Trial, find_trials
+from nnlab.runs.sweepfolder import Trial, find_trials
 
 ROOT = Path(__file__).resolve().parents[1]
-TOOLS = {"nnlab-" + t: "nnlab." + t for t in ("train", "attack", "export", "ensemble", "report")}
+TOOLS = {"nnlab-" + t: "nnlab.commands." + t for t in ("train", "attack", "export", "ensemble", "report")}
 TRAINING = ("nnlab-train", "nnlab-ensemble")  # the commands the extra overrides go to
 EXPORTED = ("pytorch", "torchscript", "onnx", "onnx_int8", "pytorch_int8")  # nnlab-export's rows, in order
 KEPT = ("report.md", "report.png", "curves.png")  # nnlab-report's files, as scripts/concepts.py keeps them
@@ -97,7 +97,7 @@ def best_ckpt(trial: Trial) -> str:
     return str(trial.dir / "checkpoints" / "best.ckpt")
 
 
-# -- the tables: plain functions of the runs' metrics (tests/test_concepts_pipelines.py) -------
+# -- the tables: plain functions of the runs' metrics (tests/concepts/test_concepts_pipelines.py) -------
 
 
 def robustness_rows(attacks: dict[str, dict[str, float]]) -> list[dict[str, Any]]:

@@ -16,7 +16,7 @@ class (digits_ssl_few_labels with transfer.init_from), against the same classifi
 weights (without it).
 Pretraining runs per seed so that its unlabeled rows are exactly that seed's training split.
 
-Every run goes through `nnlab.pipeline.train_once` in this process (Hydra's compose API, as the
+Every run goes through `nnlab.runs.pipeline.train_once` in this process (Hydra's compose API, as the
 tests do: no interpreter start-up per run), writes its usual run folder under
 $NNLAB_ROOT/transfer_experiment/, and the script prints mean ± std test accuracy per arm and
 writes every number to <out>/transfer_experiment.json.
@@ -45,7 +45,7 @@ def run(overrides: list[str], run_dir: Path) -> dict[str, float]:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    from nnlab.pipeline import train_once
+    from nnlab.runs.pipeline import train_once
 
     with initialize_config_module("nnlab.configs", version_base="1.3"):
         cfg = compose("train", overrides=[*QUIET, *overrides, f"hydra.run.dir='{run_dir}'"], return_hydra_config=True)

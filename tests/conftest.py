@@ -28,7 +28,7 @@ def train_run() -> Callable[[Sequence[str], str | Path], Run]:
 
 @pytest.fixture(scope="session", name="run_cli")
 def run_cli_fixture() -> Callable[..., subprocess.CompletedProcess[str]]:
-    """`run_cli(args, cwd, timeout=...)`: `python -m nnlab.train <args>` as a CompletedProcess."""
+    """`run_cli(args, cwd, timeout=...)`: `python -m nnlab.commands.train <args>` as a CompletedProcess."""
     return run_cli
 
 
@@ -47,7 +47,7 @@ def digits_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
 
 @pytest.fixture(scope="session")
 def cli_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The run directory of a successful tiny `python -m nnlab.train`, for what only Hydra's own
+    """The run directory of a successful tiny `python -m nnlab.commands.train`, for what only Hydra's own
     launch writes: .hydra/, train.log, the command line in run_info.json."""
     cwd = tmp_path_factory.mktemp("cli_run")
     run_dir = cwd / "run"

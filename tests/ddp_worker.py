@@ -1,4 +1,4 @@
-"""Started by torchrun from tests/test_ddp.py: one rank of a data-parallel fit that saves the
+"""Started by torchrun from tests/engine/test_ddp.py: one rank of a data-parallel fit that saves the
 weights it ends with (the run itself writes only rank 0's), so the test can compare ranks.
 
     python -m torch.distributed.run --nproc_per_node=2 tests/ddp_worker.py OUT_DIR RUN_DIR OVERRIDE...
@@ -16,7 +16,8 @@ sys.path.insert(0, str(Path(__file__).parent))  # tests/helpers.py
 from helpers import compose_config  # noqa: E402
 from nnlab.engine import distributed  # noqa: E402
 from nnlab.engine.rng import seed_everything  # noqa: E402
-from nnlab.pipeline import build, join_process_group  # noqa: E402
+from nnlab.runs.build import build  # noqa: E402
+from nnlab.runs.pipeline import join_process_group  # noqa: E402
 
 
 def main(out_dir: str, run_dir: str, overrides: list[str]) -> None:

@@ -20,8 +20,8 @@ import torch
 from omegaconf import DictConfig
 
 import nnlab.configs
-from nnlab.pipeline import train
-from nnlab.train import compose_run
+from nnlab.commands.train import compose_run
+from nnlab.runs.pipeline import train
 
 CONFIG_DIR = Path(nnlab.configs.__file__).parent
 
@@ -39,7 +39,7 @@ def options(group: str) -> list[str]:
 
 def compose_config(overrides: Sequence[str], run_dir: str | Path, config_name: str = "train") -> DictConfig:
     """The config `nnlab-train <overrides>` would hand to `main`, with `run_dir` as its run directory
-    (another command's with `config_name`: "lr_find", "attack", "ensemble", ...): `nnlab.train.compose_run`."""
+    (another command's with `config_name`: "lr_find", "attack", "ensemble", ...): `nnlab.commands.train.compose_run`."""
     return compose_run(overrides, run_dir, config_name)
 
 
@@ -62,7 +62,7 @@ def train_tiny(overrides: Sequence[str], run_dir: str | Path) -> Run:
 def run_cli(
     args: Sequence[str], cwd: str | Path, timeout: float = CLI_TIMEOUT_S, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """`python -m nnlab.train <args>` in `cwd`, output captured as text (see `run_command`)."""
+    """`python -m nnlab.commands.train <args>` in `cwd`, output captured as text (see `run_command`)."""
     return run_command("train", args, cwd, timeout, env)
 
 
@@ -73,13 +73,13 @@ def run_command(
     timeout: float = CLI_TIMEOUT_S,
     env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """`python -m nnlab.<command> <args>` (train, eval, attack, ...) in `cwd`, output captured as text.
+    """`python -m nnlab.commands.<command> <args>` (train, eval, attack, ...) in `cwd`, output captured as text.
 
     NNLAB_ROOT points at `cwd` so nothing lands in the checkout's outputs/, and HYDRA_FULL_ERROR
     is dropped so the messages are the ones a user sees by default; `env` adds variables.
     """
     return subprocess.run(
-        [sys.executable, "-m", f"nnlab.{command}", *args],
+        [sys.executable, "-m", f"nnlab.commands.{command}", *args],
         cwd=cwd,
         env={**cli_env(cwd), **(env or {})},
         capture_output=True,
@@ -124,13 +124,13 @@ def assert_finite_metrics(metrics: dict[str, float], kind: str) -> None:
 
 def with_parts(monkeypatch: Any, change: Callable[[Any], None]) -> None:
     """Let `change` edit the parts of the next run after they are built (add a callback, wrap the loss)."""
-    import nnlab.pipeline
+    import nnlab.runs.pipeline
 
-    build = nnlab.pipeline.build
+    build = nnlab.runs.pipeline.build
 
     def build_and_change(cfg):
         parts = build(cfg)
         change(parts)
         return parts
 
-    monkeypatch.setattr(nnlab.pipeline, "build", build_and_change)
+    monkeypatch.setattr(nnlab.runs.pipeline, "build", build_and_change)

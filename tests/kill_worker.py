@@ -1,4 +1,4 @@
-"""Started by tests/test_crash_safety.py: `python -m nnlab.train OVERRIDE...`, run in this process
+"""Started by tests/engine/test_crash_safety.py: `python -m nnlab.commands.train OVERRIDE...`, run in this process
 after installing ONE patch that SIGKILLs the process at a chosen moment. A real SIGKILL: no
 `finally`, no signal handler, no atexit hook runs, so the run's folder is left exactly as a crash,
 an OOM kill or a pulled plug would leave it.
@@ -34,8 +34,8 @@ from typing import Any, NoReturn
 
 import torch
 
-import nnlab.pipeline
-import nnlab.train
+import nnlab.commands.train
+import nnlab.runs.pipeline
 from nnlab.engine import checkpoint
 from nnlab.engine.callbacks import ModelCheckpoint
 from nnlab.engine.tensorboard import TensorBoardLogger
@@ -183,7 +183,7 @@ def log_metrics(n: str) -> None:
 
 
 def metrics_json() -> None:
-    write_json = nnlab.pipeline.write_json
+    write_json = nnlab.runs.pipeline.write_json
 
     def patched(data: dict[str, Any], path: str | Path) -> Path:
         path = Path(path)
@@ -193,7 +193,7 @@ def metrics_json() -> None:
         path.write_text(text[: len(text) // 2])
         die()
 
-    nnlab.pipeline.write_json = patched
+    nnlab.runs.pipeline.write_json = patched
 
 
 MOMENTS: dict[str, Callable[..., None]] = {
@@ -216,8 +216,8 @@ MOMENTS: dict[str, Callable[..., None]] = {
 def main(moment: str, overrides: list[str]) -> None:
     name, *args = moment.split(":")
     MOMENTS[name](*args)
-    sys.argv = ["nnlab.train", *overrides]
-    nnlab.train.cli()
+    sys.argv = ["nnlab.commands.train", *overrides]
+    nnlab.commands.train.cli()
 
 
 if __name__ == "__main__":

@@ -35,13 +35,13 @@ from hypothesis import HealthCheck, currently_in_test_context, event, given, set
 from hypothesis import strategies as st
 
 from helpers import compose_config
-from nnlab.app import user_error_message
+from nnlab.cli.app import user_error_message
 from nnlab.data import tabular
 from nnlab.data.edits.impute import Impute
 from nnlab.data.split import fit_standardizer
 from nnlab.engine.nonfinite import TrainingDiverged
 from nnlab.errors import UserError
-from nnlab.pipeline import train
+from nnlab.runs.pipeline import train
 
 FAST = settings(max_examples=40, deadline=None, derandomize=True, database=None)
 MANY = settings(max_examples=400, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])

@@ -3,7 +3,7 @@
 Hydra instantiates a sweeper only from a module of the `hydra_plugins` namespace package
 (`hydra.core.plugins.Plugins._instantiate`), and it imports every such module at each start-up.
 So this module imports only the plugin's light config classes; the implementation, and Optuna
-with it, load when a search starts (as the plugin's own `OptunaSweeper` does). See nnlab.sweep.
+with it, load when a search starts (as the plugin's own `OptunaSweeper` does). See nnlab.runs.sweep.
 """
 
 from typing import Any
@@ -16,9 +16,9 @@ except ImportError:  # the sweep extra is not installed: no Optuna searches, and
 if OptunaSweeper is not None:
 
     class ResumableOptunaSweeper(OptunaSweeper):
-        """Hydra's Optuna sweeper that continues the study in `storage` (nnlab.sweep)."""
+        """Hydra's Optuna sweeper that continues the study in `storage` (nnlab.runs.sweep)."""
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
-            from nnlab.sweep import ResumableOptunaSweeperImpl
+            from nnlab.runs.sweep import ResumableOptunaSweeperImpl
 
             self.sweeper = ResumableOptunaSweeperImpl(*args, **kwargs)

@@ -2,7 +2,7 @@
 
 Hydra YAML configs compose a model, a dataset, an optimizer and a task into one training
 engine (`nnlab.engine.trainer.Trainer`) that logs to TensorBoard and runs on CPU or CUDA.
-Start at `nnlab.train`, the entry point behind the `nnlab-train` command, and `nnlab.pipeline`,
+Start at `nnlab.commands.train`, the entry point behind the `nnlab-train` command, and `nnlab.runs.pipeline`,
 the run it starts.
 """
 

@@ -35,7 +35,7 @@ class ConfigValueError(UserError, ValueError):
 
 class OptionError(ConfigValueError):
     """An option outside its valid range or set of choices (raised by `check_range` and
-    `check_choice`): wrong whatever the data, so `nnlab.pipeline.preflight` can find it before
+    `check_choice`): wrong whatever the data, so `nnlab.runs.build.preflight` can find it before
     the dataset is read."""
 
 

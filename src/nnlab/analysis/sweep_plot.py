@@ -1,6 +1,6 @@
 """report.png of `nnlab-report`: a sweep's metric against each hyperparameter it swept, one
 panel per hyperparameter, the best trial starred. (The trials' training curves overlaid,
-curves.png, are `nnlab.curves`.)
+curves.png, are `nnlab.runs.curves`.)
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from nnlab.sweepfolder import Trial
+from nnlab.runs.sweepfolder import Trial
 
 
 def plot(path: Path, trials: list[Trial], swept: list[str], metric: str) -> None:

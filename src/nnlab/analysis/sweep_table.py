@@ -2,7 +2,7 @@
 terminal (the best N), report.md (every trial, with the command that reruns the best) and
 report.csv (every override and every metric, full precision).
 
-The trials come ranked, best first (`nnlab.report.ranked`); a row holds the rank, the trial's
+The trials come ranked, best first (`nnlab.commands.report.ranked`); a row holds the rank, the trial's
 folder, its swept values, the chosen metric columns, its wall time and how it ended.
 """
 
@@ -14,8 +14,8 @@ from pathlib import Path
 from rich.table import Table
 from rich.text import Text
 
-from nnlab.console import console
-from nnlab.sweepfolder import Trial, rerun_command, split_override, swept_keys
+from nnlab.cli.console import console
+from nnlab.runs.sweepfolder import Trial, rerun_command, split_override, swept_keys
 
 
 def cell(value: float | None) -> str:

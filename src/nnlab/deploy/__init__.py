@@ -7,7 +7,7 @@
     each artifact -> check_parity (same outputs as the float model on real inputs)
                   -> median_latency_ms at batch 1 and 64
 
-`nnlab-export` (nnlab.export) runs the whole list on a checkpoint. onnx, onnxruntime and
+`nnlab-export` (nnlab.commands.export) runs the whole list on a checkpoint. onnx, onnxruntime and
 onnxscript are an optional extra, imported only when needed (`pip install "nnlab[export]"`).
 """
 

@@ -47,7 +47,7 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     The state is pickled into memory, then written with Python's own file write: torch's file
     writer reports a failed write as "enforce fail ... file write failed", without the reason,
     while Python's raises an `OSError` with its errno (ENOSPC, EDQUOT, EFBIG, ...), here named
-    after `path`, which `nnlab.app.guarded` turns into one paragraph. (The cost: the file's
+    after `path`, which `nnlab.cli.app.guarded` turns into one paragraph. (The cost: the file's
     bytes are in memory once more while it is written.)"""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """Data-parallel training with `torch.distributed`: one process per device, started by torchrun.
 
-    torchrun --nproc_per_node=2 -m nnlab.train trainer=ddp
+    torchrun --nproc_per_node=2 -m nnlab.commands.train trainer=ddp
 
 Each process (rank) holds a full copy of the model and trains on its own shard of every epoch's
 batches; DistributedDataParallel averages the gradients across ranks during backward, so every
@@ -52,7 +52,8 @@ def init_distributed(device: str, timeout_s: float = 300.0) -> DistInfo:
     if not launched_by_torchrun():
         raise ConfigValueError(
             "trainer.strategy=ddp needs one process per rank, started by torchrun, e.g. "
-            "`torchrun --nproc_per_node=2 -m nnlab.train trainer=ddp`. Without torchrun use trainer.strategy=auto."
+            "`torchrun --nproc_per_node=2 -m nnlab.commands.train trainer=ddp`. Without torchrun use "
+            "trainer.strategy=auto."
         )
     info = DistInfo(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)))
     if dist.is_initialized():

@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn.modules.dropout import _DropoutNd
 
 from nnlab.errors import ConfigValueError, check_range
-from nnlab.runinfo import write_json
+from nnlab.runs.runinfo import write_json
 
 if TYPE_CHECKING:
     from collections.abc import Callable

@@ -25,7 +25,7 @@ class RichProgress:
         self._start = 0.0  # time.monotonic() at the start of training
 
     def on_fit_start(self, trainer: Trainer) -> None:
-        from nnlab.console import console
+        from nnlab.cli.console import console
 
         self._progress = Progress(
             TextColumn("[bold]epoch {task.fields[epoch]}"),

@@ -49,7 +49,7 @@ class Task(Protocol):
 
     def single_optimizer(self) -> torch.optim.Optimizer | None:
         """The one gradient optimizer the task trains with, once configured: the one whose lr the
-        LR range test (`nnlab.lr_find`) sets. None when it has two (a GAN) or none (a SOM, a
+        LR range test (`nnlab.commands.lr_find`) sets. None when it has two (a GAN) or none (a SOM, a
         perceptron)."""
 
     def configure(

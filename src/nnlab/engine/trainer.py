@@ -67,7 +67,7 @@ class Trainer:
         compile: `torch.compile` the training forward: false, true, or a mode (default,
             reduce-overhead, max-autotune). Checkpoints, EMA and test use the original module.
         output_dir: the run directory (checkpoints go under it).
-        callbacks, logger, regularization: given at build time by `nnlab.pipeline.build`.
+        callbacks, logger, regularization: given at build time by `nnlab.runs.build.build`.
     """
 
     def __init__(

@@ -22,7 +22,7 @@ layer's scale and shift stay fixed would change what the frozen layer computes, 
 freezing promises not to do (the usual choice, e.g. torchvision's FrozenBatchNorm2d).
 
 The options sit in the `transfer` config node, not in the model's: they are not arguments of
-the model's constructor (its signature is its schema). `nnlab.pipeline.build_model` applies them
+the model's constructor (its signature is its schema). `nnlab.runs.build.build_model` applies them
 right after the model is built and initialised, then checks them against what the task it builds
 declares it supports (`check_task_support`); `Supervised.configure` reads the copied names back
 (`optimizer_params`) to make the two learning-rate groups.
@@ -69,7 +69,7 @@ class Transfer:
 def transfer_options() -> dict[str, Any]:
     """The `transfer` config node's keys and their defaults (nothing transferred): the keyword
     arguments of `apply_transfer`, whose signature is the schema (train.yaml's node spells them
-    out for the user; tests/test_transfer.py checks the two agree)."""
+    out for the user; tests/models/test_transfer.py checks the two agree)."""
     parameters = list(inspect.signature(apply_transfer).parameters.values())[1:]  # all but `model`
     return {p.name: p.default for p in parameters}
 
@@ -294,7 +294,7 @@ def check_task_support(task: Any, node: Mapping[str, Any] | None) -> None:
 def trained_weights(state: dict[str, Any]) -> dict[str, torch.Tensor]:
     """The weights the run was tested with: the exponential moving average of the weights when
     the run kept one (`regularization.ema_decay`), else the weights themselves. (Here, where both
-    `copy_matching` and `nnlab.restore` read it: restore imports models, never the reverse.)"""
+    `copy_matching` and `nnlab.runs.restore` read it: restore imports models, never the reverse.)"""
     ema = state.get("ema")
     if ema:
         averaged = {k.removeprefix("module."): v for k, v in ema.items() if k.startswith("module.")}

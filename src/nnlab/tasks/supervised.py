@@ -47,7 +47,7 @@ LOSSES: dict[str, dict[str, LossFn]] = {
         "huber": lambda out, y, w, eps: F.huber_loss(out, y),
     },
 }
-# `task.loss`'s type hint, which `nnlab.validation` reads to check a configured name (with a
+# `task.loss`'s type hint, which `nnlab.checks.validation` reads to check a configured name (with a
 # "did you mean") before anything is built.
 LossName = Literal[("auto", *(name for losses in LOSSES.values() for name in losses))]
 # The losses that take `class_weight: balanced` (a weight per class in the loss).

@@ -15,7 +15,7 @@ from nnlab.errors import check_range
 class KFold:
     """Deal the train and val rows into `folds` seeded folds and validate on fold `fold`; the
     test rows stay held out. `nnlab-train data_edit=kfold` trains one run per fold (the k-fold
-    loop in `nnlab.pipeline.cross_validate` sets `fold`) and reports the folds' mean and spread.
+    loop in `nnlab.runs.pipeline.cross_validate` sets `fold`) and reports the folds' mean and spread.
     It replaces the split's train/val rows, so list it before edits of the training rows."""
 
     stage: ClassVar[str] = "split"

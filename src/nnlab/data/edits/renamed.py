@@ -1,7 +1,7 @@
 """Data keys that became row edits (or another key), and how to spell them now.
 
 Old commands and configs name these keys; they are refused with the new spelling rather than with
-Hydra's "not in struct" (see `nnlab.overrides` and `nnlab.validation`). `{value}` is the value
+Hydra's "not in struct" (see `nnlab.cli.overrides` and `nnlab.checks.validation`). `{value}` is the value
 the old key was given, when known.
 """
 

@@ -1,0 +1,1 @@
+"""What every command shares at the terminal: rich output, one-paragraph errors, exit codes."""

@@ -1,0 +1,69 @@
+"""The measurement scripts under benchmarks/ run and print their tables (a short run each: the
+figures themselves are for docs/benchmarks.md, not for tests). Each runs as a user runs it:
+`python -m benchmarks.<name>` from the root of the checkout."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers import CLI_TIMEOUT_S
+
+ROOT = Path(__file__).resolve().parents[2]  # the checkout, where benchmarks/ lives
+
+
+def run_script(name: str, *args: str) -> str:
+    """`python -m benchmarks.<name> <args>` from the root of the checkout; its stdout."""
+    proc = subprocess.run(
+        [sys.executable, "-m", f"benchmarks.{name}", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT_S,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+@pytest.mark.slow
+def test_bench_fused_times_each_optimizer_both_ways() -> None:
+    out = run_script("bench_fused", "--epochs", "1", "--optimizers", "adam,sgd_plain")
+    assert "the default experiment (51,210 parameters): median of 1 epochs each, 1 torch thread(s)" in out
+    rows = re.findall(r"^\| (\w+) \| ([\d.]+) ms/epoch \| ([\d.]+) ms/epoch \| ([\d.]+)x \|$", out, flags=re.M)
+    assert [r[0] for r in rows] == ["adam", "sgd_plain"]
+    for _, default, fused, speedup in rows:
+        assert float(default) > 0 and float(fused) > 0
+        assert float(speedup) == pytest.approx(float(default) / float(fused), abs=0.01)
+
+
+@pytest.mark.slow
+def test_bench_paired_compares_nnlab_with_the_raw_loop_epoch_by_epoch() -> None:
+    out = run_script("bench_paired", "--epochs", "2", "--nnlab-extra", "optimizer.fused=true")
+    assert "experiment=digits_mlp (nnlab also optimizer.fused=true): 2 epoch pairs, raw loop median" in out
+    rows = re.findall(r"^\| (defaults|bare) \| (-?[\d.]+) ms \| .* \| ([\d.]+)x \|$", out, flags=re.M)
+    assert [r[0] for r in rows] == ["defaults", "bare"]
+    assert all(float(ratio) > 0 for _, _, ratio in rows)
+
+
+@pytest.mark.slow
+def test_time_main_job_pairs_each_run_with_the_plain_pytorch_floor(tmp_path: Path) -> None:
+    import json
+
+    from nnlab.commands.train import compose_run
+    from nnlab.runs.build import build_model
+
+    out = run_script(
+        "time_main_job", "--runs", "1", "--floor", "--json", str(tmp_path / "t.json"), "trainer.max_epochs=1"
+    )
+    result = json.loads((tmp_path / "t.json").read_text())
+    (run,) = result["runs"]
+    assert 0 < run["floor_s"] < run["wall_s"] and 0 < run["to_first_step_s"] < run["wall_s"]
+    assert result["median"]["nnlab_over_floor_s"] == pytest.approx(run["to_first_step_s"] - run["floor_s"])
+    # The floor script builds the default experiment's model: the same number of parameters.
+    _, model, _ = build_model(compose_run([], tmp_path / "run"))
+    assert run["floor_params"] == sum(p.numel() for p in model.parameters())
+    assert f"plain PyTorch script ({run['floor_params']:,} parameters) to its first step" in out
