@@ -199,21 +199,22 @@ def test_console_script() -> None:
 
 
 def test_tensorboard_hparams_over_the_sweep_dir(grid: Path) -> None:
-    """What `tensorboard --logdir <sweep>` loads: one run per trial, each with its HParams session."""
+    """What `tensorboard --logdir <sweep>` loads: per trial, its curves and its HParams session
+    (hyperparameters and headline metrics only), and no experiment summary anywhere."""
     mux = EventMultiplexer()
     mux.AddRunsFromDirectory(str(grid))
     mux.Reload()
-    assert sorted(mux.Runs()) == [f"{t}/tensorboard" for t in "0123"]
-    for run, tags in mux.PluginRunToTagToContent("hparams").items():
+    assert sorted(mux.Runs()) == sorted(f"{t}/{kind}" for t in "0123" for kind in ("tensorboard", "hparams"))
+    sessions = mux.PluginRunToTagToContent("hparams")
+    assert sorted(sessions) == [f"{t}/hparams" for t in "0123"]
+    for run, tags in sessions.items():
+        assert "_hparams_/experiment" not in tags
         session = HParamsPluginData.FromString(tags["_hparams_/session_start_info"]).session_start_info
         lines = (grid / run.split("/")[0] / ".hydra" / "overrides.yaml").read_text().splitlines()
         overrides = dict(line.removeprefix("- ").split("=", 1) for line in lines)
         for key in SWEPT:
             assert session.hparams[key].number_value == pytest.approx(float(overrides[key])), key
-        experiment = HParamsPluginData.FromString(tags["_hparams_/experiment"]).experiment
-        assert set(SWEPT) <= {h.name for h in experiment.hparam_infos}
-        assert "val/loss" in {m.name.tag for m in experiment.metric_infos}
-    assert len(mux.PluginRunToTagToContent("hparams")) == 4
+        assert "val/loss" in mux.GetAccumulator(run).Tags()["scalars"]
 
 
 def test_a_rejected_trial_records_its_own_overrides(failing: Path) -> None:
@@ -248,3 +249,46 @@ def test_curves_of_a_scalar_no_trial_logged_say_so(grid: Path) -> None:
     done = report(grid, "--curves", "val/no_such_metric")
     assert not (grid / "curves.png").exists()
     assert "No trial logged val/no_such_metric" in done.result.stdout
+
+
+@pytest.mark.slow
+def test_a_real_tensorboard_marks_the_swept_keys_and_lists_headline_metrics(grid: Path, tmp_path: Path) -> None:
+    """`tensorboard --logdir <sweep>` as a user starts it, asked through its HTTP API what the
+    HParams tab shows: the swept keys marked as differing (the columns shown without a click), and
+    the headline metrics only (no per-class one)."""
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tensorboard.main", "--logdir", str(grid), "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}/data/plugin/hparams/experiment"
+        body = json.dumps({"experimentName": ""}).encode()
+        experiment: dict = {}
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and len(experiment.get("hparamInfos", [])) == 0:
+            try:
+                with urllib.request.urlopen(
+                    urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"}), timeout=10
+                ) as response:
+                    experiment = json.loads(response.read())
+            except OSError:  # not listening yet, or the logdir not loaded yet
+                pass
+            time.sleep(1)
+        assert experiment, "TensorBoard did not answer"
+        differs = {h["name"] for h in experiment["hparamInfos"] if h.get("differs")}
+        assert set(SWEPT) <= differs
+        assert "data" not in differs  # the same choice in every trial
+        metrics = {m["name"]["tag"] for m in experiment["metricInfos"]}
+        assert {"val/loss", "val/acc", "test/acc"} <= metrics
+        assert not [m for m in metrics if m.count("/") > 1]  # no per-class metric
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -85,26 +85,61 @@ def test_epoch_loss_is_the_sample_weighted_mean_of_step_losses(train_run, tmp_pa
 
 
 def hparams_plugin(events: EventAccumulator) -> dict[str, HParamsPluginData]:
-    return {tag: HParamsPluginData.FromString(c) for tag, c in events.PluginTagToContent("hparams").items()}
+    try:
+        contents = events.PluginTagToContent("hparams")
+    except KeyError:  # no hparams data in these event files
+        return {}
+    return {tag: HParamsPluginData.FromString(c) for tag, c in contents.items()}
 
 
-def test_hparams_session_records_the_hyperparameters(events: EventAccumulator, digits_run: Run) -> None:
-    plugin = hparams_plugin(events)
-    assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= set(plugin)
+@pytest.fixture(scope="module")
+def session(digits_run: Run) -> EventAccumulator:
+    """The run's HParams row: its own folder beside the curves (`<run>/hparams`)."""
+    accumulator = EventAccumulator(str(digits_run.dir / "hparams"))
+    accumulator.Reload()
+    return accumulator
+
+
+def test_the_hparams_row_lists_group_choices_and_the_command_lines_values(
+    session: EventAccumulator, digits_run: Run
+) -> None:
+    plugin = hparams_plugin(session)
+    assert set(plugin) == {"_hparams_/session_start_info", "_hparams_/session_end_info"}
     hparams = plugin["_hparams_/session_start_info"].session_start_info.hparams
     assert hparams["data"].string_value == "digits"  # the chosen option of each group
     assert hparams["optimizer"].string_value == "adam"
-    assert hparams["optimizer.lr"].number_value == pytest.approx(digits_run.cfg.optimizer.lr)
-    assert hparams["trainer.max_epochs"].number_value == EPOCHS
+    assert hparams["trainer.max_epochs"].number_value == EPOCHS  # set on the command line
+    assert hparams["trainer.log_every_n_steps"].number_value == LOG_EVERY
     assert hparams["seed"].number_value == digits_run.cfg.seed
-    assert hparams["model.hidden_sizes"].string_value == "[256, 128]"
-    assert "trainer.output_dir" not in hparams  # differs between every run: not a hyperparameter
+    assert "optimizer.lr" not in hparams  # the group's own value: named by its choice, not listed
+    assert not [k for k in hparams if k.startswith(("hydra", "paths."))]  # values that differ in every run
 
 
-def test_hparams_experiment_lists_the_final_metrics(events: EventAccumulator, digits_run: Run) -> None:
-    experiment = hparams_plugin(events)["_hparams_/experiment"].experiment
-    assert {m.name.tag for m in experiment.metric_infos} == set(digits_run.metrics)
-    assert "optimizer.lr" in {h.name for h in experiment.hparam_infos}
+def test_no_run_writes_an_experiment_summary(events: EventAccumulator, session: EventAccumulator) -> None:
+    """TensorBoard builds the table from all the sessions it finds (marking the keys that differ)
+    only when no run brings its own experiment summary."""
+    assert "_hparams_/experiment" not in hparams_plugin(events) | hparams_plugin(session)
+
+
+def test_the_hparams_metrics_are_the_headline_ones(session: EventAccumulator, digits_run: Run) -> None:
+    tags = set(session.Tags()["scalars"])
+    assert tags == {k for k in digits_run.metrics if k.count("/") == 1}
+    assert {"val/acc", "val/loss", "test/acc", "test/macro_f1"} <= tags
+    assert not [t for t in tags if t.startswith(("test/recall", "test/precision", "test/f1"))]
+    for tag in tags:
+        assert session.Scalars(tag)[-1].value == pytest.approx(digits_run.metrics[tag])
+
+
+def test_the_text_tab_holds_the_command_and_the_resolved_config(events: EventAccumulator) -> None:
+    def text(tag: str) -> str:
+        (event,) = events.Tensors(f"{tag}/text_summary")
+        return event.tensor_proto.string_val[0].decode()
+
+    command = text("run/command")
+    assert command.startswith("    nnlab-train ") and "trainer.max_epochs=2" in command
+    assert "hydra." not in command  # a rerun gets a folder of its own
+    config = text("run/config")
+    assert "    optimizer:" in config and "${" not in config  # resolved, as a Markdown code block
 
 
 # --- record checksums: TensorBoard's CRC-32C, computed in C ------------------------------------

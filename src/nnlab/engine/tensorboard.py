@@ -13,11 +13,17 @@ class TensorBoardLogger:
     """Writes event files under `save_dir` with `torch.utils.tensorboard.SummaryWriter`.
 
     `log_hparams` fills TensorBoard's HParams tab: one row per run with its hyperparameters and
-    final metrics, so the trials of a sweep can be sorted and compared there.
+    headline metrics, so the trials of a sweep can be sorted and compared there. The row is a
+    session of its own, in `hparams_dir`, apart from the curves: TensorBoard takes a session's
+    metric columns from every scalar under its folder, so only the headline ones may be there.
+    No run writes an experiment summary: TensorBoard then builds the table from all the sessions
+    it finds, marks the hyperparameters whose values differ (a sweep's swept keys) and shows
+    those first, and each run in a mixed logdir keeps its own metrics.
     """
 
-    def __init__(self, save_dir: str, flush_secs: int = 10) -> None:
+    def __init__(self, save_dir: str, hparams_dir: str | None = None, flush_secs: int = 10) -> None:
         self.save_dir = Path(save_dir)
+        self.hparams_dir = Path(hparams_dir) if hparams_dir else self.save_dir.parent / "hparams"
         self.flush_secs = flush_secs
         self._writer = None
 
@@ -93,15 +99,24 @@ class TensorBoardLogger:
         ((N, C, H, W) in [0, 1], or None) per point."""
         self.writer.add_embedding(vectors, metadata=labels, label_img=images, global_step=step, tag=tag)
 
+    def log_text(self, tag: str, text: str, step: int = 0) -> None:
+        """Markdown for the Text tab (e.g. the run's command and its resolved config)."""
+        self.writer.add_text(tag, text, global_step=step)
+
     def log_hparams(self, params: dict[str, Any], metrics: dict[str, float]) -> None:
-        """Record `params` as this run's hyperparameters and `metrics` (already logged as
-        scalars under the same tags) as the values the HParams tab shows."""
+        """Record `params` as this run's hyperparameters, and its headline metrics among `metrics`
+        (see `headline_metrics`) as the values the HParams tab shows, in `hparams_dir`."""
+        from torch.utils.tensorboard import SummaryWriter
         from torch.utils.tensorboard.summary import hparams
 
         clean = {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in params.items()}
-        exp, ssi, sei = hparams(clean, metrics)
-        for summary in (exp, ssi, sei):
-            self.writer.file_writer.add_summary(summary)
+        headline = headline_metrics(metrics)
+        _, session_start, session_end = hparams(clean, headline)  # (no experiment summary: see above)
+        with SummaryWriter(log_dir=str(self.hparams_dir), flush_secs=self.flush_secs) as session:
+            session.file_writer.add_summary(session_start)
+            for tag, value in headline.items():
+                session.add_scalar(tag, value, 0)
+            session.file_writer.add_summary(session_end)
 
     def flush(self) -> None:
         if self._writer is not None:
@@ -110,6 +125,12 @@ class TensorBoardLogger:
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
+
+
+def headline_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """The metrics a run is compared by: `<split>/<name>` (loss, acc, macro_f1, and the task's
+    own: fd, qe, te, mse, ...), finite; per-class ones (`test/recall/3`) stay in metrics.json."""
+    return {k: float(v) for k, v in metrics.items() if k.count("/") == 1 and math.isfinite(v)}
 
 
 def figure_pixels(figure: Any) -> Any:

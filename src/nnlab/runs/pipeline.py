@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import gc
 import logging
+import shlex
 import shutil
 import time
 from pathlib import Path
@@ -33,9 +34,6 @@ from nnlab.runs.runfolder import lock_run_folder
 from nnlab.runs.runinfo import run_info, write_json, write_status
 
 log = logging.getLogger(__name__)
-
-# Config groups whose values are the run's hyperparameters in TensorBoard's HParams tab.
-HPARAM_GROUPS = ("data", "model", "init", "task", "optimizer", "scheduler", "regularization", "trainer")
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -119,7 +117,8 @@ def fit_and_test(cfg: DictConfig, output_dir: Path, show_table: bool) -> dict[st
 
     parts = build(cfg)
     data, task, trainer, logger = parts.data, parts.task, parts.trainer, parts.logger
-    trainer.extra_state = {"config": OmegaConf.to_yaml(cfg, resolve=True), "nnlab_version": nnlab.__version__}
+    resolved = OmegaConf.to_yaml(cfg, resolve=True)
+    trainer.extra_state = {"config": resolved, "nnlab_version": nnlab.__version__}
     resuming = bool(cfg.get("ckpt_path")) or (cfg.trainer.get("resume") == "auto" and trainer.last_checkpoint())
     rank_zero = distributed.current().is_zero
     started = time.time()
@@ -133,6 +132,9 @@ def fit_and_test(cfg: DictConfig, output_dir: Path, show_table: bool) -> dict[st
         if rank_zero:
             save_run_record(cfg, output_dir, resuming=bool(resuming))
             write_status(output_dir, "running", started)
+            if logger is not None:  # TensorBoard's Text tab: what reproduces the run, and what it ran with
+                logger.log_text("run/command", indented(rerun_command()))
+                logger.log_text("run/config", indented(resolved))
             recorded = True
 
     try:
@@ -207,26 +209,39 @@ def save_run_record(cfg: DictConfig, output_dir: Path, resuming: bool = False) -
 
 
 def hyperparameters(cfg: DictConfig) -> dict[str, Any]:
-    """Flat {"data": "digits", "optimizer.lr": 0.001, ...}: the chosen config of each group plus
-    every plain value in the groups that shape training."""
+    """The run's hyperparameters as TensorBoard's HParams tab lists them: the choice of each config
+    group ({"data": "digits", "optimizer": "adam", ...}), the seed, and every value the command
+    line set ("optimizer.lr": 0.01; a sweep's swept keys among them), as the run resolved it.
+    Everything else is the group's YAML, named by its choice."""
     params: dict[str, Any] = {}
+    overrides: list[str] = []
     if HydraConfig.initialized():
-        params.update({k: str(v) for k, v in HydraConfig.get().runtime.choices.items() if not k.startswith("hydra")})
+        hydra_cfg = HydraConfig.get()
+        choices = hydra_cfg.runtime.choices.items()  # (a group left out, e.g. experiment: null, is None)
+        params.update({k: str(v) for k, v in choices if v is not None and not k.startswith("hydra")})
+        overrides = list(hydra_cfg.overrides.task)
     params["seed"] = cfg.seed
-
-    def flatten(node: Any, prefix: str) -> None:
-        if isinstance(node, dict):
-            for k, v in node.items():
-                if not str(k).startswith("_"):
-                    flatten(v, f"{prefix}.{k}")
-        else:
-            params[prefix] = node if isinstance(node, (bool, int, float, str)) else str(node)
-
-    for group in HPARAM_GROUPS:
-        if cfg.get(group):
-            flatten(OmegaConf.to_container(cfg[group], resolve=True), group)
-    params.pop("trainer.output_dir", None)
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if "=" not in override or key in params or key.split(".")[0] in ("hydra", "paths"):
+            continue
+        value = OmegaConf.select(cfg, key, default=None)
+        if OmegaConf.is_config(value):
+            value = OmegaConf.to_container(value, resolve=True)
+        params[key] = value if isinstance(value, (bool, int, float, str)) else str(value)
     return params
+
+
+def rerun_command() -> str:
+    """`nnlab-train` with this run's command-line overrides (Hydra's own keys left out, so the
+    rerun gets a folder of its own): the command that trains this run again."""
+    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    return shlex.join(["nnlab-train", *(o for o in overrides if not o.lstrip("+~").startswith("hydra."))])
+
+
+def indented(text: str) -> str:
+    """`text` as a Markdown code block (TensorBoard's Text tab renders Markdown)."""
+    return "\n".join(f"    {line}" for line in text.splitlines())
 
 
 def optimized_value(metrics: dict[str, float], name: str) -> float:
