@@ -134,3 +134,14 @@ def with_parts(monkeypatch: Any, change: Callable[[Any], None]) -> None:
         return parts
 
     monkeypatch.setattr(nnlab.runs.pipeline, "build", build_and_change)
+
+
+def epoch_curve(run_dir: str | Path, name: str) -> list[Any]:
+    """The scalar events of an epoch metric (`val/loss`, `train/mistakes`) as TensorBoard's own
+    reader reads them: tag `epoch/<name>` of the run `<run>/tensorboard/<split>`."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    split, _, metric = name.partition("/")
+    events = EventAccumulator(str(Path(run_dir) / "tensorboard" / split), size_guidance={"scalars": 0})
+    events.Reload()
+    return events.Scalars(f"epoch/{metric}")

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from helpers import train_tiny
+from helpers import epoch_curve, train_tiny
 from nnlab.data.datamodule import DataModule
 from nnlab.data.edits.kfold import KFold
 from nnlab.data.sklearn import digits
@@ -71,7 +70,5 @@ def test_cross_validation_runs_every_fold_and_reports_mean_and_std(tmp_path: Pat
     for i in range(3):  # each fold is a full run of its own
         fold_dir = run.dir / f"fold_{i}"
         assert (fold_dir / "checkpoints" / "best.ckpt").is_file()
-        events = EventAccumulator(str(fold_dir / "tensorboard"))
-        events.Reload()
-        assert "val/loss" in events.Tags()["scalars"]
+        assert len(epoch_curve(fold_dir, "val/loss")) > 0
     assert json.loads((run.dir / "status.json").read_text())["status"] == "completed"

@@ -16,10 +16,9 @@ from typing import Any
 
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import nnlab.runs.pipeline
-from helpers import Run, cli_env, train_tiny, with_parts
+from helpers import Run, cli_env, epoch_curve, train_tiny, with_parts
 from nnlab.engine.checkpoint import CheckpointWriter, load_checkpoint, save_checkpoint
 from nnlab.engine.precision import Precision
 from nnlab.errors import UserError
@@ -34,9 +33,7 @@ EPOCH_FILE = re.compile(r"epoch-(\d{3})-val_loss-(\d+\.\d{4})\.ckpt")
 
 def val_losses(run: Run) -> dict[int, float]:
     """{epoch: val/loss} as logged to TensorBoard."""
-    events = EventAccumulator(str(run.dir / "tensorboard"), size_guidance={"scalars": 0})
-    events.Reload()
-    return {e.step: e.value for e in events.Scalars("val/loss")}
+    return {e.step: e.value for e in epoch_curve(run.dir, "val/loss")}
 
 
 def ckpt_names(run: Run) -> list[str]:

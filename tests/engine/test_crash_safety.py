@@ -25,9 +25,8 @@ from typing import Any
 
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from helpers import CLI_TIMEOUT_S, TINY, cli_env, run_cli
+from helpers import CLI_TIMEOUT_S, TINY, cli_env, epoch_curve, run_cli
 from nnlab.engine.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX")
@@ -83,9 +82,7 @@ def same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool
 
 
 def val_loss_epochs(run_dir: Path) -> set[int]:
-    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})
-    events.Reload()
-    return {e.step for e in events.Scalars("val/loss")}
+    return {e.step for e in epoch_curve(run_dir, "val/loss")}
 
 
 @pytest.fixture(scope="session")

@@ -8,9 +8,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from helpers import Run, train_tiny
+from helpers import Run, epoch_curve, train_tiny
 from nnlab.engine.callbacks import EarlyStopping
 from nnlab.errors import ConfigValueError
 
@@ -28,10 +27,8 @@ NEVER_IMPROVES = (
 
 
 def scalars(run_dir: Path, tag: str = "val/loss") -> list[tuple[int, float]]:
-    """(step, value) of a TensorBoard scalar of the run; epoch scalars are logged at step = epoch."""
-    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})
-    events.Reload()
-    return [(e.step, e.value) for e in events.Scalars(tag)]
+    """(step, value) of an epoch scalar of the run, logged at step = epoch."""
+    return [(e.step, e.value) for e in epoch_curve(run_dir, tag)]
 
 
 def val_steps(run_dir: Path, tag: str = "val/loss") -> list[int]:

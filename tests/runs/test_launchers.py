@@ -63,9 +63,9 @@ def test_joblib_gives_each_trial_its_own_folder_and_tensorboard_run(joblib_sweep
         assert len(events) == 1, events  # one run's events per folder
         worker_pids.add(events[0].name.split(".")[-2])  # events.out.tfevents.<time>.<host>.<pid>.<n>
         # The events in this folder are this trial's: their val/loss is the one in its metrics.json.
-        accumulator = EventAccumulator(str(trial / "tensorboard"))
+        accumulator = EventAccumulator(str(trial / "tensorboard" / "val"))  # the val curves' run
         accumulator.Reload()
-        assert [e.value for e in accumulator.Scalars("val/loss")] == pytest.approx([metrics(trial)["val/loss"]])
+        assert [e.value for e in accumulator.Scalars("epoch/loss")] == pytest.approx([metrics(trial)["val/loss"]])
     # loky starts both workers at once and each trial takes about a second, so both take trials.
     assert len(worker_pids) == 2, worker_pids
 

@@ -184,6 +184,9 @@ def test_anomaly_run_reports_and_keeps_the_validation_threshold(tmp_path: Path) 
     assert {"test/latent_space", "test/score_histogram"} <= set(events.Tags()["images"])
     projector = (tmp_path / "tensorboard" / "projector_config.pbtxt").read_text()
     assert "test/latent" in projector
+    assert "sprite" in projector and "single_image_dim: 8" in projector  # each digit shown as its picture
+    (sprite,) = (tmp_path / "tensorboard").rglob("sprite.png")
+    assert sprite.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_vae_run_logs_kl_and_prior_samples(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from helpers import compose_config, train_tiny
+from helpers import compose_config, epoch_curve, train_tiny
 from nnlab.data.arrays import ArrayDataset
 from nnlab.data.datamodule import DataModule
 from nnlab.engine.precision import Precision
@@ -85,9 +85,9 @@ def test_schedules() -> None:
     for _ in range(5):
         seen.append(task.learning_rates())
         task.training_step((torch.randn(4, 2), torch.zeros(4)))
-    assert seen[0] == {"lr": 0.5, "sigma": 3.0}  # first step: the start values
-    assert seen[-1] == {"lr": pytest.approx(0.1), "sigma": pytest.approx(0.75)}  # last planned step: the ends
-    assert seen[2]["sigma"] == pytest.approx(1.5)  # exponential: halfway is the geometric mean
+    assert seen[0] == {"som/lr": 0.5, "som/sigma": 3.0}  # first step: the start values
+    assert seen[-1] == {"som/lr": pytest.approx(0.1), "som/sigma": pytest.approx(0.75)}  # last planned step
+    assert seen[2]["som/sigma"] == pytest.approx(1.5)  # exponential: halfway is the geometric mean
 
 
 def test_online_rule_by_hand() -> None:
@@ -255,9 +255,9 @@ def test_digits_som_experiment(tmp_path: Path) -> None:
 
     events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"images": 0})
     events.Reload()
-    val_qe = [e.value for e in events.Scalars("val/qe")]
+    val_qe = [e.value for e in epoch_curve(tmp_path, "val/qe")]
     assert len(val_qe) == 3 and val_qe[0] > val_qe[1] > val_qe[2]  # the map fits better every update
-    sigma = [e.value for e in events.Scalars("sigma")]  # logged at every step (log_every_n_steps=1)
+    sigma = [e.value for e in events.Scalars("som/sigma")]  # logged at every step (log_every_n_steps=1)
     assert sigma == pytest.approx([3.0 * (0.33 / 3.0) ** 0.5, 0.33, 0.33], rel=1e-5)  # after steps 1, 2, 3
     assert {"test/umatrix", "test/hit_map"} <= set(events.Tags()["images"])
     for name in ("umatrix", "hit_map"):

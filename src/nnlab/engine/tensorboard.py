@@ -26,6 +26,7 @@ class TensorBoardLogger:
         self.hparams_dir = Path(hparams_dir) if hparams_dir else self.save_dir.parent / "hparams"
         self.flush_secs = flush_secs
         self._writer = None
+        self._split_writers: dict[str, Any] = {}  # "train", "val": the epoch curves (see log_epoch_metrics)
 
     @property
     def writer(self):
@@ -39,6 +40,35 @@ class TensorBoardLogger:
             if fast:  # (with the checksum in Python, the writer thread keeps it off the training thread)
                 write_in_this_thread(self._writer)
         return self._writer
+
+    def log_epoch_metrics(self, metrics: dict[str, float], epoch: int) -> None:
+        """An epoch's metrics. `train/<name>` and `val/<name>` go to the runs `<save_dir>/train` and
+        `<save_dir>/val` as `epoch/<name>`: one tag in two runs is how TensorBoard draws train and
+        val on one chart, and the `epoch` group sorts before `health`, `hist` and `perf`, so a run
+        opens on its curves. Other keys (perf/epoch_s) stay in the main run."""
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        by_split: dict[str, list] = {}
+        for key, value in metrics.items():
+            split, _, name = key.partition("/")
+            if split in ("train", "val") and name:
+                by_split.setdefault(split, []).append(Summary.Value(tag=f"epoch/{name}", simple_value=float(value)))
+        self.log_metrics({k: v for k, v in metrics.items() if k.split("/")[0] not in by_split}, epoch)
+        for split, values in by_split.items():
+            self.split_writer(split).file_writer.add_summary(Summary(value=values), epoch)
+
+    def split_writer(self, split: str):
+        """The writer of the run `<save_dir>/<split>`, created on first use."""
+        if split not in self._split_writers:
+            from torch.utils.tensorboard import SummaryWriter
+
+            fast = use_fast_crc32c()
+            folder = self.save_dir / split
+            _after_earlier_event_files(folder)
+            writer = self._split_writers[split] = SummaryWriter(log_dir=str(folder), flush_secs=self.flush_secs)
+            if fast:  # as the main writer: each record written as it is logged
+                write_in_this_thread(writer)
+        return self._split_writers[split]
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         """Scalars at `step`: one event holding them all (what `add_scalar` writes one event
@@ -103,34 +133,60 @@ class TensorBoardLogger:
         """Markdown for the Text tab (e.g. the run's command and its resolved config)."""
         self.writer.add_text(tag, text, global_step=step)
 
-    def log_hparams(self, params: dict[str, Any], metrics: dict[str, float]) -> None:
+    def log_hparams(self, params: dict[str, Any], metrics: dict[str, float], step: int = 0) -> None:
         """Record `params` as this run's hyperparameters, and its headline metrics among `metrics`
-        (see `headline_metrics`) as the values the HParams tab shows, in `hparams_dir`."""
+        (see `headline_metrics`) as the values the HParams tab shows, in `hparams_dir`. `step`:
+        the run's last epoch, so in Time Series each value sits on the end of its curve."""
         from torch.utils.tensorboard import SummaryWriter
         from torch.utils.tensorboard.summary import hparams
 
         clean = {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in params.items()}
-        headline = headline_metrics(metrics)
+        # Trials are compared on the validation split, as a search picks them (the test split is the
+        # final report: metrics.json, nnlab-report, the test/ scalars); its metrics sort first.
+        headline = headline_metrics(metrics, splits=("val",))
         _, session_start, session_end = hparams(clean, headline)  # (no experiment summary: see above)
         with SummaryWriter(log_dir=str(self.hparams_dir), flush_secs=self.flush_secs) as session:
             session.file_writer.add_summary(session_start)
             for tag, value in headline.items():
-                session.add_scalar(tag, value, 0)
+                session.add_scalar(tag, value, step)
             session.file_writer.add_summary(session_end)
 
     def flush(self) -> None:
-        if self._writer is not None:
-            self._writer.flush()
+        for writer in [self._writer, *self._split_writers.values()]:
+            if writer is not None:
+                writer.flush()
 
     def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
+        for writer in [self._writer, *self._split_writers.values()]:
+            if writer is not None:
+                writer.close()
 
 
-def headline_metrics(metrics: dict[str, float]) -> dict[str, float]:
-    """The metrics a run is compared by: `<split>/<name>` (loss, acc, macro_f1, and the task's
-    own: fd, qe, te, mse, ...), finite; per-class ones (`test/recall/3`) stay in metrics.json."""
-    return {k: float(v) for k, v in metrics.items() if k.count("/") == 1 and math.isfinite(v)}
+def headline_metrics(metrics: dict[str, float], splits: tuple[str, ...] = ("train", "val", "test")) -> dict[str, float]:
+    """The metrics a run is compared by: `<split>/<name>` of `splits` (loss, acc, macro_f1, and the
+    task's own: fd, qe, te, mse, ...), finite; per-class ones (`test/recall/3`) stay in
+    metrics.json."""
+    return {
+        k: float(v) for k, v in metrics.items() if k.count("/") == 1 and k.split("/")[0] in splits and math.isfinite(v)
+    }
+
+
+def per_class_table(metrics: dict[str, float]) -> str:
+    """The per-class metrics (`test/recall/3`, ...) as one Markdown table, a row per class and a
+    column per metric, or "" when there are none."""
+    cells: dict[str, dict[str, float]] = {}
+    for key, value in metrics.items():
+        if key.count("/") >= 2:
+            _, metric, name = key.split("/", 2)
+            cells.setdefault(name, {})[metric] = value
+    if not cells:
+        return ""
+    columns = sorted({metric for row in cells.values() for metric in row})
+    lines = ["| class | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
+    for name, row in cells.items():
+        shown = (f"{row[c]:.4f}" if c in row else "" for c in columns)
+        lines.append(f"| {name} | " + " | ".join(shown) + " |")
+    return "\n".join(lines)
 
 
 def figure_pixels(figure: Any) -> Any:

@@ -23,7 +23,7 @@ from nnlab.engine.precision import Precision
 from nnlab.engine.regularization import Regularization
 from nnlab.engine.signals import StopSignals
 from nnlab.engine.task import Task
-from nnlab.engine.tensorboard import save_image
+from nnlab.engine.tensorboard import headline_metrics, per_class_table, save_image
 from nnlab.errors import Stopped, check_choice, check_range
 
 log = logging.getLogger(__name__)
@@ -299,7 +299,7 @@ class Trainer:
             epoch_scalars = dict(metrics)  # (lr is logged on the step axis only)
             epoch_scalars["perf/epoch_s"] = train_time
             epoch_scalars["perf/samples_per_s_epoch"] = self.epoch_means.seen / max(train_time, 1e-9)
-            self.logger.log_metrics(epoch_scalars, self.epoch)
+            self.logger.log_epoch_metrics(epoch_scalars, self.epoch)
         # Pictures of the model now (reconstructions, GAN samples), one per epoch; none for most tasks.
         with averaged_weights(self.module, self.ema):
             for name, image in task.epoch_images().items():
@@ -345,8 +345,11 @@ class Trainer:
         with averaged_weights(self.module, self.ema):
             results = task.evaluate(self._limit(data.eval_batches("test")), detailed=True)
             metrics = {f"test/{k}": v for k, v in results.items()}
-            if self.logger is not None:
-                self.logger.log_metrics(metrics, self.epoch)
+            if self.logger is not None:  # per-class metrics as one table (Text tab), not a chart each
+                self.logger.log_metrics(headline_metrics(metrics), self.epoch)
+                table = per_class_table(metrics)
+                if table:
+                    self.logger.log_text("test/per_class", table, self.epoch)
             for name, figure in task.figures().items():
                 log.info("Saved %s", self._show(f"test/{name}", figure, self.epoch))
             # Vectors for TensorBoard's Projector tab (e.g. an autoencoder's latent codes).

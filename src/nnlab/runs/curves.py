@@ -24,7 +24,11 @@ Series = tuple[list[int], list[float]]  # (steps, values)
 
 def read_scalars(run_dir: Path, patterns: Sequence[str]) -> dict[str, Series]:
     """Every scalar of the run whose tag matches one of `patterns`, as (steps, values) in step
-    order; {} when the run has no TensorBoard folder (a trial that failed before logging)."""
+    order; {} when the run has no TensorBoard folder (a trial that failed before logging).
+
+    The epoch curves live in the runs `tensorboard/train` and `tensorboard/val` as `epoch/<name>`
+    (so TensorBoard overlays them, see `TensorBoardLogger.log_epoch_metrics`); they are named
+    here as in metrics.json: `train/<name>`, `val/<name>`."""
     folder = run_dir / "tensorboard"
     if not folder.is_dir():
         return {}
@@ -34,16 +38,24 @@ def read_scalars(run_dir: Path, patterns: Sequence[str]) -> dict[str, Series]:
 
     use_fast_crc32c()  # the reader checks every record's checksum: in C, not Python
 
-    reader = EventAccumulator(str(folder), size_guidance={"scalars": 0})  # 0: keep every value
-    reader.Reload()
-    tags = reader.Tags().get("scalars", [])
     out: dict[str, Series] = {}
-    for tag in tags:
-        if any(fnmatch.fnmatchcase(tag, p) for p in patterns):
-            events = {e.step: e.value for e in reader.Scalars(tag)}  # a resumed run rewrites steps: last wins
-            steps = sorted(events)
-            out[tag] = (steps, [events[s] for s in steps])
+    for sub, rename in (("", lambda tag: tag), ("train", _from_epoch("train")), ("val", _from_epoch("val"))):
+        if not (folder / sub).is_dir():
+            continue
+        reader = EventAccumulator(str(folder / sub), size_guidance={"scalars": 0})  # 0: keep every value
+        reader.Reload()
+        for tag in reader.Tags().get("scalars", []):
+            name = rename(tag)
+            if name and any(fnmatch.fnmatchcase(name, p) for p in patterns):
+                events = {e.step: e.value for e in reader.Scalars(tag)}  # a resumed run rewrites steps: last wins
+                steps = sorted(events)
+                out[name] = (steps, [events[s] for s in steps])
     return out
+
+
+def _from_epoch(split: str):
+    """`epoch/<name>` of the run `split` -> `<split>/<name>`; other tags are not its curves."""
+    return lambda tag: f"{split}/{tag.removeprefix('epoch/')}" if tag.startswith("epoch/") else None
 
 
 def x_label(tag: str) -> str:

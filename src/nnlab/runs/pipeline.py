@@ -143,7 +143,7 @@ def fit_and_test(cfg: DictConfig, output_dir: Path, show_table: bool) -> dict[st
             return trainer.metrics
         metrics = {**trainer.metrics, **trainer.test(task, data)}
         if logger is not None:
-            logger.log_hparams(hyperparameters(cfg), metrics)
+            logger.log_hparams(hyperparameters(cfg), metrics, trainer.epoch)
             logger.close()  # its last events on disk (or its write error raised) before the run is done
         metrics = dict(sorted(metrics.items()))
         write_json(metrics, output_dir / "metrics.json")
@@ -208,28 +208,46 @@ def save_run_record(cfg: DictConfig, output_dir: Path, resuming: bool = False) -
     write_json(run_info(), output_dir / "run_info.json")
 
 
+# Config groups and keys that set how a run is watched or stored, not what it learns: never
+# hyperparameters in TensorBoard's HParams tab.
+NOT_HYPERPARAMETERS = ("callbacks", "logger", "paths", "hydra", "debug", "hparams_search")
+
+
 def hyperparameters(cfg: DictConfig) -> dict[str, Any]:
-    """The run's hyperparameters as TensorBoard's HParams tab lists them: the choice of each config
-    group ({"data": "digits", "optimizer": "adam", ...}), the seed, and every value the command
-    line set ("optimizer.lr": 0.01; a sweep's swept keys among them), as the run resolved it.
-    Everything else is the group's YAML, named by its choice."""
-    params: dict[str, Any] = {}
+    """The run's hyperparameters as TensorBoard's HParams tab lists them: the seed, each config
+    group whose choice differs from train.yaml's defaults ({"experiment": "digits_gan",
+    "model": "cnn"}), and every value the command line set ("optimizer.lr": 0.01; a sweep's
+    swept keys among them), as the run resolved it. What is left out is the defaults' (and
+    the chosen groups' YAML), so the table's first columns are what makes the runs differ."""
+    params: dict[str, Any] = {"seed": cfg.seed}
     overrides: list[str] = []
+    groups: set[str] = set()
     if HydraConfig.initialized():
         hydra_cfg = HydraConfig.get()
-        choices = hydra_cfg.runtime.choices.items()  # (a group left out, e.g. experiment: null, is None)
-        params.update({k: str(v) for k, v in choices if v is not None and not k.startswith("hydra")})
+        defaults = default_choices()
+        groups = set(hydra_cfg.runtime.choices)
+        for group, choice in hydra_cfg.runtime.choices.items():
+            if group.split("/")[0] not in NOT_HYPERPARAMETERS and str(choice) != defaults.get(group, "None"):
+                params[group] = str(choice)
         overrides = list(hydra_cfg.overrides.task)
-    params["seed"] = cfg.seed
     for override in overrides:
         key = override.split("=", 1)[0].lstrip("+~")
-        if "=" not in override or key in params or key.split(".")[0] in ("hydra", "paths"):
-            continue
+        if "=" not in override or key in params or key in groups or key.split(".")[0] in NOT_HYPERPARAMETERS:
+            continue  # (a group's choice is listed above when it differs from the default)
         value = OmegaConf.select(cfg, key, default=None)
         if OmegaConf.is_config(value):
             value = OmegaConf.to_container(value, resolve=True)
         params[key] = value if isinstance(value, (bool, int, float, str)) else str(value)
     return params
+
+
+def default_choices() -> dict[str, str]:
+    """{group: choice} of train.yaml's defaults list, as Hydra's runtime choices spell them."""
+    from importlib.resources import files
+
+    entries = OmegaConf.load(files("nnlab.configs").joinpath("train.yaml")).defaults
+    pairs = [next(iter(entry.items())) for entry in entries if OmegaConf.is_dict(entry)]
+    return {str(group): str(choice) for group, choice in pairs}
 
 
 def rerun_command() -> str:

@@ -298,13 +298,14 @@ class Adversarial(TaskDefaults):
 
     # ---- pictures -------------------------------------------------------------------------------
     def epoch_images(self) -> dict[str, Any]:
-        """{"samples": image grid (C, H, W) in [0, 1]} for images, {"samples": scatter figure}
-        for vectors of two or more dimensions (the first two are plotted)."""
+        """{"val/samples": image grid (C, H, W) in [0, 1]} for images, {"val/samples": scatter
+        figure} for vectors of two or more dimensions (the first two are plotted); tagged as the
+        autoencoder's pictures are (val/reconstructions, val/samples)."""
         samples = self.generate().cpu()
         if self.is_image:
-            return {"samples": self._grid(samples)}
+            return {"val/samples": self._grid(samples)}
         if samples.shape[1] >= 2:
-            return {"samples": self._scatter(samples)}
+            return {"val/samples": self._scatter(samples)}
         return {}
 
     def _grid(self, samples: torch.Tensor) -> torch.Tensor:

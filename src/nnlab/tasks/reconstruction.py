@@ -229,6 +229,7 @@ class Reconstruction(TaskDefaults):
         self._grid = _grid(*first)
         if detailed:
             self._test = {"codes": torch.cat(codes).cpu().numpy(), "y": y, "scores": per_value, "anomaly": is_anomaly}
+            self._test["inputs"] = torch.cat(inputs)  # (N, values): the Projector's thumbnails
             if self.probe_neighbors and self.kind == "classification" and not self.anomaly_classes:
                 metrics.update(self.knn_probe(self._test["codes"], y, torch.cat(inputs).numpy()))
         return metrics
@@ -285,7 +286,18 @@ class Reconstruction(TaskDefaults):
         names = self.class_names or [str(c) for c in range(int(self._test["y"].max()) + 1)]
         test = self._test
         labels = [names[c] + (" (anomaly)" if a else "") for c, a in zip(test["y"].tolist(), test["anomaly"])]
-        return {"test/latent": (torch.from_numpy(self._test["codes"]), labels, None)}
+        return {"test/latent": (torch.from_numpy(self._test["codes"]), labels, self._thumbnails(test["inputs"]))}
+
+    def _thumbnails(self, inputs: torch.Tensor) -> torch.Tensor | None:
+        """(N, C, H, W) in [0, 1], each input scaled by its own range, for image data (else None):
+        the Projector then shows each point as its picture."""
+        shape = tuple(self.model.input_shape)
+        if len(shape) not in (2, 3) or len(inputs) == 0:
+            return None
+        images = inputs.view(len(inputs), *((1, *shape) if len(shape) == 2 else shape))
+        low = images.amin(dim=(1, 2, 3), keepdim=True)
+        span = (images.amax(dim=(1, 2, 3), keepdim=True) - low).clamp_min(1e-8)
+        return (images - low) / span
 
     def epoch_end(self, val_metrics: dict[str, float]) -> None:
         self.optim.epoch_end(val_metrics)

@@ -297,9 +297,9 @@ class SOMRule(TaskDefaults):
         pass
 
     def learning_rates(self) -> dict[str, float]:
-        """lr and sigma of the next update (as an optimizer's lr reads after its scheduler's step)."""
+        """The map's own schedule for the next update (its own tags: `lr` is optimizers')."""
         lr, sigma = self.rates()
-        return {"lr": lr, "sigma": sigma}
+        return {"som/lr": lr, "som/sigma": sigma}
 
     def single_optimizer(self) -> None:
         return None  # the rule updates the weights itself
