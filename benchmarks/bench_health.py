@@ -28,7 +28,7 @@ MODES = {"off": ["callbacks.health=null"], "on": []}
 
 def read_run(run_dir: Path) -> tuple[float, int]:
     """(sum of perf/epoch_s, number of health checks logged) from a run's event files."""
-    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
     events.Reload()
     tags = events.Tags()["scalars"]
     train_s = sum(e.value for e in events.Scalars("perf/epoch_s"))

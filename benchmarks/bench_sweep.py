@@ -86,7 +86,7 @@ def read_trial(trial_dir: Path) -> dict[str, float]:
     if missing:
         raise SystemExit(f"{trial_dir}/train.log lacks the lines marking {sorted(missing)}")
     # events.out.tfevents.<time>.<host>.<pid>.<n>: the process that ran the trial
-    events = sorted((trial_dir / "tensorboard").glob("events.out.tfevents.*"))
+    events = sorted(trial_dir.glob("events.out.tfevents.*"))
     if not events:
         raise SystemExit(f"{trial_dir} has no TensorBoard events; keep logger=tensorboard")
     marks["pid"] = int(events[0].name.split(".")[-2])

@@ -142,6 +142,6 @@ def epoch_curve(run_dir: str | Path, name: str) -> list[Any]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     split, _, metric = name.partition("/")
-    events = EventAccumulator(str(Path(run_dir) / "tensorboard" / split), size_guidance={"scalars": 0})
+    events = EventAccumulator(str(Path(run_dir) / split), size_guidance={"scalars": 0})
     events.Reload()
     return events.Scalars(f"epoch/{metric}")

@@ -166,7 +166,7 @@ def test_compose_helper_points_the_run_at_tmp_path(compose_cfg, tmp_path: Path) 
     cfg = compose_cfg(["data=iris"], tmp_path)
     assert cfg.paths.output_dir == str(tmp_path.resolve())
     assert cfg.trainer.output_dir == str(tmp_path.resolve())
-    assert cfg.logger.save_dir == str(tmp_path.resolve() / "tensorboard")
+    assert cfg.logger.save_dir == str(tmp_path.resolve())  # TensorBoard names the run by its folder
     assert "hydra" not in cfg
     assert HydraConfig.get().runtime.choices["data"] == "iris"
 

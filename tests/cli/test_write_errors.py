@@ -90,7 +90,7 @@ def test_tensorboard_that_cannot_write_ends_the_same_way(tmp_path: Path) -> None
     ]
     result = train_limited(args, tmp_path, max_file_bytes=20_000)
     assert_one_paragraph(result, f"a file in {run_dir}: File too large")
-    events = list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    events = list(run_dir.glob("events.out.tfevents.*"))
     assert [p.stat().st_size for p in events] == [20_000]  # it was the event file
     assert json.loads((run_dir / "status.json").read_text())["error"].startswith(f"Could not write a file in {run_dir}")
 

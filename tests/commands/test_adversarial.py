@@ -178,7 +178,7 @@ def test_attack_cli_writes_table_plot_tensorboard_metrics(digits_pixels: Run, tm
     assert "| eps | clean | fgsm | pgd |" in (out / "robustness.md").read_text()
     assert (out / "figures" / "accuracy_vs_eps.png").stat().st_size > 0
     assert (out / "figures" / "examples.png").stat().st_size > 0
-    events = EventAccumulator(str(out / "tensorboard"), size_guidance={"scalars": 0})
+    events = EventAccumulator(str(out), size_guidance={"scalars": 0})
     events.Reload()
     assert keys <= set(events.Tags()["scalars"])
     assert events.Scalars("pgd/eps_0.1/acc")[-1].value == pytest.approx(metrics["pgd/eps_0.1/acc"])

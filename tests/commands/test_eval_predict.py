@@ -43,7 +43,7 @@ def test_eval_reproduces_the_runs_test_metrics(digits_ckpt: Path, tmp_path: Path
     for key in ("test/acc", "test/loss", "test/macro_f1", "test/f1/3"):
         assert metrics[key] == pytest.approx(trained[key], abs=1e-6), key
     assert (tmp_path / "eval" / "figures" / "test_confusion_matrix.png").is_file()
-    assert list((tmp_path / "eval" / "tensorboard").glob("events.out.tfevents.*"))
+    assert list((tmp_path / "eval").glob("events.out.tfevents.*"))
     assert json.loads((tmp_path / "eval" / "status.json").read_text())["status"] == "completed"
 
 

@@ -122,7 +122,7 @@ def test_cli_writes_figures_tensorboard_and_metrics(cnn_run: Run, tmp_path: Path
     assert all(-1 <= metrics[f"sanity/{m}/spearman"] <= 1 for m in methods)
     assert 0 <= metrics["ig/completeness_error"] < 0.1
     assert "| method | spearman_vs_random | verdict |" in (out / "sanity_check.md").read_text()
-    events = EventAccumulator(str(out / "tensorboard"))
+    events = EventAccumulator(str(out))
     events.Reload()
     assert "attributions" in events.Tags()["images"]
 

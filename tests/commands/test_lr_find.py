@@ -106,7 +106,7 @@ def test_tensorboard_has_the_figure_and_the_per_step_scalars(default_run) -> Non
 
     _, run_dir = default_run
     record = json.loads((run_dir / "lr_find.json").read_text())
-    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
+    events = EventAccumulator(str(run_dir), size_guidance={"images": 0, "scalars": 0})
     events.Reload()
     assert "lr_find/loss_vs_lr" in events.Tags()["images"]
     image = events.Images("lr_find/loss_vs_lr")[-1]

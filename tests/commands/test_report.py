@@ -84,7 +84,7 @@ def failing(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_each_trial_has_its_own_folder_and_event_file(grid: Path) -> None:
     trials = sorted(p.name for p in grid.iterdir() if p.is_dir())
     assert trials == ["0", "1", "2", "3"]
-    event_files = [list((grid / t / "tensorboard").glob("events.out.tfevents*")) for t in trials]
+    event_files = [list((grid / t).glob("events.out.tfevents*")) for t in trials]
     assert all(len(files) == 1 for files in event_files), event_files
     assert len({files[0].parent for files in event_files}) == 4
     assert all(json.loads((grid / t / "status.json").read_text())["status"] == "completed" for t in trials)
@@ -204,8 +204,10 @@ def test_tensorboard_hparams_over_the_sweep_dir(grid: Path) -> None:
     mux = EventMultiplexer()
     mux.AddRunsFromDirectory(str(grid))
     mux.Reload()
-    kinds = ("tensorboard", "tensorboard/train", "tensorboard/val", "hparams")  # curves, epoch curves, HParams row
-    assert sorted(mux.Runs()) == sorted(f"{t}/{kind}" for t in "0123" for kind in kinds)
+    # Named by the trial's folder: everything logged along the way, the epoch curves, the HParams row.
+    assert sorted(mux.Runs()) == sorted(
+        [*"0123", *(f"{t}/{kind}" for t in "0123" for kind in ("train", "val", "hparams"))]
+    )
     sessions = mux.PluginRunToTagToContent("hparams")
     assert sorted(sessions) == [f"{t}/hparams" for t in "0123"]
     for run, tags in sessions.items():

@@ -79,7 +79,7 @@ def test_the_cli_writes_one_run_folder_from_rank_zero(tmp_path: Path) -> None:
     assert len(runs) == 1  # one folder per run, not per rank
     run = runs[0]
     assert (run / "metrics.json").is_file() and (run / "checkpoints" / "best.ckpt").is_file()
-    assert len(list((run / "tensorboard").glob("events.out.tfevents.*"))) == 1  # rank 0's only
+    assert len(list(run.glob("events.out.tfevents.*"))) == 1  # rank 0's only
     output = done.stdout + done.stderr
     assert output.count("final metrics") == 1  # one console report
     assert "DistributedDataParallel: rank 0 of 2" in output

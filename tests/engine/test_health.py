@@ -145,7 +145,7 @@ def test_the_default_experiment_is_healthy(tmp_path: Path) -> None:
         parts.logger.close()
     assert monitor.warnings == []
 
-    ev = events(tmp_path, "tensorboard")
+    ev = events(tmp_path, ".")  # the run folder holds its event files
     scalars, histograms = set(ev.Tags()["scalars"]), set(ev.Tags()["histograms"])
     weights = weight_names(parts.model)
     checks = list(range(EVERY, 3 * 20 + 1, EVERY))  # 5, 10, ..., 60

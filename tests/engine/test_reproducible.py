@@ -80,7 +80,7 @@ def test_multirun_over_seeds(tmp_path: Path, runs: dict[str, Run]) -> None:
     for trial, seed in (("0", 0), ("1", 1)):
         assert f"seed={seed}" in yaml.safe_load((sweep_dir / trial / ".hydra" / "overrides.yaml").read_text())
         assert (sweep_dir / trial / "checkpoints" / "last.ckpt").is_file()
-        assert list((sweep_dir / trial / "tensorboard").glob("events.out.tfevents*"))
+        assert list((sweep_dir / trial).glob("events.out.tfevents*"))
     trial_metrics = [(sweep_dir / t / "metrics.json").read_bytes() for t in trials]
     assert trial_metrics[0] != trial_metrics[1]
     # The trial with seed 0 is the same run as the in-process one with seed 0: how a run is

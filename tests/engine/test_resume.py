@@ -165,7 +165,7 @@ def test_resume_auto_continues_the_interrupted_run_in_its_folder(tmp_path: Path)
     assert_same(whole.checkpoint()["model"], resumed.checkpoint()["model"], "model")
     assert resumed.metrics == whole.metrics
     # One TensorBoard run: the step scalars run on from before the interruption to the end.
-    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
     events.Reload()
     steps = [e.step for e in events.Scalars("train/loss_step")]
     assert min(steps) <= 20 and max(steps) == 2 * STEPS_PER_EPOCH

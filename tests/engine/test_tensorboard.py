@@ -21,9 +21,9 @@ TEST_TAGS = ("test/loss", "test/acc")
 
 @pytest.fixture(scope="module")
 def events(digits_run: Run) -> EventAccumulator:
-    files = list((digits_run.dir / "tensorboard").glob("events.out.tfevents*"))
+    files = list(digits_run.dir.glob("events.out.tfevents*"))
     assert len(files) == 1, files
-    accumulator = EventAccumulator(str(digits_run.dir / "tensorboard"))
+    accumulator = EventAccumulator(str(digits_run.dir))
     accumulator.Reload()
     return accumulator
 
@@ -65,11 +65,11 @@ def test_epoch_scalars_at_the_epoch_number(events: EventAccumulator, digits_run:
 
 
 def test_train_and_val_curves_share_their_tags_so_tensorboard_overlays_them(digits_run: Run) -> None:
-    """One tag (`epoch/loss`) in two runs (`tensorboard/train`, `tensorboard/val`): one chart with
+    """One tag (`epoch/loss`) in two runs (`<run>/train`, `<run>/val`): one chart with
     two lines in Time Series, in the `epoch` group, which sorts before health, hist and perf."""
     tags = {}
     for split in ("train", "val"):
-        reader = EventAccumulator(str(digits_run.dir / "tensorboard" / split))
+        reader = EventAccumulator(str(digits_run.dir / split))
         reader.Reload()
         tags[split] = set(reader.Tags()["scalars"])
     assert {"epoch/loss", "epoch/acc"} <= tags["train"] & tags["val"]
@@ -91,7 +91,7 @@ def test_epoch_loss_is_the_sample_weighted_mean_of_step_losses(train_run, tmp_pa
     """wine's 115 training rows in batches of 16 make 7 full batches and one of 3: the epoch's
     train/loss weighs each step's loss by its batch size."""
     run = train_run(["data=wine", "trainer.limit_train_batches=null", "trainer.log_every_n_steps=1"], tmp_path)
-    accumulator = EventAccumulator(str(run.dir / "tensorboard"))
+    accumulator = EventAccumulator(str(run.dir))
     accumulator.Reload()
     step_losses = [e.value for e in accumulator.Scalars("train/loss_step")]
     sizes = [16] * 7 + [3]
@@ -203,7 +203,7 @@ def test_every_record_of_a_run_has_tensorboards_checksums(digits_run: Run) -> No
     each checked with TensorBoard's Python CRC."""
     import struct
 
-    (path,) = (digits_run.dir / "tensorboard").glob("events.out.tfevents*")
+    (path,) = digits_run.dir.glob("events.out.tfevents*")
     raw, offset, records = path.read_bytes(), 0, 0
     while offset < len(raw):
         header = raw[offset : offset + 8]

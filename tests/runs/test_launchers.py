@@ -59,11 +59,11 @@ def test_joblib_gives_each_trial_its_own_folder_and_tensorboard_run(joblib_sweep
         assert json.loads((trial / "status.json").read_text())["status"] == "completed"
         assert f"seed={seed}" in OmegaConf.load(trial / ".hydra" / "overrides.yaml")
         assert "Results in" in (trial / "train.log").read_text()
-        events = list((trial / "tensorboard").glob("events.out.tfevents.*"))
+        events = list(trial.glob("events.out.tfevents.*"))
         assert len(events) == 1, events  # one run's events per folder
         worker_pids.add(events[0].name.split(".")[-2])  # events.out.tfevents.<time>.<host>.<pid>.<n>
         # The events in this folder are this trial's: their val/loss is the one in its metrics.json.
-        accumulator = EventAccumulator(str(trial / "tensorboard" / "val"))  # the val curves' run
+        accumulator = EventAccumulator(str(trial / "val"))  # the val curves' run
         accumulator.Reload()
         assert [e.value for e in accumulator.Scalars("epoch/loss")] == pytest.approx([metrics(trial)["val/loss"]])
     # loky starts both workers at once and each trial takes about a second, so both take trials.

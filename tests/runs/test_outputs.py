@@ -38,7 +38,9 @@ def test_metrics_json_is_a_flat_map_of_the_runs_metrics(digits_run: Run) -> None
 def test_run_dir_contents(digits_run: Run) -> None:
     names = {p.relative_to(digits_run.dir).as_posix() for p in digits_run.dir.rglob("*") if p.is_file()}
     assert {"metrics.json", "run_info.json", "checkpoints/last.ckpt", "checkpoints/best.ckpt"} <= names
-    assert any(re.fullmatch(r"tensorboard/events\.out\.tfevents\..+", n) for n in names)
+    # TensorBoard's runs: the folder itself (named after it), its epoch curves, its HParams row.
+    for run in ("", "train/", "val/", "hparams/"):
+        assert any(re.fullmatch(rf"{run}events\.out\.tfevents\.[^/]+", n) for n in names), run
     assert not any(n.endswith(".tmp") for n in names)  # checkpoints are written via a temp file + rename
 
 
@@ -112,7 +114,7 @@ def test_no_callbacks_no_checkpoints(compose_cfg, tmp_path: Path) -> None:
 
 def test_no_logger_no_event_files(train_run, tmp_path: Path) -> None:
     run = train_run(["logger=none"], tmp_path)
-    assert not (tmp_path / "tensorboard").exists()
+    assert not list(tmp_path.rglob("events.out.tfevents*"))
     assert json.loads((tmp_path / "metrics.json").read_text()) == run.metrics
 
 

@@ -178,14 +178,14 @@ def test_anomaly_run_reports_and_keeps_the_validation_threshold(tmp_path: Path) 
         "latent_space.png",
         "score_histogram.png",
     }
-    events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"images": 0})
+    events = EventAccumulator(str(tmp_path), size_guidance={"images": 0})
     events.Reload()
     assert [e.step for e in events.Images("val/reconstructions")] == list(range(1, 9))  # one per epoch
     assert {"test/latent_space", "test/score_histogram"} <= set(events.Tags()["images"])
-    projector = (tmp_path / "tensorboard" / "projector_config.pbtxt").read_text()
+    projector = (tmp_path / "projector" / "projector_config.pbtxt").read_text()
     assert "test/latent" in projector
     assert "sprite" in projector and "single_image_dim: 8" in projector  # each digit shown as its picture
-    (sprite,) = (tmp_path / "tensorboard").rglob("sprite.png")
+    (sprite,) = (tmp_path / "projector").rglob("sprite.png")
     assert sprite.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -193,7 +193,7 @@ def test_vae_run_logs_kl_and_prior_samples(tmp_path: Path) -> None:
     run = train_tiny(["experiment=digits_vae", "trainer.max_epochs=2"], tmp_path)
     assert {"train/kl", "val/kl", "test/kl", "test/bce", "test/recon"} <= set(run.metrics)
     assert run.metrics["test/loss"] == pytest.approx(run.metrics["test/recon"] + run.metrics["test/kl"], rel=1e-5)
-    events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"images": 0})
+    events = EventAccumulator(str(tmp_path), size_guidance={"images": 0})
     events.Reload()
     assert [e.step for e in events.Images("val/samples")] == [1, 2]
     assert "test/roc_auc" not in run.metrics  # no anomaly classes: no anomaly metrics

@@ -216,7 +216,7 @@ def test_judge_leaves_the_global_rng_alone(tmp_path: Path) -> None:
 @pytest.mark.parametrize("conditional", [False, True])
 def test_digits_gan_logs_losses_quality_and_samples(conditional: bool, tmp_path: Path) -> None:
     run = train_tiny(["experiment=digits_gan", f"model.conditional={str(conditional).lower()}", *QUICK], tmp_path)
-    events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"images": 0})
+    events = EventAccumulator(str(tmp_path), size_guidance={"images": 0})
     events.Reload()
     per_epoch = ["train/d_loss", "train/g_loss", "train/d_real", "train/d_fake", "val/d_loss", "val/g_loss"]
     per_epoch += ["val/d_real", "val/d_fake", "val/fd", "val/classes_covered", "val/class_entropy"]
@@ -242,7 +242,7 @@ def test_ring_gan_improves_on_the_ring(tmp_path: Path) -> None:
     """15 epochs of experiment=ring_gan (~950 steps): G's samples move from a blob onto the ring,
     and the 2-D Fréchet distance falls more than tenfold (seed 0: 3.7 at epoch 1, 0.08 at 15)."""
     run = train_tiny(["experiment=ring_gan", "trainer.max_epochs=15", "trainer.limit_train_batches=null"], tmp_path)
-    events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"images": 0})
+    events = EventAccumulator(str(tmp_path), size_guidance={"images": 0})
     events.Reload()
     fd = [e.value for e in epoch_curve(tmp_path, "val/fd")]
     assert min(fd[-3:]) < 0.1 * fd[0], fd

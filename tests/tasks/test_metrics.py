@@ -189,7 +189,7 @@ def test_confusion_figure_draws_every_count() -> None:
 def test_run_logs_the_confusion_matrix(digits_run: Run) -> None:
     """The test split's confusion matrix: a TensorBoard image and a PNG in the run folder."""
     assert (digits_run.dir / "figures" / "confusion_matrix.png").stat().st_size > 1000
-    events = EventAccumulator(str(digits_run.dir / "tensorboard"), size_guidance={"images": 0})
+    events = EventAccumulator(str(digits_run.dir), size_guidance={"images": 0})
     events.Reload()
     assert "test/confusion_matrix" in events.Tags()["images"]
     image = events.Images("test/confusion_matrix")[-1]

@@ -54,7 +54,7 @@ def test_converges_on_separable_data(classes: int, tmp_path: Path) -> None:
     run = train_tiny([*FULL, "data=blobs", f"data.dataset.num_classes={classes}", "trainer.max_epochs=15"], tmp_path)
     assert run.metrics["train/mistakes"] == 0.0  # a whole epoch without a mistake: converged
     assert run.metrics["train/acc"] == 1.0 and run.metrics["test/acc"] == 1.0
-    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events = EventAccumulator(str(tmp_path))
     events.Reload()
     mistakes = [e.value for e in epoch_curve(tmp_path, "train/mistakes")]
     assert mistakes[0] > 0 and mistakes[-1] == 0  # logged per epoch, falling to 0

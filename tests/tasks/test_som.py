@@ -253,7 +253,7 @@ def test_digits_som_experiment(tmp_path: Path) -> None:
     assert ckpt["model"]["weight"].shape == (100, 64)
     assert set(ckpt["model"]["node_labels"].unique().tolist()) <= set(range(-1, 10))
 
-    events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"images": 0})
+    events = EventAccumulator(str(tmp_path), size_guidance={"images": 0})
     events.Reload()
     val_qe = [e.value for e in epoch_curve(tmp_path, "val/qe")]
     assert len(val_qe) == 3 and val_qe[0] > val_qe[1] > val_qe[2]  # the map fits better every update

@@ -281,7 +281,7 @@ def lr_find(cfg: DictConfig) -> Suggestion:
         range_test.end_lr,
     )
 
-    logger = TensorBoardLogger(str(output_dir / "tensorboard"))
+    logger = TensorBoardLogger(str(output_dir))
     try:
 
         def log_step(step: int, lr: float, loss: float, smoothed: float) -> None:

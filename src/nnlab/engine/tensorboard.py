@@ -23,7 +23,7 @@ class TensorBoardLogger:
 
     def __init__(self, save_dir: str, hparams_dir: str | None = None, flush_secs: int = 10) -> None:
         self.save_dir = Path(save_dir)
-        self.hparams_dir = Path(hparams_dir) if hparams_dir else self.save_dir.parent / "hparams"
+        self.hparams_dir = Path(hparams_dir) if hparams_dir else self.save_dir / "hparams"
         self.flush_secs = flush_secs
         self._writer = None
         self._split_writers: dict[str, Any] = {}  # "train", "val": the epoch curves (see log_epoch_metrics)
@@ -58,7 +58,7 @@ class TensorBoardLogger:
             self.split_writer(split).file_writer.add_summary(Summary(value=values), epoch)
 
     def split_writer(self, split: str):
-        """The writer of the run `<save_dir>/<split>`, created on first use."""
+        """The writer of the run `<save_dir>/<split>` (train, val, projector), created on first use."""
         if split not in self._split_writers:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -127,7 +127,11 @@ class TensorBoardLogger:
     def log_embedding(self, tag: str, vectors: Any, labels: list[Any] | None, images: Any, step: int) -> None:
         """Points for the Projector tab: `vectors` (N, D), with a label and a thumbnail
         ((N, C, H, W) in [0, 1], or None) per point."""
-        self.writer.add_embedding(vectors, metadata=labels, label_img=images, global_step=step, tag=tag)
+        # A run of its own (`<save_dir>/projector`): the Projector writes its files into the run's
+        # folder, which is the run folder itself for the main writer.
+        self.split_writer("projector").add_embedding(
+            vectors, metadata=labels, label_img=images, global_step=step, tag=tag
+        )
 
     def log_text(self, tag: str, text: str, step: int = 0) -> None:
         """Markdown for the Text tab (e.g. the run's command and its resolved config)."""

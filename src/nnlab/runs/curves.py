@@ -26,11 +26,12 @@ def read_scalars(run_dir: Path, patterns: Sequence[str]) -> dict[str, Series]:
     """Every scalar of the run whose tag matches one of `patterns`, as (steps, values) in step
     order; {} when the run has no TensorBoard folder (a trial that failed before logging).
 
-    The epoch curves live in the runs `tensorboard/train` and `tensorboard/val` as `epoch/<name>`
-    (so TensorBoard overlays them, see `TensorBoardLogger.log_epoch_metrics`); they are named
-    here as in metrics.json: `train/<name>`, `val/<name>`."""
-    folder = run_dir / "tensorboard"
-    if not folder.is_dir():
+    The event files are in the run folder (in `tensorboard/` for runs written before they moved),
+    the epoch curves in its runs `train` and `val` as `epoch/<name>` (so TensorBoard overlays
+    them, see `TensorBoardLogger.log_epoch_metrics`); they are named here as in metrics.json:
+    `train/<name>`, `val/<name>`."""
+    folder = run_dir / "tensorboard" if (run_dir / "tensorboard").is_dir() else run_dir
+    if not any(folder.glob("events.out.tfevents*")):
         return {}
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

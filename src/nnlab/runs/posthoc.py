@@ -3,7 +3,7 @@ writes into its own run folder, the way nnlab-train does:
 
     <run>/metrics.json          the command's numbers
     <run>/figures/<name>.png    every figure; also an image in TensorBoard
-    <run>/tensorboard/          scalars and images (`tensorboard --logdir outputs`)
+    <run>/events.out.tfevents.* scalars and images (`tensorboard --logdir outputs`)
     <run>/<name>.md, <name>.csv every table, also printed in the terminal
     <run>/status.json           running / completed / failed, with times
     <run>/.hydra/               the command's config and overrides
@@ -35,7 +35,7 @@ class Report:
     def __init__(self, output_dir: str | Path, cfg: DictConfig | None = None) -> None:
         self.dir = Path(output_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.logger = TensorBoardLogger(str(self.dir / "tensorboard"))
+        self.logger = TensorBoardLogger(str(self.dir))
         self.started = time.time()
         if cfg is not None:
             save_record(cfg, self.dir)
