@@ -32,7 +32,34 @@ def offline_data(name: str, root: Path, monkeypatch: pytest.MonkeyPatch) -> list
         return [f"data.dataset.path={write_csv(root / 'data.csv')}", "data.dataset.target=label"]
     if name == "mnist1d":  # generated offline; cached in root rather than in the checkout's data/
         return [f"data.dataset.root={root}"]
+    if name == "text":  # a text of its own: English prose, ~45,000 characters
+        path = root / "book.txt"
+        path.write_text(english_text(), encoding="utf-8")
+        return [f"data.dataset.path='{path}'"]
+    if name == "text_csv":
+        return [f"data.dataset.path='{write_text_csv(root / 'texts.csv')}'"]
     return []
+
+
+def english_text() -> str:
+    """English prose (with some code) as a text file would hold it: a topic of Python's documentation."""
+    from pydoc_data.topics import topics
+
+    return topics["compound"]
+
+
+def write_text_csv(path: Path, rows_per_class: int = 60) -> Path:
+    """A labelled text CSV (header text,label): 8-word snippets of two documentation topics, labelled by topic."""
+    import csv
+    from pydoc_data.topics import topics
+
+    rows = []
+    for label, key in (("statements", "compound"), ("methods", "customization")):
+        words = topics[key].split()
+        rows += [(" ".join(words[i : i + 8]), label) for i in range(0, rows_per_class * 8, 8)]
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([("text", "label"), *rows])
+    return path
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:

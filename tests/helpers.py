@@ -113,7 +113,9 @@ def assert_finite_metrics(metrics: dict[str, float], kind: str) -> None:
     class_names = sorted(k.split("/", 2)[2] for k in metrics if k.startswith("test/f1/"))
     if kind == "classification":
         assert class_names, "the test report has no per-class F1"
-    assert set(metrics) == expected_metric_keys(kind, class_names or None)
+    # A text classifier also reports its bag-of-words baseline (on val each epoch, and on test).
+    baseline = {"baseline/acc", "test/baseline_acc"} if "test/baseline_acc" in metrics else set()
+    assert set(metrics) == expected_metric_keys(kind, class_names or None) | baseline
     for key, value in metrics.items():
         assert isinstance(value, float) and math.isfinite(value), (key, value)
         if key.endswith(("/acc", "macro_f1", "roc_auc")) or "/precision/" in key or "/recall/" in key or "/f1/" in key:

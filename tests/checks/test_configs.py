@@ -82,6 +82,14 @@ PARTNERS = {
     "data_edit/missing.yaml": ["data=wine"],
     "data_edit/impute.yaml": ["data=wine"],
     "data_edit/outliers.yaml": ["data=diabetes"],
+    # Text: token ids need a model with an embedding; language models need a language-model task.
+    "task/language_model.yaml": ["data=python_docs", "model=gpt"],
+    "model/gpt.yaml": ["data=python_docs", "task=language_model"],
+    "model/char_lstm.yaml": ["data=python_docs", "task=language_model"],
+    "data/python_docs.yaml": ["model=gpt", "task=language_model"],
+    "data/text.yaml": ["model=gpt", "task=language_model"],
+    "data/text_csv.yaml": ["model=text_cnn"],
+    "data/word_language.yaml": ["model=text_cnn"],
 }
 
 
@@ -229,6 +237,8 @@ def test_every_target_instantiates(path: Path, compose_cfg, tmp_path: Path, monk
             assert model.discriminator(x).shape == (len(x),)
         elif hasattr(model, "decoder"):  # an autoencoder rebuilds x
             assert model(x).recon.shape == x.shape
+        elif data.kind == "language_model":  # a score for every token of the vocabulary at every position
+            assert model(x).shape == (*x.shape, data.num_outputs)
         else:
             assert model(x).shape == (len(x), data.num_outputs)
 

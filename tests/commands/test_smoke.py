@@ -16,9 +16,12 @@ from hydra.utils import instantiate
 
 from datafiles import offline_data
 from helpers import assert_finite_metrics, options
+from nnlab.checks.untrusted import read_tokenizer
 from nnlab.runs.pipeline import train
 
 DATA = options("data")
+# Text: token ids, which an MLP cannot read (test_text_models_on_every_text_dataset).
+TEXT_DATA = {"python_docs", "text", "text_csv", "word_language"}
 
 
 def test_the_catalogue_has_the_documented_choices() -> None:
@@ -32,7 +35,23 @@ def linear_weights(state: dict[str, torch.Tensor]) -> list[torch.Tensor]:
     return [v for k, v in state.items() if k.endswith("weight") and v.ndim == 2]
 
 
-@pytest.mark.parametrize("data", DATA)
+@pytest.mark.parametrize("data", sorted(TEXT_DATA))
+def test_text_models_on_every_text_dataset(data: str, train_run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Each text dataset trains the model family it is for (sized from its vocabulary), with its
+    baseline beside it: the GPT on the language-modelling ones, the Transformer on the labelled."""
+    assert TEXT_DATA <= set(DATA)
+    files = offline_data(data, tmp_path / "data", monkeypatch)
+    lm = data in ("python_docs", "text")
+    model = ["model=gpt", "task=language_model", "task.sample_tokens=5"] if lm else ["model=transformer"]
+    tiny = ["model.d_model=16", "model.num_heads=2", "model.num_layers=1"]
+    run = train_run([f"data={data}", *model, *tiny, *files], tmp_path / "run")
+    assert all(math.isfinite(v) for v in run.metrics.values()), run.metrics
+    vocab = read_tokenizer(run.dir / "tokenizer.json").vocab_size
+    assert run.checkpoint()["model"]["wte.weight" if lm else "embed.weight"].shape[0] == vocab
+    assert ("test/baseline_bpc" if lm else "test/baseline_acc") in run.metrics
+
+
+@pytest.mark.parametrize("data", [d for d in DATA if d not in TEXT_DATA])
 def test_mlp_on_every_dataset(data: str, train_run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     files = offline_data(data, tmp_path / "data", monkeypatch)  # stand-ins for sets a test machine lacks
     run = train_run([f"data={data}", "model=mlp", *files], tmp_path / "run")
@@ -128,8 +147,8 @@ def test_every_experiment_runs_tiny(experiment: str, train_run, tmp_path: Path) 
     run = train_run([f"experiment={experiment}"], tmp_path)
     if run.cfg.task._target_ == "nnlab.tasks.supervised.Supervised":
         assert_finite_metrics(run.metrics, instantiate(run.cfg.data.dataset).kind)
-    else:  # reconstruction, GAN, SOM: their own metrics, each on every split, all finite
-        assert {key.split("/")[0] for key in run.metrics} == {"train", "val", "test"}
+    else:  # reconstruction, GAN, SOM, language model: their own metrics on every split (and a baseline's), finite
+        assert {key.split("/")[0] for key in run.metrics} - {"baseline"} == {"train", "val", "test"}
         assert all(isinstance(v, float) and math.isfinite(v) for v in run.metrics.values()), run.metrics
     assert run.cfg.optimized_metric in run.metrics
 

@@ -151,6 +151,6 @@ def test_ddp_is_refused_for_tasks_that_do_not_declare_it() -> None:
         else:
             with pytest.raises(ConfigValueError, match=f"trainer.strategy=ddp supports .*, not {cls.__name__}"):
                 check_ddp_task(task)
-    assert {c.__name__ for c in task_classes() if c.supports_ddp} == {"Supervised", "Reconstruction"}
+    assert {c.__name__ for c in task_classes() if c.supports_ddp} == {"Supervised", "Reconstruction", "LanguageModel"}
     with pytest.raises(ConfigValueError, match="not object"):  # a task that declares nothing
         check_ddp_task(object())

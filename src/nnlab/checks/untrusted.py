@@ -223,3 +223,34 @@ def stored_run_config(state: dict[str, Any], path: Path, trust: bool = False) ->
             "outputs/runs/<run>/checkpoints/best.ckpt."
         )
     return buildable(read_yaml(text, f"the run config stored in {path}"), path, trust)
+
+
+# Far above a BPE vocabulary nnlab writes (a 32k-token one is about 2 MB); larger is refused unread.
+MAX_TOKENIZER_BYTES = 20_000_000
+
+
+def read_tokenizer(path: Path) -> Any:
+    """The tokenizer a run folder's tokenizer.json describes. The file is JSON (no code, no
+    pickle), capped in size, and must be exactly a character vocabulary or a BPE model as
+    `nnlab.data.tokenizers.from_dict` defines them; anything else is refused with the reason."""
+    import json
+
+    from nnlab.data.tokenizers import from_dict
+
+    try:
+        if path.stat().st_size > MAX_TOKENIZER_BYTES:
+            raise UntrustedConfigError(
+                f"{path} is larger than {MAX_TOKENIZER_BYTES:,} bytes: not a tokenizer nnlab wrote. "
+                "Use the tokenizer.json of an nnlab run."
+            )
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise UntrustedConfigError(f"{path} is not UTF-8 text. Use the tokenizer.json of an nnlab run.") from None
+    except json.JSONDecodeError as e:
+        raise UntrustedConfigError(f"{path} is not valid JSON ({e.msg}, line {e.lineno}).") from None
+    except OSError as e:
+        raise UntrustedConfigError(f"Could not read {path} ({e.strerror}).") from None
+    try:
+        return from_dict(payload)
+    except ValueError as e:
+        raise UntrustedConfigError(f"{path} is not a tokenizer nnlab can use: {printable(e, 300)}") from None

@@ -2,6 +2,7 @@
 of its inputs a trained model's predictions rest on, with captum (`pip install "nnlab[explain]"`).
 
     checkpoint -> the run's data and model (nnlab.runs.restore) -> the first `num_samples` test rows
+    -> attention maps, for a model with attention (Transformer, ViT, GPT; the only view of a text run)
     -> saliency, integrated gradients, Grad-CAM (CNNs), occlusion (nnlab.analysis.attribution)
     -> images and signals: a grid figure, rows = samples, columns = the input and each method
        tabular rows:       features ranked by mean |attribution| (table and bar chart)
@@ -49,10 +50,19 @@ def explain_run(cfg: DictConfig) -> dict[str, float]:
     check_range("explain.num_samples", opts.num_samples, 1)
     check_range("explain.n_steps", opts.n_steps, 2)
     run = load_run(ckpt_path, device=cfg.device, trust_config=cfg.trust_config)
-    check_supported(run)
     report = Report(cfg.paths.output_dir, cfg)
-
     x, y = first_rows(run.data.eval_batches(cfg.split), opts.num_samples)
+    shown = attention(run, x, opts.get("attention_head"), report)
+    if run.data.tokenizer is not None:  # token ids are not a continuous input: no gradient, no occlusion
+        if not shown:
+            raise UserError(
+                f"{run.ckpt_path} reads text (token ids), whose attributions need a gradient through an embedding "
+                "that nnlab-explain does not take yet; its model has no attention to show. Explain a Transformer "
+                "(model=transformer, model=gpt) for attention maps."
+            )
+        log.info("Text run: attention maps only (attributions of token ids need a continuous input)")
+        return report.finish({"attention/layers": float(shown)})
+    check_supported(run)
     classify = run.data.kind == "classification"
     with torch.no_grad():
         out = A.scores(run.model)(x)
@@ -122,6 +132,21 @@ def explain_run(cfg: DictConfig) -> dict[str, float]:
     if sanity_rows:
         report.table("sanity_check", sanity_rows, title="Model randomization test (Adebayo et al., 2018)")
     return report.finish(metrics)
+
+
+def attention(run: Any, x: Any, head: int | None, report: Any) -> int:
+    """figures/attention.png: the attention maps of the model on the rows x (heads averaged, or
+    head `head`), for a model with attention; returns its number of layers (0: none)."""
+    from nnlab.analysis.attention import probe_figure
+
+    try:
+        figure = probe_figure(run.model, x[:3], run.data.tokenizer, head)
+    except ValueError as e:  # a head that does not exist
+        raise UserError(f"explain.attention_head={head}: {e}.") from None
+    if figure is None:
+        return 0
+    log.info("Saved %s", report.figure("attention", figure))
+    return len(run.model.attention_maps(x[:1]))
 
 
 def check_supported(run: Any) -> None:

@@ -10,7 +10,8 @@ run's model as files to deploy, each checked against PyTorch and timed on the CP
     nnlab-export ckpt_path=... export.formats=[onnx] export.quantize=false export.threads=2
 
 Only models that map a batch of inputs to one output tensor export (the supervised task's MLPs,
-CNNs, RNNs, and the perceptron); a SOM, a GAN or an autoencoder is refused with an error.
+CNNs, RNNs and Transformers, language models, and the perceptron); a SOM, a GAN or an
+autoencoder is refused with an error.
 """
 
 from __future__ import annotations
@@ -32,7 +33,11 @@ log = logging.getLogger(__name__)
 
 FORMATS = ("torchscript", "onnx")
 # Tasks whose model is a plain function x -> outputs (B, K): the only kind a single-graph file can hold.
-EXPORTABLE_TASKS = ("nnlab.tasks.supervised.Supervised", "nnlab.tasks.perceptron.PerceptronRule")
+EXPORTABLE_TASKS = (
+    "nnlab.tasks.supervised.Supervised",
+    "nnlab.tasks.perceptron.PerceptronRule",
+    "nnlab.tasks.language_model.LanguageModel",  # token ids (B, T) -> next-token logits (B, T, V)
+)
 
 
 @dataclass
@@ -63,7 +68,7 @@ def export(cfg: DictConfig) -> dict[str, float]:
     report = Report(cfg.paths.output_dir, cfg)
     out = Path(cfg.paths.output_dir)
     test = list(run.data.eval_batches("test"))  # small datasets: held once, reused by every check
-    classes = run.data.kind == "classification"
+    classes = run.data.kind in ("classification", "language_model")
     example = test[0][0][:8]
     reference = runtime.torch_predictor(run.model)
 
@@ -135,7 +140,8 @@ def refuse_unexportable(run: Any) -> None:
         raise UserError(
             f"nnlab-export cannot export the model of {run.ckpt_path}: {model} (trained by {task}) is not "
             "a single function from inputs to outputs. Export exports classifiers and regressors "
-            "(model=mlp, cnn, cnn1d, lenet5, rnn, lstm, gru, linear, perceptron); a SOM, a GAN or an "
+            "(model=mlp, cnn, cnn1d, lenet5, rnn, lstm, gru, linear, perceptron, transformer, vit, text_lstm, "
+            "text_cnn) and language models (model=gpt, char_lstm); a SOM, a GAN or an "
             "autoencoder has no such graph to export."
         )
 

@@ -8,6 +8,10 @@ Input formats:
   - .npy: an array of shape (N, *input_shape) or (N, features), e.g. (N, 1, 8, 8) or (N, 64) for digits.
   - .csv: one row per sample, `features` numbers per row (an image flattened row by row); a first
     line that is not numeric is read as a header.
+  - .txt, for a run trained on text: one text per line, encoded with the run's tokenizer.
+
+A language model's run generates text instead: `nnlab-predict ckpt_path=... prompt="The "
+max_new_tokens=200 temperature=0.8 top_k=20` continues the prompt and writes generated.txt.
 """
 
 from __future__ import annotations
@@ -100,12 +104,18 @@ def predict(cfg: DictConfig) -> dict[str, float]:
     from nnlab.runs.posthoc import Report
     from nnlab.runs.restore import checkpoint_of, load_run
 
-    if not cfg.get("input"):
-        raise UserError("input is not set. Give the rows to predict: input=file.csv or input=file.npy.")
     run = load_run(checkpoint_of(cfg), device=cfg.device, trust_config=cfg.trust_config)
-    x_raw = read_inputs(Path(cfg.input), tuple(run.data.input_shape))
-    x = torch.from_numpy(run.data.transform(x_raw)).to(run.device)
     report = Report(cfg.paths.output_dir, cfg)
+    if run.data.kind == "language_model":
+        return report.finish(generate(run, cfg))
+    if not cfg.get("input"):
+        what = "input=texts.txt (one text per line)" if run.data.tokenizer is not None else "input=file.csv or .npy"
+        raise UserError(f"input is not set. Give the rows to predict: {what}.")
+    if run.data.tokenizer is not None:
+        x = torch.from_numpy(read_texts(Path(cfg.input), run.data.tokenizer, run.data.input_shape[0])).to(run.device)
+    else:
+        x_raw = read_inputs(Path(cfg.input), tuple(run.data.input_shape))
+        x = torch.from_numpy(run.data.transform(x_raw)).to(run.device)
     with torch.no_grad():
         out = torch.cat([run.model(x[i : i + 1024]).float() for i in range(0, len(x), 1024)]).cpu()
     out_path = Path(cfg.paths.output_dir) / "predictions.csv"
@@ -128,6 +138,55 @@ def predict(cfg: DictConfig) -> dict[str, float]:
             summary = {"prediction/mean": float(values.mean()), "prediction/std": float(values.std())}
     log.info("Wrote %d predictions to %s", len(out), out_path)
     return report.finish({"rows": len(out), **summary})
+
+
+def read_texts(path: Path, tokenizer, length: int) -> np.ndarray:
+    """One text per line of `path` as token ids (N, length): encoded with the run's tokenizer,
+    cut or padded (PAD = 0) to the length the model was trained on."""
+    if not path.is_file() or path.suffix != ".txt":
+        raise UserError(f"input={path}: give an existing .txt file with one text per line (this run reads text).")
+    try:
+        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    except UnicodeDecodeError as e:
+        raise UserError(f"input={path}: not UTF-8 text (byte {e.start}). Save the file as UTF-8.") from None
+    lines = [line for line in lines if line]
+    if not lines:
+        raise UserError(f"input={path} has no text: give one text per line.")
+    x = np.zeros((len(lines), length), dtype=np.int64)
+    for i, line in enumerate(lines):
+        ids = tokenizer.encode(line)[:length]
+        x[i, : len(ids)] = ids
+    return x
+
+
+def generate(run, cfg: DictConfig) -> dict[str, float]:
+    """A language model's continuation of `prompt`, printed and written to generated.txt."""
+    import torch
+
+    from nnlab.models.sampling import sample_tokens
+
+    prompt = cfg.get("prompt")
+    if prompt is None or prompt == "":
+        raise UserError('This run is a language model: give the text to continue, e.g. prompt="The ".')
+    ids = run.data.tokenizer.encode(str(prompt))
+    if not ids:
+        raise UserError(f"prompt={prompt!r} encodes to no tokens with the run's tokenizer. Give some text.")
+    top_k = cfg.get("top_k")
+    if cfg.max_new_tokens < 1 or cfg.temperature < 0 or (top_k is not None and top_k < 1):
+        raise UserError(
+            f"max_new_tokens={cfg.max_new_tokens}, temperature={cfg.temperature}, top_k={top_k}: need "
+            "max_new_tokens >= 1, temperature >= 0 (0 = always the likeliest token) and top_k >= 1 or null."
+        )
+    idx = torch.tensor([ids], dtype=torch.long, device=run.device)
+    generator = torch.Generator(device=run.device).manual_seed(int(cfg.seed))
+    block = int(run.data.input_shape[0])
+    out = sample_tokens(run.model, idx, int(cfg.max_new_tokens), block, float(cfg.temperature), top_k, generator)
+    text = run.data.tokenizer.decode(out[0].tolist())
+    path = Path(cfg.paths.output_dir) / "generated.txt"
+    path.write_text(text + "\n", encoding="utf-8")
+    print(text)
+    log.info("Wrote %d generated tokens to %s", out.shape[1] - len(ids), path)
+    return {"prompt_tokens": len(ids), "generated_tokens": int(out.shape[1] - len(ids))}
 
 
 @hydra.main(version_base="1.3", config_path="pkg://nnlab.configs", config_name="predict")

@@ -106,6 +106,16 @@ class DataModule:
         self.class_names = dataset.class_names
         self.feature_names = dataset.feature_names  # tabular data: one name per input column
         self.input_shape = dataset.input_shape
+        # Text: the tokenizer that made the ids, the vocabulary the model embeds, and characters
+        # per token (bits per character from nats per token). None for numeric inputs.
+        self.tokenizer = dataset.tokenizer
+        self.vocab_size = dataset.vocab_size
+        self.chars_per_token = dataset.chars_per_token
+        if self.tokenizer is not None and normalize != "none":
+            raise ConfigValueError(
+                f"data.normalize={normalize} cannot scale token ids: {dataset.source or 'this dataset'} is text, "
+                "whose inputs are indices into a vocabulary. Set data.normalize=none."
+            )
 
         if len(dataset.x) < MIN_ROWS:
             rows = f"{len(dataset.x)} row{'s' if len(dataset.x) > 1 else ''}"
@@ -114,7 +124,12 @@ class DataModule:
                 f"validation and test rows, one each at the least. Add examples: {ENOUGH_ROWS}."
             )
         stratify = stratify and dataset.kind == "classification"
-        if dataset.test_mask is None:
+        if dataset.val_mask is not None:  # the dataset's own three splits (text split by blocks)
+            idx = tuple(
+                np.flatnonzero(m)
+                for m in (~(dataset.val_mask | dataset.test_mask), dataset.val_mask, dataset.test_mask)
+            )
+        elif dataset.test_mask is None:
             idx = split_indices(dataset.y, val_fraction, test_fraction, stratify, seed)
         else:  # the dataset's official test rows; val is carved from the rest
             rest = np.flatnonzero(~dataset.test_mask)
@@ -131,7 +146,7 @@ class DataModule:
         # The train split's statistics, kept so that new inputs (nnlab-predict) get the same
         # imputation and scaling. x_scale is (offset, divisor): (mean, std) or (min, max - min).
         self.imputer: Impute | None = (at_stage(edits, "fill") or [None])[0]
-        if self.imputer is None and any(np.isnan(v).any() for v in x.values()):
+        if self.imputer is None and self.tokenizer is None and any(np.isnan(v).any() for v in x.values()):
             self.imputer = Impute()
             log.info("Data: filling missing input values with train-split means (data_edit=impute to choose how)")
         if self.imputer is not None:
@@ -164,7 +179,10 @@ class DataModule:
 
     def transform(self, x: np.ndarray) -> np.ndarray:
         """Inputs in the dataset's raw units -> what the model sees: gaps filled (and flagged) by the
-        impute edit, then z-scored (or min-max scaled) with the train split's statistics."""
+        impute edit, then z-scored (or min-max scaled) with the train split's statistics. Token
+        ids pass unchanged."""
+        if self.tokenizer is not None:
+            return x.astype(np.int64)
         if self.imputer is not None:
             x = self.imputer(x)
         if self.x_scale is None:
@@ -191,8 +209,15 @@ class DataModule:
         """Width of the model's output layer: classes, or regression targets."""
         if self.kind == "classification":
             return self.num_classes
+        if self.kind == "language_model":  # a score for every token of the vocabulary
+            return self.vocab_size
         y = self._arrays["train"][1]
         return 1 if y.ndim == 1 else y.shape[1]
+
+    def arrays(self, split: Split) -> tuple[np.ndarray, np.ndarray]:
+        """The (x, y) rows of `split` as the model sees them (scaled), on the host, e.g. for a
+        baseline fitted on exactly the network's training rows."""
+        return self._arrays[split]
 
     def size(self, split: Split) -> int:
         return len(self._arrays[split][0])

@@ -38,7 +38,9 @@ def check_parity(
                 f"returns {tuple(theirs.shape)}. The export is wrong; do not deploy it."
             )
         diff = max(diff, (ours - theirs).abs().max().item())
-        agree += (ours.argmax(1) == theirs.argmax(1)).sum().item() if classes else len(x)
+        # The predicted class (or, for a language model's (B, T, V), each position's next token).
+        same = ours.argmax(-1) == theirs.argmax(-1)
+        agree += same.flatten(1).all(1).sum().item() if classes else len(x)
         n += len(x)
     result = {"max_abs_diff": diff, "argmax_agree": agree / max(n, 1)}
     if diff > atol or agree < n:
@@ -53,16 +55,17 @@ def check_parity(
 
 
 def score(predict: Predictor, batches: Batches, kind: str) -> dict[str, float]:
-    """Accuracy (classification) or mean squared error (regression, in the model's target units)."""
+    """Accuracy (classification; next-token accuracy of a language model) or mean squared error
+    (regression, in the model's target units)."""
     hits, sq, n = 0.0, 0.0, 0
     for x, y in batches:
         out = predict(x).float()
-        if kind == "classification":
-            hits += (out.argmax(1) == y).sum().item()
+        if kind in ("classification", "language_model"):  # (B, K) vs (B,), or (B, T, V) vs (B, T)
+            hits += (out.argmax(-1) == y).float().flatten(1).mean(1).sum().item()
         else:
             sq += ((out - y.float().reshape(out.shape)) ** 2).mean(dim=tuple(range(1, out.dim()))).sum().item()
         n += len(x)
-    return {"acc": hits / n} if kind == "classification" else {"mse": sq / n}
+    return {"mse": sq / n} if kind == "regression" else {"acc": hits / n}
 
 
 def median_latency_ms(predict: Predictor, x: torch.Tensor, repeats: int = 50, warmup: int = 5) -> float:

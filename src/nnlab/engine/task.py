@@ -10,10 +10,10 @@ What a task supports it declares (the `supports_*` and `own_optimizer_parts` cla
 `single_optimizer()`): the trainer, the transfer options and the LR finder read these, never the
 task's type or its model's layer names. A task that declares nothing supports none of it.
 
-Besides the step and the evaluation, the trainer calls five hooks on every task: `prepare`,
-`epoch_metrics`, `epoch_images`, `figures` and `embeddings`. Most tasks have something for only
-some of them; `TaskDefaults` gives the others' empty answers, so a task inherits it and writes
-only the hooks it has.
+Besides the step and the evaluation, the trainer calls seven hooks on every task: `prepare`,
+`epoch_metrics`, `baseline_metrics`, `epoch_images`, `epoch_text`, `figures` and `embeddings`.
+Most tasks have something for only some of them; `TaskDefaults` gives the others' empty
+answers, so a task inherits it and writes only the hooks it has.
 """
 
 from __future__ import annotations
@@ -46,6 +46,12 @@ class Task(Protocol):
     """The submodules of `model` that each train with an optimizer of their own (a GAN's
     "generator" and "discriminator"); empty when one optimizer, or none, trains the whole model.
     transfer.freeze must leave each of them something to train (`check_task_support`)."""
+
+    prepare_when_restored: bool
+    """True when `prepare` only reads the data (a tokenizer, a baseline, probe inputs) and leaves
+    the weights alone, so a run rebuilt from a checkpoint (`nnlab.runs.restore.load_run`: eval,
+    predict, export) calls it after loading the weights. A task whose `prepare` initialises
+    weights (a SOM's PCA init) or trains a helper (a GAN's judge) leaves it False."""
 
     def single_optimizer(self) -> torch.optim.Optimizer | None:
         """The one gradient optimizer the task trains with, once configured: the one whose lr the
@@ -87,6 +93,15 @@ class Task(Protocol):
         training steps (not per-sample means), logged as train/<name>, e.g. the perceptron's
         mistakes. Empty for most tasks."""
 
+    def baseline_metrics(self) -> dict[str, float]:
+        """Called once per epoch: the validation metrics of a simple model fitted on the same
+        split (an n-gram model for a language model, bag-of-words for text), logged as the run
+        `baseline` on the same charts as train and val. Empty for most tasks."""
+
+    def epoch_text(self) -> dict[str, str]:
+        """Called after each validation, with the evaluation weights: {tag: Markdown} for the Text
+        tab at step = epoch, e.g. a language model's sampled continuation of a fixed prompt."""
+
     def epoch_images(self) -> dict[str, Any]:
         """Called after each validation, with the evaluation weights (the EMA when set): {tag:
         (C, H, W) tensor in [0, 1] or matplotlib figure}, logged at step = epoch and saved as
@@ -122,6 +137,12 @@ class TaskDefaults:
         return None
 
     def epoch_metrics(self) -> dict[str, float]:
+        return {}
+
+    def baseline_metrics(self) -> dict[str, float]:
+        return {}
+
+    def epoch_text(self) -> dict[str, str]:
         return {}
 
     def epoch_images(self) -> dict[str, Any]:

@@ -43,15 +43,16 @@ class TensorBoardLogger:
 
     def log_epoch_metrics(self, metrics: dict[str, float], epoch: int) -> None:
         """An epoch's metrics. `train/<name>` and `val/<name>` go to the runs `<save_dir>/train` and
-        `<save_dir>/val` as `epoch/<name>`: one tag in two runs is how TensorBoard draws train and
-        val on one chart, and the `epoch` group sorts before `health`, `hist` and `perf`, so a run
+        `<save_dir>/val` as `epoch/<name>` (and a task's `baseline/<name>` to `<save_dir>/baseline`):
+        one tag in several runs is how TensorBoard draws train, val and the baseline on one chart,
+        and the `epoch` group sorts before `health`, `hist` and `perf`, so a run
         opens on its curves. Other keys (perf/epoch_s) stay in the main run."""
         from tensorboard.compat.proto.summary_pb2 import Summary
 
         by_split: dict[str, list] = {}
         for key, value in metrics.items():
             split, _, name = key.partition("/")
-            if split in ("train", "val") and name:
+            if split in ("train", "val", "baseline") and name:
                 by_split.setdefault(split, []).append(Summary.Value(tag=f"epoch/{name}", simple_value=float(value)))
         self.log_metrics({k: v for k, v in metrics.items() if k.split("/")[0] not in by_split}, epoch)
         for split, values in by_split.items():

@@ -291,6 +291,8 @@ class Trainer:
         if self.skipped_steps:
             metrics["train/skipped_steps"] = float(self.skipped_steps)
         metrics.update({f"val/{key}": v for key, v in val.items()})
+        # A simple model's validation figures on the same split (n-gram, bag-of-words), if the task has one.
+        metrics.update({f"baseline/{key}": v for key, v in task.baseline_metrics().items()})
         task.epoch_end(metrics)
         self.epoch += 1
         self.epoch_step = 0  # (epoch, epoch_step) = where a checkpoint taken now resumes
@@ -304,6 +306,10 @@ class Trainer:
         with averaged_weights(self.module, self.ema):
             for name, image in task.epoch_images().items():
                 self._show(name, image, self.epoch)
+            for name, text in task.epoch_text().items():
+                log.info("%s after epoch %d:\n%s", name, self.epoch, text)
+                if self.logger is not None:
+                    self.logger.log_text(name, text, self.epoch)
         shown = "  ".join(f"{key} {v:.4f}" for key, v in metrics.items())
         log.info(
             "epoch %d/%d  %s  (%.2fs, %.0f samples/s)",

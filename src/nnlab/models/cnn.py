@@ -1,4 +1,5 @@
-"""Convolutional networks for images (C, H, W) and 1-D signals (C, L): a configurable CNN and LeNet-5."""
+"""Convolutional networks for images (C, H, W), 1-D signals (C, L) and text (token ids, embedded):
+a configurable CNN and LeNet-5."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from torch import nn
 
 from nnlab.errors import ConfigValueError, check_choice, check_range, did_you_mean
 from nnlab.models import layers as L
+from nnlab.models.attention import PAD
 
 POOLS = ("max", "avg", "none")
 HEAD_POOLS = ("avg", "max")
@@ -54,7 +56,13 @@ class CNN(nn.Module):
     the input's size, then maps the channels to `num_outputs` with a Linear layer.
 
     The input's rank picks the layers: images (C, H, W) get Conv2d, signals and sequences (C, L)
-    Conv1d. Tabular samples (F,) have no neighbourhood to convolve over: use the MLP.
+    Conv1d. Text, (L,) token ids (vocab_size given), is embedded first, each id to an embed_dim
+    vector, (B, L) -> (B, L, E) -> (B, E, L), and convolved as a signal of E channels: a filter
+    of width k is a learned detector of k-grams (Kim, 2014), and a global max pool
+    (`head_pool: max`) asks "does this k-gram occur anywhere". Padding (id 0) embeds to a zero
+    vector, like the conv's own zero padding, but it still counts in the global pool's positions,
+    so prefer `head_pool: max`, which padding barely moves, to `avg`, which it dilutes.
+    Tabular samples (F,) have no neighbourhood to convolve over: use the MLP.
 
     Rules of thumb: 3x3 kernels (5 for 1-D signals) with "same" padding, doubling the channels
     each time the map is pooled (32, 64, ...), batch norm on, a little dropout (0.1) when the
@@ -79,6 +87,9 @@ class CNN(nn.Module):
         head_pool: avg or max: how each final channel is summarized over all positions.
         fc_hidden: width of a hidden Linear layer in the head; null for none.
         activation: relu, leaky_relu, tanh, sigmoid or gelu.
+        vocab_size: number of token ids (from the dataset, for text only); None for numeric data.
+        embed_dim: features of each token's embedding (text only): the channels of the signal
+            the convolutions read.
 
     Weights start from PyTorch's defaults; the `init` config group re-draws them (e.g.
     `init=kaiming_normal`), see `nnlab.models.init`.
@@ -98,8 +109,17 @@ class CNN(nn.Module):
         head_pool: str = "avg",
         fc_hidden: int | None = None,
         activation: str = "relu",
+        vocab_size: int | None = None,
+        embed_dim: int = 64,
     ) -> None:
         super().__init__()
+        self.embedding: nn.Embedding | None = None
+        if vocab_size is not None:  # text: (L,) ids read as a signal of embed_dim channels, (E, L)
+            if len(input_shape) != 1:
+                raise L.input_shape_error("cnn", "token ids (L,) with a vocabulary", "text", input_shape)
+            check_range("model.embed_dim", embed_dim, 1)
+            self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=PAD)
+            input_shape = (embed_dim, int(input_shape[0]))
         ndim = _spatial_rank("cnn", input_shape)
         check_range("model.kernel_size", kernel_size, 1)
         check_range("model.stride", stride, 1)
@@ -165,6 +185,8 @@ class CNN(nn.Module):
         self.head = nn.Sequential(*head)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.embedding is not None:
+            x = self.embedding(x).transpose(1, 2)  # (B, L) -> (B, L, E) -> (B, C=E, L)
         x = self.features(x)  # (B, C, H, W) -> (B, channels[-1], H', W'), or (B, C, L) -> (B, channels[-1], L')
         return self.head(x)  # (B, num_outputs)
 

@@ -64,8 +64,12 @@ def build_model(cfg: DictConfig, augment: bool = True) -> tuple[Any, Any, Any]:
     data = build_data(cfg, augment)
 
     log.info("Building model <%s>", cfg.model._target_)
+    sizes = {"input_shape": data.input_shape, "num_outputs": data.num_outputs}
+    if getattr(data, "vocab_size", None) is not None:  # text: token ids, embedded by the model
+        check_reads_tokens(cfg.model._target_)
+        sizes["vocab_size"] = data.vocab_size
     try:
-        model = instantiate(cfg.model, input_shape=data.input_shape, num_outputs=data.num_outputs)
+        model = instantiate(cfg.model, **sizes)
     except InstantiationException as e:
         if not isinstance(e.__cause__, DataMismatchError):
             raise
@@ -174,6 +178,21 @@ def check_batch_norm_batches(model: Any, data: Any) -> None:
             f"data.batch_size={b} leaves a training batch of 1 row ({n} training rows), on which the model's "
             f"batch norm cannot train. Set data.drop_last=true, another data.batch_size (e.g. {b + 1}), or "
             "model.batch_norm=false."
+        )
+
+
+def check_reads_tokens(target: str) -> None:
+    """Text comes as token ids, which a model must embed: refuse a model that takes no
+    `vocab_size` (an MLP would read the ids as numbers)."""
+    import inspect
+
+    from hydra.utils import get_object
+
+    if "vocab_size" not in inspect.signature(get_object(target)).parameters:
+        raise UserError(
+            f"{pairing()} do not fit together: the data are text, token ids that a model must embed, and "
+            f"{target} has no embedding. Choose a model that reads text: model=transformer, model=gpt (language "
+            "modelling), model=text_lstm, model=text_cnn or model=char_lstm (language modelling)."
         )
 
 

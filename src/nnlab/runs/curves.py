@@ -27,9 +27,9 @@ def read_scalars(run_dir: Path, patterns: Sequence[str]) -> dict[str, Series]:
     order; {} when the run has no TensorBoard folder (a trial that failed before logging).
 
     The event files are in the run folder (in `tensorboard/` for runs written before they moved),
-    the epoch curves in its runs `train` and `val` as `epoch/<name>` (so TensorBoard overlays
-    them, see `TensorBoardLogger.log_epoch_metrics`); they are named here as in metrics.json:
-    `train/<name>`, `val/<name>`."""
+    the epoch curves in its runs `train`, `val` (and `baseline`) as `epoch/<name>` (so TensorBoard
+    overlays them, see `TensorBoardLogger.log_epoch_metrics`); they are named here as in
+    metrics.json: `train/<name>`, `val/<name>`, `baseline/<name>`."""
     folder = run_dir / "tensorboard" if (run_dir / "tensorboard").is_dir() else run_dir
     if not any(folder.glob("events.out.tfevents*")):
         return {}
@@ -40,7 +40,8 @@ def read_scalars(run_dir: Path, patterns: Sequence[str]) -> dict[str, Series]:
     use_fast_crc32c()  # the reader checks every record's checksum: in C, not Python
 
     out: dict[str, Series] = {}
-    for sub, rename in (("", lambda tag: tag), ("train", _from_epoch("train")), ("val", _from_epoch("val"))):
+    subs = [("", lambda tag: tag)] + [(split, _from_epoch(split)) for split in ("train", "val", "baseline")]
+    for sub, rename in subs:
         if not (folder / sub).is_dir():
             continue
         reader = EventAccumulator(str(folder / sub), size_guidance={"scalars": 0})  # 0: keep every value

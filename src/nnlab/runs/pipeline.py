@@ -131,6 +131,10 @@ def fit_and_test(cfg: DictConfig, output_dir: Path, show_table: bool) -> dict[st
         nonlocal recorded
         if rank_zero:
             save_run_record(cfg, output_dir, resuming=bool(resuming))
+            if getattr(data, "tokenizer", None) is not None:  # text: eval and predict encode with this one
+                from nnlab.data.tokenizers import save
+
+                save(data.tokenizer, output_dir / "tokenizer.json")
             write_status(output_dir, "running", started)
             if logger is not None:  # TensorBoard's Text tab: what reproduces the run, and what it ran with
                 logger.log_text("run/command", indented(rerun_command()))

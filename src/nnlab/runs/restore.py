@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from nnlab.checks.untrusted import stored_run_config
+from nnlab.checks.untrusted import read_tokenizer, stored_run_config
 from nnlab.engine.checkpoint import load_checkpoint, mismatch
 from nnlab.engine.devices import resolve_device
 from nnlab.engine.precision import Precision
@@ -96,8 +96,29 @@ def load_run(
             f"'{cfg.data.dataset._target_}': {detail}. Evaluate on a dataset with the run's input shape "
             "and number of outputs, or leave `data` unset to use the run's own."
         ) from e
+    if built_data.tokenizer is not None:
+        built_data.tokenizer = run_tokenizer(path, built_data.tokenizer)
     built_data.setup(dev)
     task.configure(dev, Precision(cfg.trainer.get("precision", 32), dev), total_steps=1)
+    if getattr(task, "prepare_when_restored", False):  # (its data-dependent setup leaves the weights alone)
+        task.prepare(built_data)
     model.to(dev).eval()
     log.info("Loaded %s (epoch %s) of a %s", path, state.get("epoch"), type(model).__name__)
     return Restored(cfg, path, state, built_data, model, task, dev)
+
+
+def run_tokenizer(ckpt_path: Path, rebuilt: Any) -> Any:
+    """The tokenizer the run saved (its folder's tokenizer.json, read through the untrusted-file
+    gate), which must be the one the data were rebuilt with: the model's token ids mean what they
+    meant in training. Without the file (a checkpoint moved on its own), the rebuilt one."""
+    saved_path = ckpt_path.resolve().parent.parent / "tokenizer.json"
+    if not saved_path.is_file():
+        log.warning("No tokenizer.json beside %s: using the tokenizer rebuilt from the run's data", ckpt_path)
+        return rebuilt
+    saved = read_tokenizer(saved_path)
+    if saved.to_dict() != rebuilt.to_dict():
+        raise UserError(
+            f"The data's tokenizer is not the run's ({saved_path}): its token ids would mean other tokens to the "
+            "model. Evaluate on the run's own data (leave `data` unset), or on text encoded with the run's tokenizer."
+        )
+    return saved

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
@@ -18,6 +19,8 @@ from nnlab.engine.task import TaskDefaults
 from nnlab.errors import ConfigValueError, check_choice, check_range
 from nnlab.models import transfer
 from nnlab.tasks.metrics import classification_metrics, regression_metrics
+
+log = logging.getLogger(__name__)
 
 # Each loss maps (out, y, class weights or None, label smoothing) to a scalar: out is (B, K)
 # logits and y (B,) class indices for classification; out and y are (B,) or (B, T) values for
@@ -101,6 +104,7 @@ class Supervised(TaskDefaults):
     supports_ddp = True  # trains only through model(x): DistributedDataParallel can wrap it
     supports_backbone_lr_scale = True  # `configure` builds the optimizer from transfer.optimizer_params
     own_optimizer_parts: tuple[str, ...] = ()  # one optimizer trains the whole model
+    prepare_when_restored = True  # `prepare` reads the data (tokenizer, baselines) and leaves the weights alone
 
     def __init__(
         self,
@@ -162,6 +166,10 @@ class Supervised(TaskDefaults):
         self.optim: Optimization | None = None
         self.precision: Precision | None = None
         self._confusion = None
+        self._probe: torch.Tensor | None = None  # a few validation inputs, for attention maps
+        self.tokenizer: Any = None
+        self.baseline_val: dict[str, float] = {}
+        self.baseline_test: dict[str, float] = {}
 
     def configure(
         self, device: torch.device, precision: Precision, total_steps: int, rules: UpdateRules | None = None
@@ -176,6 +184,24 @@ class Supervised(TaskDefaults):
         transfer.scale_group_lrs(optimizer)
         scheduler = build_scheduler(self._scheduler_factory, optimizer, total_steps)
         self.optim = Optimization(optimizer, scheduler, precision.grad_scaler(), rules=rules)
+
+    def prepare(self, data: Any) -> None:
+        """Keep a few validation inputs for attention maps (a model with attention) and, for text
+        classification, fit the bag-of-words baseline on the training rows."""
+        self.tokenizer = getattr(data, "tokenizer", None)
+        if hasattr(self.model, "attention_maps"):
+            self._probe = next(iter(data.eval_batches("val")))[0][:3]
+        if self.tokenizer is None or self.kind != "classification" or self.baseline_val:
+            return
+        from nnlab.analysis.text_baselines import bag_of_words
+
+        splits = {s: data.arrays(s) for s in ("val", "test")}
+        scores = bag_of_words(data.arrays("train"), splits)
+        self.baseline_val, self.baseline_test = {"acc": scores["val"]}, {"acc": scores["test"]}
+        log.info("Baseline: bag-of-words logistic regression, val acc %.4f", scores["val"])
+
+    def baseline_metrics(self) -> dict[str, float]:
+        return dict(self.baseline_val)
 
     def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.kind == "regression":
@@ -234,16 +260,24 @@ class Supervised(TaskDefaults):
         else:
             more = regression_metrics(out, y)
         metrics.update(more)
+        if detailed:  # the final test: the baseline's score on the same rows, beside the network's
+            metrics.update({f"baseline_{k}": v for k, v in self.baseline_test.items()})
         return metrics
 
     def figures(self) -> dict[str, Any]:
-        """Figures of the last detailed (test) evaluation: the confusion matrix, if any."""
-        if self._confusion is None:
-            return {}
-        from nnlab.tasks.metrics import confusion_figure
+        """Figures of the last detailed (test) evaluation: the confusion matrix, if any, and the
+        attention maps of a few validation samples for a model with attention."""
+        figures = {}
+        if self._confusion is not None:
+            from nnlab.tasks.metrics import confusion_figure
 
-        names = self.class_names or [str(i) for i in range(len(self._confusion))]
-        return {"confusion_matrix": confusion_figure(self._confusion, names)}
+            names = self.class_names or [str(i) for i in range(len(self._confusion))]
+            figures["confusion_matrix"] = confusion_figure(self._confusion, names)
+        if self._probe is not None:
+            from nnlab.analysis.attention import probe_figure
+
+            figures["attention"] = probe_figure(self.model, self._probe, self.tokenizer)
+        return figures
 
     def epoch_end(self, val_metrics: dict[str, float]) -> None:
         self.optim.epoch_end(val_metrics)
