@@ -77,6 +77,15 @@ CASES: dict[str, Case] = {
             description="model=lstm data=mnist1d: LSTM (128 hidden, 40 steps) on MNIST-1D, batch 64, Adam",
         ),
         Case(
+            "transformer_mnist1d",
+            # Clipping off: the raw loop does not clip, and both must do the same work.
+            ("experiment=mnist1d_transformer", "trainer.gradient_clip_val=null"),
+            3,
+            TORCH_LOOPS,
+            description="experiment=mnist1d_transformer: Transformer encoder (3 blocks of 64, 10 patches + [CLS]) on "
+            "MNIST-1D, batch 64, AdamW + warm-up cosine, no clipping",
+        ),
+        Case(
             "som_digits",
             ("experiment=digits_som",),
             30,

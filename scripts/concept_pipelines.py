@@ -14,6 +14,8 @@ and gathered into one table.
     edge_deployment    nnlab-train -m experiment=edge_deployment, then nnlab-export on each trial
     ssl_pretraining    nnlab-train experiment=digits_ssl_pretrain trainer.max_epochs=100, then
                        nnlab-train -m experiment=ssl_pretraining pretrained_ckpt=<its best.ckpt>
+    attention          nnlab-train -m experiment=attention, then nnlab-explain on each trial (its
+                       attention maps) and the share of [CLS]'s attention on the marked steps
 
 Every command runs in a subprocess (`python -m nnlab.<tool>`, what the `nnlab-<tool>` script
 runs) started in outputs/concept_pipelines/<name>/<date>_<time>/, with paths relative to it
@@ -45,7 +47,7 @@ from concepts import cpu_seconds, print_summary, split_argv, timing_record  # sc
 from nnlab.runs.sweepfolder import Trial, find_trials
 
 ROOT = Path(__file__).resolve().parents[1]
-TOOLS = {"nnlab-" + t: "nnlab.commands." + t for t in ("train", "attack", "export", "ensemble", "report")}
+TOOLS = {"nnlab-" + t: "nnlab.commands." + t for t in ("train", "attack", "export", "ensemble", "report", "explain")}
 TRAINING = ("nnlab-train", "nnlab-ensemble")  # the commands the extra overrides go to
 EXPORTED = ("pytorch", "torchscript", "onnx", "onnx_int8", "pytorch_int8")  # nnlab-export's rows, in order
 KEPT = ("report.md", "report.png", "curves.png")  # nnlab-report's files, as scripts/concepts.py keeps them
@@ -265,7 +267,42 @@ def edge_deployment(run: Runner) -> tuple[list[dict[str, Any]], Path]:
     return export_rows(exports), sweep
 
 
+def attention(run: Runner) -> tuple[list[dict[str, Any]], Path]:
+    sweep = run.out / "sweep"
+    run("nnlab-train", "-m", "experiment=attention", f"hydra.sweep.dir={sweep}")
+    rows = []
+    for trial in find_trials(sweep):
+        heads = trial.value("model.num_heads")
+        out = run.out / f"explain_{trial.name}"
+        run("nnlab-explain", f"ckpt_path={best_ckpt(trial)}", "explain.num_samples=3", f"hydra.run.dir={out}")
+        run.figures[f"attention_{heads}_heads.png"] = out / "figures" / "attention.png"
+        shares = marked_attention(trial.dir / "checkpoints" / "best.ckpt")
+        for (layer, head), share in shares.items():
+            rows.append({"heads": int(heads), "layer": layer, "head": head, "share on the 2 marked steps": share})
+        rows[-1]["test/mse"] = trial.metrics["test/mse"]
+    return rows, sweep
+
+
+def marked_attention(ckpt: Path) -> dict[tuple[int, int], float]:
+    """For an adding-problem Transformer with a [CLS] token: per (layer, head), the mean share of
+    the [CLS] query's attention that falls on the two marked steps, over the test split."""
+    import torch
+
+    from nnlab.runs.restore import load_run
+
+    r = load_run(ckpt, device="cpu")
+    x = torch.cat([xb for xb, _ in r.data.eval_batches("test")])  # (N, 2, T): values, markers
+    marked = x[:, 1, :]  # (N, T), two 1s per row
+    maps = r.model.attention_maps(x)  # per layer (N, heads, T + 1, T + 1); position 0 is [CLS]
+    return {
+        (layer + 1, head): float((m[:, head, 0, 1:] * marked).sum(1).mean())
+        for layer, m in enumerate(maps)
+        for head in range(m.shape[1])
+    }
+
+
 PIPELINES: dict[str, Callable[[Runner], tuple[list[dict[str, Any]], Path]]] = {
+    "attention": attention,
     "adversarial": adversarial,
     "transfer_learning": few_labels("transfer_learning", "experiment=digits04_pretrain"),
     "ensembles": ensembles,

@@ -40,7 +40,9 @@ CONFIGS = ROOT / "src" / "nnlab" / "configs"
 # What each group sets, by hand: the one column a script cannot derive. The order is the table's.
 WHAT_IT_SETS = {
     "data": "dataset, seeded stratified train/val/test split, scaling fitted on the train split only "
-    "(`normalize=standard\\|minmax\\|none`), batch size, in-memory or DataLoader batching",
+    "(`normalize=standard\\|minmax\\|none`), batch size, in-memory or DataLoader batching; text "
+    "(python_docs, word_language, text, text_csv): its tokenizer (`char` or `bpe`), fitted on the training "
+    "split and saved in the run folder",
     "data_edit": "row edits (keep classes, blank values, k-fold, imbalance, held-out classes, few labels, "
     "bootstrap, imputation, target outliers, epoch order), applied in the listed order, each with its options "
     "under its name: `data_edit=[imbalance,balanced_sampling] data_edit.imbalance.ratio=0.3` "
@@ -56,13 +58,19 @@ WHAT_IT_SETS = {
     "classic LeNet-5; resnet: a CIFAR-style ResNet for 32x32 images; rnn/lstm/gru: layers, hidden size, "
     "bidirectional, dropout, readout, for sequences and images read row by row; autoencoder/vae: dense or "
     "conv, bottleneck, denoising; encoder_classifier: an autoencoder's encoder plus a linear head; gan: "
-    "DCGAN or MLP, conditional; som: Kohonen map, rectangular or hexagonal. Every family with hidden layers "
+    "DCGAN or MLP, conditional; som: Kohonen map, rectangular or hexagonal; transformer/vit: pre-norm "
+    "self-attention encoder over tokens, signal steps or image patches, [CLS] or mean pooling; gpt: a "
+    "decoder-only causal language model (nanoGPT-style, tied weights); text_lstm/text_cnn/char_lstm: the "
+    "RNN and 1-D CNN over token embeddings (char_lstm: a score per position, for language modelling). "
+    "Every family with hidden layers "
     "takes `dropout` (the GAN: `d_dropout`, in D)",
     "init": "re-draws every Linear, Conv and recurrent weight of any model after it is built (`init.std` for "
     "normal, `init.bias=zeros\\|default`, `init.nonlinearity` for the gain)",
     "task": "what a step means: loss (cross_entropy, nll, bce, hinge, kl_div; mse, mae, huber), label "
     "smoothing, class weights; perceptron: the perceptron learning rule; reconstruction (β-VAE, anomaly "
-    "scores), gan (D then G, two optimizers), som (online or batch SOM rule): each chosen by its model",
+    "scores), gan (D then G, two optimizers), som (online or batch SOM rule): each chosen by its model; "
+    "language_model: next-token cross-entropy, perplexity and bits per character beside an n-gram baseline, "
+    "a sampled continuation each epoch",
     "optimizer": "learning rate, weight decay, ...; sgd takes `momentum` and `nesterov`, which sgd_plain, "
     "sgd_momentum and nesterov set for you",
     "scheduler": "learning-rate schedule (onecycle and cosine_warmup step every update, the others every epoch)",

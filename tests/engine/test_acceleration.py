@@ -195,13 +195,26 @@ def test_channels_last_is_a_logged_no_op_without_2d_convs(caplog: pytest.LogCapt
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+@pytest.mark.parametrize("kind", ["mlp", "cnn", "text_transformer", "gpt"])
 def test_compile_equals_eager_on_cpu(kind: str) -> None:
     """Inductor on CPU (C++ kernels): same outputs and gradients as eager, and the original
-    module keeps its plain state_dict keys (checkpoints are written from it)."""
+    module keeps its plain state_dict keys (checkpoints are written from it). The Transformers
+    run scaled_dot_product_attention with a padding mask and causally."""
+    from nnlab.models.gpt import GPT
+    from nnlab.models.transformer import Transformer
+
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3)) if kind == "mlp" else tiny_cnn()
-    x = torch.randn(8, 6) if kind == "mlp" else torch.randn(8, 3, 8, 8)
+    tokens = torch.randint(2, 20, (8, 12))
+    tokens[:, 9:] = 0  # padding at the end of every row
+    model, x = {
+        "mlp": lambda: (nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3)), torch.randn(8, 6)),
+        "cnn": lambda: (tiny_cnn(), torch.randn(8, 3, 8, 8)),
+        "text_transformer": lambda: (
+            Transformer((12,), 3, vocab_size=20, d_model=16, num_heads=2, dropout=0.0),
+            tokens,
+        ),
+        "gpt": lambda: (GPT((12,), 20, vocab_size=20, d_model=16, num_heads=2, num_layers=2, dropout=0.0), tokens),
+    }[kind]()
     model.eval()
     expected = model(x)
     compiled = prepare_model(model, "cpu", compile=True)

@@ -200,3 +200,56 @@ def test_the_language_model_task_refuses_data_that_is_not_text(tmp_path: Path) -
         train_tiny(["task=language_model", "model=mlp"], tmp_path)
     assert "task=language_model predicts the next token" in str(info.value.__cause__)
     assert "data=python_docs" in str(info.value.__cause__)
+
+
+@pytest.fixture(scope="module")
+def text_transformer_run(labelled_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> Run:
+    return train_tiny(
+        ["data=text_csv", f"data.dataset.path='{labelled_csv}'", "data.dataset.max_len=48", "model=transformer"],
+        tmp_path_factory.mktemp("text_transformer"),
+    )
+
+
+@pytest.fixture(scope="module")
+def vit_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
+    return train_tiny(["experiment=digits_vit", "model.num_layers=1"], tmp_path_factory.mktemp("vit"))
+
+
+@pytest.mark.parametrize("which", ["text_transformer_run", "vit_run"])
+def test_transformers_export_to_onnx_with_parity(which: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from nnlab.deploy import checks, convert, runtime
+
+    run: Run = request.getfixturevalue(which)
+    r = load_run(run.dir / "checkpoints" / "best.ckpt", device="cpu")
+    test = list(r.data.eval_batches("test"))
+    path = convert.to_onnx(r.model, test[0][0][:8], tmp_path / "model.onnx")
+    onnx_model = runtime.onnx_predictor(path)
+    result = checks.check_parity("onnx", onnx_model, runtime.torch_predictor(r.model), test)
+    assert result["max_abs_diff"] <= 1e-4 and result["argmax_agree"] == 1.0
+    assert onnx_model(test[0][0][:3]).shape == (3, r.data.num_outputs)  # the batch stays dynamic
+
+
+def test_explain_shows_attention_maps_of_text_and_of_images(text_transformer_run: Run, vit_run: Run, tmp_path: Path):
+    pytest.importorskip("captum")
+    from nnlab.commands.explain import explain_run
+
+    for name, run in (("text", text_transformer_run), ("vit", vit_run)):
+        ckpt = run.dir / "checkpoints" / "best.ckpt"
+        cfg = compose_config([f"ckpt_path='{ckpt}'", "explain.num_samples=2"], tmp_path / name, "explain")
+        metrics = explain_run(cfg)
+        assert (tmp_path / name / "figures" / "attention.png").is_file()
+        if name == "text":  # token ids: attention maps only, no gradient attributions
+            assert metrics["attention/layers"] == 2.0
+        else:  # images: the attributions as for any classifier, and the ViT's attention
+            assert (tmp_path / name / "figures" / "attributions.png").is_file()
+    cfg = compose_config([f"ckpt_path='{ckpt}'", "explain.attention_head=9"], tmp_path / "bad", "explain")
+    with pytest.raises(UserError, match="explain.attention_head=9: head 9 does not exist"):
+        explain_run(cfg)
+
+
+@pytest.mark.parametrize("precision", ["bf16"])
+def test_a_gpt_trains_under_cpu_autocast(precision: str, text_file: Path, tmp_path: Path) -> None:
+    run = train_tiny([*lm_overrides(text_file), f"trainer.precision={precision}", "trainer.device=cpu"], tmp_path)
+    assert all(math.isfinite(v) for v in run.metrics.values()), run.metrics
