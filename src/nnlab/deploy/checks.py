@@ -40,7 +40,7 @@ def check_parity(
         diff = max(diff, (ours - theirs).abs().max().item())
         # The predicted class (or, for a language model's (B, T, V), each position's next token).
         same = ours.argmax(-1) == theirs.argmax(-1)
-        agree += same.flatten(1).all(1).sum().item() if classes else len(x)
+        agree += same.reshape(len(x), -1).all(1).sum().item() if classes else len(x)
         n += len(x)
     result = {"max_abs_diff": diff, "argmax_agree": agree / max(n, 1)}
     if diff > atol or agree < n:
@@ -61,7 +61,7 @@ def score(predict: Predictor, batches: Batches, kind: str) -> dict[str, float]:
     for x, y in batches:
         out = predict(x).float()
         if kind in ("classification", "language_model"):  # (B, K) vs (B,), or (B, T, V) vs (B, T)
-            hits += (out.argmax(-1) == y).float().flatten(1).mean(1).sum().item()
+            hits += (out.argmax(-1) == y).float().reshape(len(x), -1).mean(1).sum().item()
         else:
             sq += ((out - y.float().reshape(out.shape)) ** 2).mean(dim=tuple(range(1, out.dim()))).sum().item()
         n += len(x)
