@@ -71,6 +71,33 @@ def test_two_ranks_end_identical_and_equal_one_process_over_the_same_global_batc
     assert not torch.equal(single[next(iter(single))], build(cfg).model.state_dict()[next(iter(single))])  # it trained
 
 
+@pytest.mark.slow
+def test_a_language_model_trains_data_parallel_with_identical_ranks(tmp_path: Path) -> None:
+    """task=language_model declares DDP: a GPT's ranks end with the same weights, with the n-gram
+    baseline and the epoch's sample run on every rank and no collective out of step."""
+    overrides = [
+        *(m for m in MODEL if not m.startswith(("model.", "optimizer"))),
+        "trainer=ddp",
+        "trainer.limit_train_batches=4",
+        "data=python_docs",
+        "data.dataset.block_size=16",
+        f"data.batch_size={PER_RANK_BATCH}",
+        "task=language_model",
+        "task.sample_tokens=5",
+        "task.baseline_max_order=2",
+        "model=gpt",
+        "model.d_model=16",
+        "model.num_heads=2",
+        "model.num_layers=1",
+        "model.dropout=0.0",
+    ]
+    done = torchrun([str(TESTS / "ddp_worker.py"), str(tmp_path), str(tmp_path / "run"), *overrides], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert rank0.keys() == rank1.keys() and all(torch.equal(rank0[k], rank1[k]) for k in rank0)
+
+
 @pytest.mark.slow  # (moved out of the default suite to keep it near 10 minutes)
 def test_the_cli_writes_one_run_folder_from_rank_zero(tmp_path: Path) -> None:
     done = torchrun(["-m", "nnlab.commands.train", *MODEL, "trainer=ddp"], tmp_path)
