@@ -39,9 +39,9 @@ class LanguageModel(TaskDefaults):
         tokenizers (a BPE token is several characters) and with compression figures;
       - acc: how often the most likely next token is the right one.
 
-    The baseline: `prepare` fits a smoothed n-gram model (`nnlab.analysis.text_baselines`) on the
-    same training windows, with its order picked on the validation windows, and scores it on
-    the same predictions the network makes. Its validation figures are logged every epoch as
+    The baseline: a smoothed n-gram model (`nnlab.analysis.text_baselines`) is fitted on the
+    same training windows, with its order picked on the validation windows, and scored on the
+    same predictions the network makes. Its validation figures are logged every epoch as
     the run `baseline` (the same `epoch/bpc` chart as train and val), and its test figures beside
     the network's (`test/baseline_bpc`), so a network that does not beat counting is seen at once.
 
@@ -109,6 +109,7 @@ class LanguageModel(TaskDefaults):
         self.baseline_val: dict[str, float] = {}
         self.baseline_test: dict[str, float] = {}
         self._probe: torch.Tensor | None = None
+        self._baseline_data: Any = None  # the data the baseline is fitted on (task.baseline)
 
     def configure(
         self, device: torch.device, precision: Precision, total_steps: int, rules: UpdateRules | None = None
@@ -122,17 +123,24 @@ class LanguageModel(TaskDefaults):
         self.optim = Optimization(optimizer, scheduler, precision.grad_scaler(), rules=rules)
 
     def prepare(self, data: Any) -> None:
-        """Keep the tokenizer (for samples) and fit the n-gram baseline on the training windows."""
+        """Keep the tokenizer (for samples), a few validation windows (attention maps) and the data,
+        whose n-gram baseline is fitted when first asked for (a run rebuilt to generate never needs it)."""
         self.tokenizer = data.tokenizer
         self.chars_per_token = data.chars_per_token
         self.block_size = int(data.input_shape[0])
         if hasattr(self.model, "attention_maps"):  # a few validation windows, for attention maps
             self._probe = next(iter(data.eval_batches("val")))[0][:3, :32]
-        if not self.baseline or self.baseline_val:  # (fitted once: a resumed fit keeps it)
+        if self.baseline:
+            self._baseline_data = data
+
+    def _fit_baseline(self) -> None:
+        """The n-gram model on the training windows, its order chosen on val, scored on val and test (once)."""
+        if self._baseline_data is None or self.baseline_val:
             return
         from nnlab.analysis.text_baselines import best_ngram
 
         start = time.perf_counter()
+        data = self._baseline_data
         (x_train, y_train), (x_val, y_val), (x_test, y_test) = (data.arrays(s) for s in ("train", "val", "test"))
         orders = tuple(range(1, self.baseline_max_order + 1))
         order, ngram = best_ngram(x_train, y_train, x_val, y_val, data.vocab_size, orders=orders)
@@ -177,10 +185,12 @@ class LanguageModel(TaskDefaults):
         metrics = self._units(nats / max(tokens, 1))
         metrics["acc"] = hits / max(tokens, 1)
         if detailed:  # the final test: the baseline's figures on the same split, beside the network's
+            self._fit_baseline()
             metrics.update({f"baseline_{k}": v for k, v in self.baseline_test.items()})
         return metrics
 
     def baseline_metrics(self) -> dict[str, float]:
+        self._fit_baseline()
         return dict(self.baseline_val)
 
     @torch.no_grad()

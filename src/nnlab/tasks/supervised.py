@@ -168,6 +168,7 @@ class Supervised(TaskDefaults):
         self._confusion = None
         self._probe: torch.Tensor | None = None  # a few validation inputs, for attention maps
         self.tokenizer: Any = None
+        self._baseline_data: Any = None  # text classification: the data the baseline is fitted on
         self.baseline_val: dict[str, float] = {}
         self.baseline_test: dict[str, float] = {}
 
@@ -187,20 +188,27 @@ class Supervised(TaskDefaults):
 
     def prepare(self, data: Any) -> None:
         """Keep a few validation inputs for attention maps (a model with attention) and, for text
-        classification, fit the bag-of-words baseline on the training rows."""
+        classification, the data, whose bag-of-words baseline is fitted when first asked for (a
+        run rebuilt to predict never needs it)."""
         self.tokenizer = getattr(data, "tokenizer", None)
         if hasattr(self.model, "attention_maps"):
             self._probe = next(iter(data.eval_batches("val")))[0][:3]
-        if self.tokenizer is None or self.kind != "classification" or self.baseline_val:
+        if self.tokenizer is not None and self.kind == "classification":
+            self._baseline_data = data
+
+    def _fit_baseline(self) -> None:
+        """The bag-of-words logistic regression on the training rows, scored on val and test (once)."""
+        if self._baseline_data is None or self.baseline_val:
             return
         from nnlab.analysis.text_baselines import bag_of_words
 
-        splits = {s: data.arrays(s) for s in ("val", "test")}
-        scores = bag_of_words(data.arrays("train"), splits)
+        data = self._baseline_data
+        scores = bag_of_words(data.arrays("train"), {s: data.arrays(s) for s in ("val", "test")})
         self.baseline_val, self.baseline_test = {"acc": scores["val"]}, {"acc": scores["test"]}
         log.info("Baseline: bag-of-words logistic regression, val acc %.4f", scores["val"])
 
     def baseline_metrics(self) -> dict[str, float]:
+        self._fit_baseline()
         return dict(self.baseline_val)
 
     def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -261,6 +269,7 @@ class Supervised(TaskDefaults):
             more = regression_metrics(out, y)
         metrics.update(more)
         if detailed:  # the final test: the baseline's score on the same rows, beside the network's
+            self._fit_baseline()
             metrics.update({f"baseline_{k}": v for k, v in self.baseline_test.items()})
         return metrics
 
