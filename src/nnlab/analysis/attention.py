@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-PAD = 0  # nnlab.data.tokenizers.PAD
+from nnlab.data.tokenizers import PAD
 
 
 def token_labels(x: torch.Tensor, tokenizer: Any | None, cls: bool) -> list[list[str]]:

@@ -160,11 +160,8 @@ def read_texts(path: Path, tokenizer, length: int) -> np.ndarray:
 
 
 def generate(run, cfg: DictConfig) -> dict[str, float]:
-    """A language model's continuation of `prompt`, printed and written to generated.txt."""
-    import torch
-
-    from nnlab.models.sampling import sample_tokens
-
+    """A language model's continuation of `prompt` (`LanguageModel.generate`, the sampler of its
+    epoch samples), printed and written to generated.txt."""
     prompt = cfg.get("prompt")
     if prompt is None or prompt == "":
         raise UserError('This run is a language model: give the text to continue, e.g. prompt="The ".')
@@ -177,16 +174,12 @@ def generate(run, cfg: DictConfig) -> dict[str, float]:
             f"max_new_tokens={cfg.max_new_tokens}, temperature={cfg.temperature}, top_k={top_k}: need "
             "max_new_tokens >= 1, temperature >= 0 (0 = always the likeliest token) and top_k >= 1 or null."
         )
-    idx = torch.tensor([ids], dtype=torch.long, device=run.device)
-    generator = torch.Generator(device=run.device).manual_seed(int(cfg.seed))
-    block = int(run.data.input_shape[0])
-    out = sample_tokens(run.model, idx, int(cfg.max_new_tokens), block, float(cfg.temperature), top_k, generator)
-    text = run.data.tokenizer.decode(out[0].tolist())
+    text = run.task.generate(str(prompt), int(cfg.max_new_tokens), float(cfg.temperature), top_k, int(cfg.seed))
     path = Path(cfg.paths.output_dir) / "generated.txt"
     path.write_text(text + "\n", encoding="utf-8")
     print(text)
-    log.info("Wrote %d generated tokens to %s", out.shape[1] - len(ids), path)
-    return {"prompt_tokens": len(ids), "generated_tokens": int(out.shape[1] - len(ids))}
+    log.info("Wrote %d generated tokens to %s", cfg.max_new_tokens, path)
+    return {"prompt_tokens": len(ids), "generated_tokens": int(cfg.max_new_tokens)}
 
 
 @hydra.main(version_base="1.3", config_path="pkg://nnlab.configs", config_name="predict")

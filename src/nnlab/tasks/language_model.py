@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nnlab.data.tokenizers import PAD  # padding is never a target
 from nnlab.engine.optim import Optimization, UpdateRules, build_scheduler
 from nnlab.engine.precision import Precision
 from nnlab.engine.task import TaskDefaults
@@ -20,8 +21,6 @@ from nnlab.models import transfer
 from nnlab.models.sampling import sample_tokens
 
 log = logging.getLogger(__name__)
-
-PAD = 0  # nnlab.data.tokenizers.PAD: padding is never a target
 
 
 class LanguageModel(TaskDefaults):
