@@ -269,11 +269,20 @@ class EarlyStopping:
         mode: "min" if lower is better, "max" if higher is.
         patience: epochs without improvement before stopping (>= 1).
         min_delta: the smallest change that counts as an improvement (>= 0).
+        stopping_threshold: stop as soon as `monitor` reaches this value (at or below it for
+            "min", at or above for "max"): a goal, e.g. a solved environment's return. None: no goal.
     """
 
     all_ranks = True  # a data-parallel run's ranks must all stop at the same epoch
 
-    def __init__(self, monitor: str = "val/loss", mode: str = "min", patience: int = 5, min_delta: float = 0.0) -> None:
+    def __init__(
+        self,
+        monitor: str = "val/loss",
+        mode: str = "min",
+        patience: int = 5,
+        min_delta: float = 0.0,
+        stopping_threshold: float | None = None,
+    ) -> None:
         check_choice("callbacks.early_stopping.mode", mode, ["min", "max"])
         check_range("callbacks.early_stopping.patience", patience, 1)
         check_range("callbacks.early_stopping.min_delta", min_delta, 0.0)
@@ -281,6 +290,7 @@ class EarlyStopping:
         self.mode = mode
         self.patience = patience
         self.min_delta = min_delta
+        self.stopping_threshold = stopping_threshold
         self.best_score = math.inf if mode == "min" else -math.inf
         self.best_epoch = 0
         self.wait = 0
@@ -292,6 +302,10 @@ class EarlyStopping:
                 f"{did_you_mean(self.monitor, metrics)} Choose one of: {', '.join(sorted(metrics))}."
             )
         score = metrics[self.monitor]
+        goal = self.stopping_threshold
+        if goal is not None and (score <= goal if self.mode == "min" else score >= goal):
+            trainer.should_stop = True
+            trainer.stop_reason = f"{self.monitor} = {score:.4f} reached callbacks.early_stopping.stopping_threshold={goal:g}"
         if self.mode == "min":
             improved = score < self.best_score - self.min_delta
         else:
@@ -314,6 +328,21 @@ class EarlyStopping:
         self.best_score = float(state["best_score"])
         self.best_epoch = int(state["best_epoch"])
         self.wait = int(state["wait"])
+
+
+class EpisodeLog:
+    """Draw a reinforcement-learning run's recent episodes against environment steps: every
+    `trainer.log_every_n_steps` batches, rollout/return_mean, return_min, return_max and
+    episode_length at step = environment steps taken. Tasks without episodes (no
+    `episode_scalars`) are left alone."""
+
+    def on_train_batch_end(self, trainer: Trainer) -> None:
+        scalars = getattr(trainer.task, "episode_scalars", None)
+        if scalars is None or trainer.logger is None or trainer.global_step % trainer.log_every_n_steps:
+            return
+        values, env_steps = scalars()
+        if values:
+            trainer.logger.log_metrics({f"rollout/{k}": v for k, v in values.items()}, env_steps)
 
 
 # The files ModelCheckpoint writes in its folder, as glob patterns (the names are made above).

@@ -6,6 +6,8 @@ import math
 import sys
 import time
 from pathlib import Path
+
+from nnlab.engine.animation import Animation
 from typing import Any
 
 
@@ -125,6 +127,14 @@ class TensorBoardLogger:
         """A (C, H, W) tensor with values in [0, 1] (TensorBoard's Images tab)."""
         self.writer.add_image(tag, image, global_step=step, dataformats="CHW")
 
+    def log_gif(self, tag: str, gif: bytes, height: int, width: int, step: int) -> None:
+        """An animated GIF (e.g. an agent's episode) in the Images tab, which plays it: an image
+        summary holds encoded bytes, and TensorBoard shows them as the browser decodes them."""
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        image = Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=gif)
+        self.writer.file_writer.add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
+
     def log_embedding(self, tag: str, vectors: Any, labels: list[Any] | None, images: Any, step: int) -> None:
         """Points for the Projector tab: `vectors` (N, D), with a label and a thumbnail
         ((N, C, H, W) in [0, 1], or None) per point."""
@@ -209,8 +219,19 @@ def figure_pixels(figure: Any) -> Any:
 def save_image(image: Any, path: Path, logger: TensorBoardLogger | None, tag: str, step: int, **savefig: Any) -> Path:
     """Save `image` as the PNG `path` and, with a logger, log it to TensorBoard's Images tab under
     `tag`: a (C, H, W) tensor with values in [0, 1] (grey when C = 1), or a matplotlib figure
-    (saved with `savefig`'s options, then closed if pyplot made it)."""
+    (saved with `savefig`'s options, then closed if pyplot made it), or an `Animation` (saved as
+    a GIF beside it, `path` with the suffix .gif, which is returned)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(image, Animation):
+        gif = image.gif()
+        path = path.with_suffix(".gif")
+        path.write_bytes(gif)
+        if logger is not None:
+            from PIL import Image
+
+            width, height = Image.open(path).size
+            logger.log_gif(tag, gif, height, width, step)
+        return path
     if hasattr(image, "savefig"):
         image.savefig(path, **savefig)
         if logger is not None:

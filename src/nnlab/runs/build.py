@@ -61,6 +61,9 @@ def build_model(cfg: DictConfig, augment: bool = True) -> tuple[Any, Any, Any]:
     run's own checkpoint)."""
     from nnlab.models import transfer
 
+    if cfg.get("env"):
+        return build_agent(cfg)
+    check_not_agent(cfg.task._target_)
     data = build_data(cfg, augment)
 
     log.info("Building model <%s>", cfg.model._target_)
@@ -95,6 +98,52 @@ def build_model(cfg: DictConfig, augment: bool = True) -> tuple[Any, Any, Any]:
     )
     transfer.check_task_support(task, cfg.get("transfer"))
     return data, model, task
+
+
+def build_agent(cfg: DictConfig) -> tuple[Any, Any, Any]:
+    """Reinforcement learning: the environment (`cfg.env`, in the data's place), the policy
+    network sized from its spaces, a value network of the same architecture with one output
+    when the task learns one (it takes `critic`), and the task acting in the environment."""
+    import inspect
+
+    from hydra.utils import get_object
+
+    log.info("Building environment <%s>", cfg.env.id)
+    env = instantiate(cfg.env)
+    task_class = get_object(cfg.task._target_)
+    parameters = inspect.signature(task_class).parameters
+    if "env" not in parameters:
+        choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
+        raise UserError(
+            f"env={choices.get('env', cfg.env.id)} is an environment to act in, and task={choices.get('task', '?')} "
+            "learns from data. Choose a reinforcement-learning task: task=ppo, task=dqn or task=reinforce "
+            "(or drop env= to train on data)."
+        )
+    log.info("Building model <%s>", cfg.model._target_)
+    networks = {"model": instantiate(cfg.model, input_shape=env.input_shape, num_outputs=env.num_outputs)}
+    if "critic" in parameters:  # the task learns a value function: same architecture, one output
+        networks["critic"] = instantiate(cfg.model, input_shape=env.input_shape, num_outputs=1)
+    if cfg.get("init"):
+        initializer = instantiate(cfg.init)
+        for network in networks.values():
+            initializer(network)
+    log.info("Building task <%s> with optimizer <%s>", cfg.task._target_, cfg.optimizer._target_)
+    scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
+    task = instantiate(cfg.task, **networks, optimizer=instantiate(cfg.optimizer), scheduler=scheduler, env=env)
+    return env, task.model, task
+
+
+def check_not_agent(target: str) -> None:
+    """A reinforcement-learning task without an environment: say how to give it one."""
+    import inspect
+
+    from hydra.utils import get_object
+
+    if "env" in inspect.signature(get_object(target)).parameters:
+        raise UserError(
+            f"{target} learns by acting in an environment, and none is chosen: add env=cartpole (or env=acrobot, "
+            "env=pendulum, env=mountain_car), or run one of the experiments, e.g. experiment=cartpole_ppo."
+        )
 
 
 def build_data(cfg: DictConfig, augment: bool = True) -> Any:
@@ -135,6 +184,9 @@ def preflight(cfg: DictConfig) -> None:
     rows = np.random.default_rng(0).normal(size=(200, 1, 8, 8)).astype(np.float32)
     stand_in = ArrayDataset(rows, np.arange(200) % 10, "classification", [str(c) for c in range(10)])
     with torch.random.fork_rng(devices=[]):
+        if cfg.get("env"):  # reinforcement learning: the environment is the data (checked when built)
+            _options_only(lambda: instantiate(cfg.model, input_shape=(4,), num_outputs=2))
+            return
         _options_only(lambda: _call_with(cfg.data, dataset=stand_in, edits=row_edits(cfg), augment=None))
         _options_only(lambda: instantiate(cfg.model, input_shape=(1, 8, 8), num_outputs=10))
 

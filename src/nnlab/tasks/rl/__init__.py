@@ -1,0 +1,1 @@
+"""Reinforcement-learning tasks: REINFORCE, DQN and PPO, acting in an `env`."""
