@@ -181,7 +181,31 @@ def buildable(container: Any, origin: str | Path, trust: bool = False) -> DictCo
             "do not. A checkpoint's config is run as code (Hydra imports and calls every _target_, in nested "
             f"nodes, lists and _args_ too), so one from elsewhere could run anything. {TRUST_HINT}"
         )
+    for where, env_id in _environment_ids(container, ""):
+        if not isinstance(env_id, str) or ":" in env_id:
+            raise UntrustedConfigError(
+                f"Refused to build the run stored in {origin}: its environment id {printable(env_id, 100)!r} (at "
+                f"{printable(where, 100)}) is not a plain Gymnasium id. Gymnasium imports the module named before a "
+                "':' in an id, so one from elsewhere could run code; a plain id (CartPole-v1) is looked up in "
+                f"Gymnasium's registry only. {TRUST_HINT}"
+            )
     return OmegaConf.create(container)
+
+
+# The environment of reinforcement learning: its `id` goes to `gymnasium.make`.
+ENVIRONMENT_TARGET = "nnlab.envs.environment.Environment"
+
+
+def _environment_ids(node: Any, where: str) -> Iterator[tuple[str, Any]]:
+    """(path, id) of every node that builds an `Environment`."""
+    if isinstance(node, dict):
+        if node.get("_target_") == ENVIRONMENT_TARGET:
+            yield f"{where}.id" if where else "id", node.get("id")
+        for key, value in node.items():
+            yield from _environment_ids(value, f"{where}.{key}" if where else str(key))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _environment_ids(value, f"{where}[{i}]")
 
 
 def _interpolations(node: Any, where: str) -> Iterator[tuple[str, str]]:

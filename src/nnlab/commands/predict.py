@@ -10,6 +10,10 @@ Input formats:
     line that is not numeric is read as a header.
   - .txt, for a run trained on text: one text per line, encoded with the run's tokenizer.
 
+A reinforcement-learning run acts instead: each row is an observation of its environment (raw,
+as the environment gives it), and actions.csv holds the deterministic policy's action for it
+with the network's outputs (the policy's logits or Gaussian means, or DQN's Q-values).
+
 A language model's run generates text instead: `nnlab-predict ckpt_path=... prompt="The "
 max_new_tokens=200 temperature=0.8 top_k=20` continues the prompt and writes generated.txt.
 """
@@ -108,6 +112,8 @@ def predict(cfg: DictConfig) -> dict[str, float]:
     report = Report(cfg.paths.output_dir, cfg)
     if run.data.kind == "language_model":
         return report.finish(generate(run, cfg))
+    if run.data.kind == "reinforcement":
+        return report.finish(act(run, cfg))
     if not cfg.get("input"):
         what = "input=texts.txt (one text per line)" if run.data.tokenizer is not None else "input=file.csv or .npy"
         raise UserError(f"input is not set. Give the rows to predict: {what}.")
@@ -138,6 +144,34 @@ def predict(cfg: DictConfig) -> dict[str, float]:
             summary = {"prediction/mean": float(values.mean()), "prediction/std": float(values.std())}
     log.info("Wrote %d predictions to %s", len(out), out_path)
     return report.finish({"rows": len(out), **summary})
+
+
+def act(run, cfg: DictConfig) -> dict[str, float]:
+    """The deterministic actions of a reinforcement-learning run's policy for the observations in
+    `cfg.input`, written to actions.csv with the network's outputs."""
+    import torch
+
+    if not cfg.get("input"):
+        n = run.data.input_shape[0]
+        raise UserError(f"input is not set. Give the observations to act on: input=file.csv or .npy ({n} values per row).")
+    obs = read_inputs(Path(cfg.input), tuple(run.data.input_shape))
+    actions = run.task.greedy(obs)
+    with torch.no_grad():
+        outputs = run.model(torch.from_numpy(obs).to(run.device)).float().cpu().numpy()
+    actions = actions.reshape(len(obs), -1)
+    out_path = Path(cfg.paths.output_dir) / "actions.csv"
+    with open(out_path, "w", newline="") as f:
+        writer = csv.writer(f)
+        names = ["action"] if actions.shape[1] == 1 else [f"action_{j}" for j in range(actions.shape[1])]
+        writer.writerow(["row", *names, *(f"output_{j}" for j in range(outputs.shape[1]))])
+        for i in range(len(obs)):
+            writer.writerow([i, *(f"{a:.6g}" for a in actions[i]), *(f"{v:.6g}" for v in outputs[i])])
+    log.info("Wrote %d actions to %s", len(obs), out_path)
+    summary = {"rows": len(obs)}
+    if not run.data.continuous:
+        counts = np.bincount(actions[:, 0].astype(np.int64), minlength=run.data.num_actions)
+        summary.update({f"action/{a}": int(c) for a, c in enumerate(counts)})
+    return summary
 
 
 def read_texts(path: Path, tokenizer, length: int) -> np.ndarray:

@@ -373,8 +373,12 @@ class Trainer:
     def _log_summary(self, task: Task, data: Any) -> None:
         from nnlab.engine.summary import model_summary
 
-        example = next(iter(data.eval_batches("val")), None)
-        log.info("Model:\n%s", model_summary(task.model, None if example is None else example[0][:2]))
+        # Two rows of a validation batch, or the inputs a data module names (an environment's observations).
+        example = getattr(data, "example_inputs", None)
+        if example is None:
+            batch = next(iter(data.eval_batches("val")), None)
+            example = None if batch is None else batch[0][:2]
+        log.info("Model:\n%s", model_summary(task.model, example))
 
     # ----------------------------------------------------------------------------------------
     def checkpoint_state(self) -> dict[str, Any]:

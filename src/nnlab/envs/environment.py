@@ -160,6 +160,11 @@ class Environment:
         self.episodes_done = 0
         self._start(np.ones(self.num_envs, dtype=bool))
 
+    @property
+    def example_inputs(self) -> torch.Tensor:
+        """Two (zero) observations, for the model summary's shapes."""
+        return torch.zeros(2, *self.input_shape)
+
     def train_batches(self, epoch: int) -> Iterator[tuple[torch.Tensor]]:
         """Tickets for the epoch's rollouts: the numbers of the environment steps each will take
         (so the trainer counts environment steps per second). The task collects them."""

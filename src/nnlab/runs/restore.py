@@ -96,7 +96,7 @@ def load_run(
             f"'{cfg.data.dataset._target_}': {detail}. Evaluate on a dataset with the run's input shape "
             "and number of outputs, or leave `data` unset to use the run's own."
         ) from e
-    if built_data.tokenizer is not None:
+    if getattr(built_data, "tokenizer", None) is not None:
         built_data.tokenizer = run_tokenizer(path, built_data.tokenizer)
     built_data.setup(dev)
     task.configure(dev, Precision(cfg.trainer.get("precision", 32), dev), total_steps=1)
