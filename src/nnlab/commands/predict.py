@@ -153,7 +153,9 @@ def act(run, cfg: DictConfig) -> dict[str, float]:
 
     if not cfg.get("input"):
         n = run.data.input_shape[0]
-        raise UserError(f"input is not set. Give the observations to act on: input=file.csv or .npy ({n} values per row).")
+        raise UserError(
+            f"input is not set. Give the observations to act on: input=file.csv or .npy ({n} values per row)."
+        )
     obs = read_inputs(Path(cfg.input), tuple(run.data.input_shape))
     actions = run.task.greedy(obs)
     with torch.no_grad():

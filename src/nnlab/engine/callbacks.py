@@ -305,7 +305,9 @@ class EarlyStopping:
         goal = self.stopping_threshold
         if goal is not None and (score <= goal if self.mode == "min" else score >= goal):
             trainer.should_stop = True
-            trainer.stop_reason = f"{self.monitor} = {score:.4f} reached callbacks.early_stopping.stopping_threshold={goal:g}"
+            trainer.stop_reason = (
+                f"{self.monitor} = {score:.4f} reached callbacks.early_stopping.stopping_threshold={goal:g}"
+            )
         if self.mode == "min":
             improved = score < self.best_score - self.min_delta
         else:

@@ -6,9 +6,9 @@ import math
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from nnlab.engine.animation import Animation
-from typing import Any
 
 
 class TensorBoardLogger:

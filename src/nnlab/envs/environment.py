@@ -239,9 +239,7 @@ class Environment:
             "episode_length": float(lengths.mean()),
         }
 
-    def run_episodes(
-        self, act: Callable[[np.ndarray], np.ndarray], seeds: list[int]
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def run_episodes(self, act: Callable[[np.ndarray], np.ndarray], seeds: list[int]) -> tuple[np.ndarray, np.ndarray]:
         """Play one episode from each seed, all at once (one batched `act` per step), on
         evaluation environments apart from the training ones; returns (returns, lengths)."""
         while len(self._eval_envs) < len(seeds):

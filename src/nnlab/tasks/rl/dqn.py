@@ -83,8 +83,9 @@ class DQN(EpisodeTask):
         self.setup_episodes(env, optimizer, scheduler, gif_frames)
         if env.continuous:
             raise ConfigValueError(
-                f"task=dqn picks the action with the largest Q-value, so it needs discrete actions, and env.id={env.id} "
-                "has continuous ones. Use task=ppo or task=reinforce (a Gaussian policy), or a discrete environment."
+                "task=dqn picks the action with the largest Q-value, so it needs discrete actions, and "
+                f"env.id={env.id} has continuous ones. Use task=ppo or task=reinforce (a Gaussian policy), or a "
+                "discrete environment."
             )
         check_policy_network(model, "dqn")
         self.model = model
@@ -92,7 +93,11 @@ class DQN(EpisodeTask):
         env.plan(train_freq)
         self.gradient_steps, self.batch_size, self.learning_starts = gradient_steps, batch_size, learning_starts
         self.gamma, self.target_update_interval, self.double = gamma, target_update_interval, double
-        self.eps_fraction, self.eps_start, self.eps_end = exploration_fraction, exploration_initial_eps, exploration_final_eps
+        self.eps_fraction, self.eps_start, self.eps_end = (
+            exploration_fraction,
+            exploration_initial_eps,
+            exploration_final_eps,
+        )
         self.buffer = ReplayBuffer(buffer_size, env.input_shape, (), torch.int64)
         self.last_sync = 0  # environment step of the last target update
 
@@ -128,7 +133,13 @@ class DQN(EpisodeTask):
             actions = torch.where(explore, random_actions, torch.from_numpy(self.greedy(env.obs)))
             _, rewards, terminated, _, final = env.step(actions.numpy())
             next_obs = torch.as_tensor(final, dtype=torch.float32)
-            self.buffer.add(obs, actions, torch.as_tensor(rewards, dtype=torch.float32), next_obs, torch.as_tensor(terminated, dtype=torch.float32))
+            self.buffer.add(
+                obs,
+                actions,
+                torch.as_tensor(rewards, dtype=torch.float32),
+                next_obs,
+                torch.as_tensor(terminated, dtype=torch.float32),
+            )
         if env.total_steps < self.learning_starts:
             return {"epsilon": torch.tensor(1.0)}
         losses = torch.zeros(2, device=self.device)

@@ -91,7 +91,11 @@ class EpisodeTask(TaskDefaults):
         return metrics
 
     def epoch_metrics(self) -> dict[str, float]:
-        return {**self.env.recent_returns(), "env_steps": float(self.env.total_steps), "episodes": float(self.env.episodes_done)}
+        return {
+            **self.env.recent_returns(),
+            "env_steps": float(self.env.total_steps),
+            "episodes": float(self.env.episodes_done),
+        }
 
     def episode_scalars(self) -> tuple[dict[str, float], int]:
         """The recent training episodes' statistics and the environment step they are at: what

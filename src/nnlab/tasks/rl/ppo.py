@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nnlab.envs.environment import Environment
 from nnlab.engine.optim import UpdateRules
 from nnlab.engine.precision import Precision
+from nnlab.envs.environment import Environment
 from nnlab.errors import ConfigValueError, check_range
 from nnlab.models.actor_critic import ActorCritic
 from nnlab.tasks.rl.episodes import EpisodeTask

@@ -14,7 +14,9 @@ class ReplayBuffer:
     stores 0 with the state it reached as s', so the target still bootstraps from it.
     """
 
-    def __init__(self, capacity: int, obs_shape: tuple[int, ...], action_shape: tuple[int, ...], action_dtype: torch.dtype) -> None:
+    def __init__(
+        self, capacity: int, obs_shape: tuple[int, ...], action_shape: tuple[int, ...], action_dtype: torch.dtype
+    ) -> None:
         self.capacity = capacity
         self.obs = torch.zeros(capacity, *obs_shape)
         self.next_obs = torch.zeros(capacity, *obs_shape)
@@ -24,7 +26,14 @@ class ReplayBuffer:
         self.position = 0  # where the next transition goes
         self.size = 0
 
-    def add(self, obs: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor, next_obs: torch.Tensor, terminated: torch.Tensor) -> None:
+    def add(
+        self,
+        obs: torch.Tensor,
+        actions: torch.Tensor,
+        rewards: torch.Tensor,
+        next_obs: torch.Tensor,
+        terminated: torch.Tensor,
+    ) -> None:
         """Append a batch of transitions (one per environment), overwriting the oldest."""
         n = obs.shape[0]
         index = (self.position + torch.arange(n)) % self.capacity
@@ -39,7 +48,9 @@ class ReplayBuffer:
     def sample(self, batch_size: int, device: torch.device) -> tuple[torch.Tensor, ...]:
         """`batch_size` transitions drawn uniformly with replacement (torch's generator)."""
         index = torch.randint(0, self.size, (batch_size,))
-        return tuple(t[index].to(device) for t in (self.obs, self.actions, self.rewards, self.next_obs, self.terminated))
+        return tuple(
+            t[index].to(device) for t in (self.obs, self.actions, self.rewards, self.next_obs, self.terminated)
+        )
 
     def state_dict(self) -> dict[str, Any]:
         n = self.size

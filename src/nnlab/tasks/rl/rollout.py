@@ -58,7 +58,9 @@ def collect(model: ActorCritic, env: Environment, steps: int, gamma: float, devi
         dones.append(torch.as_tensor(terminated | truncated, dtype=torch.float32, device=device))
     last_value = model.value(torch.as_tensor(env.obs, dtype=torch.float32, device=device))
     stack = torch.stack
-    return Rollout(stack(obs), stack(actions), stack(log_probs), stack(values), stack(rewards), stack(dones), last_value)
+    return Rollout(
+        stack(obs), stack(actions), stack(log_probs), stack(values), stack(rewards), stack(dones), last_value
+    )
 
 
 def to_env_actions(actions: torch.Tensor, env: Environment) -> np.ndarray:
