@@ -43,6 +43,9 @@ WHAT_IT_SETS = {
     "(`normalize=standard\\|minmax\\|none`), batch size, in-memory or DataLoader batching; text "
     "(python_docs, word_language, text, text_csv): its tokenizer (`char` or `bpe`), fitted on the training "
     "split and saved in the run folder",
+    "env": "reinforcement learning: a Gymnasium environment to act in, in the data's place (CartPole, Acrobot, "
+    "Pendulum with continuous actions, MountainCar, or any `env.id`), vectorised over `num_envs`, seeded per "
+    "episode; `epoch_steps` environment steps per epoch, deterministic `val_episodes` and `test_episodes`",
     "data_edit": "row edits (keep classes, blank values, k-fold, imbalance, held-out classes, few labels, "
     "bootstrap, imputation, target outliers, epoch order), applied in the listed order, each with its options "
     "under its name: `data_edit=[imbalance,balanced_sampling] data_edit.imbalance.ratio=0.3` "
@@ -61,7 +64,8 @@ WHAT_IT_SETS = {
     "DCGAN or MLP, conditional; som: Kohonen map, rectangular or hexagonal; transformer/vit: pre-norm "
     "self-attention encoder over tokens, signal steps or image patches, [CLS] or mean pooling; gpt: a "
     "decoder-only causal language model (nanoGPT-style, tied weights); text_lstm/text_cnn/char_lstm: the "
-    "RNN and 1-D CNN over token embeddings (char_lstm: a score per position, for language modelling). "
+    "RNN and 1-D CNN over token embeddings (char_lstm: a score per position, for language modelling); "
+    "policy: the tanh MLP of reinforcement learning (policy and value networks, sized from the environment). "
     "Every family with hidden layers "
     "takes `dropout` (the GAN: `d_dropout`, in D)",
     "init": "re-draws every Linear, Conv and recurrent weight of any model after it is built (`init.std` for "
@@ -70,7 +74,9 @@ WHAT_IT_SETS = {
     "smoothing, class weights; perceptron: the perceptron learning rule; reconstruction (β-VAE, anomaly "
     "scores), gan (D then G, two optimizers), som (online or batch SOM rule): each chosen by its model; "
     "language_model: next-token cross-entropy, perplexity and bits per character beside an n-gram baseline, "
-    "a sampled continuation each epoch",
+    "a sampled continuation each epoch; reinforce, dqn, ppo: reinforcement learning in an `env` (REINFORCE "
+    "with a learned baseline; DQN with replay, target network, epsilon-greedy, Double DQN; PPO with GAE, "
+    "clipping, entropy bonus, Gaussian policies for continuous actions)",
     "optimizer": "learning rate, weight decay, ...; sgd takes `momentum` and `nesterov`, which sgd_plain, "
     "sgd_momentum and nesterov set for you",
     "scheduler": "learning-rate schedule (onecycle and cosine_warmup step every update, the others every epoch)",
@@ -80,7 +86,8 @@ WHAT_IT_SETS = {
     "`strategy=auto\\|ddp`",
     "callbacks": "checkpoints (`last.ckpt`, `best.ckpt` by `monitor`, which defaults to `optimized_metric` "
     "with `optimized_mode` min or max; top-k; every N epochs or steps), the progress bar, the "
-    "training-health monitor; early_stopping adds early stopping",
+    "training-health monitor, episode returns against environment steps (RL); early_stopping adds early "
+    "stopping (on a plateau, or on reaching `stopping_threshold`)",
     "logger": "TensorBoard event files",
     "paths": "data and output folders (`NNLAB_ROOT` moves both)",
     "hydra": "run directory layout, log format; `hydra/launcher=joblib\\|slurm\\|submitit_local` for parallel "

@@ -6,6 +6,7 @@ The files are found with a recursive glob, so a new option is tested the moment 
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import re
 from pathlib import Path
@@ -22,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from datafiles import offline_data
 from helpers import CONFIG_DIR, options, run_cli
 from nnlab.checks.validation import TOP_LEVEL, validate_config
+from nnlab.envs.environment import Environment
 from nnlab.errors import ConfigValueError
 from nnlab.runs.build import build, row_edits
 
@@ -43,8 +45,8 @@ COMMANDED = (
 # Parts train() builds, by config path; a `_target_` below one of them is built with it (`init`
 # builds the Initializer that build() applies to the model).
 BUILT_PARTS = (
-    "data", "data_edit.*", "augmentation", "model", "init", "optimizer", "scheduler", "regularization", "task",
-    "trainer", "logger", "callbacks.*",
+    "data", "env", "data_edit.*", "augmentation", "model", "init", "optimizer", "scheduler", "regularization",
+    "task", "trainer", "logger", "callbacks.*",
 )  # fmt: skip
 
 
@@ -71,6 +73,17 @@ def overrides_for(path: Path) -> list[str]:
     return [f"{group}={option}" if group in primary_groups() else f"+{group}={option}", *PARTNERS.get(rel(path), [])]
 
 
+
+
+def acts_in_an_environment(path: Path) -> bool:
+    """A task config whose class takes an `env`: it learns by acting (task=ppo), not from data."""
+    target = (yaml.safe_load(path.read_text()) or {}).get("_target_")
+    return target is not None and "env" in inspect.signature(get_object(target)).parameters
+
+
+RL_TASKS = sorted(p.stem for p in (CONFIG_DIR / "task").glob("*.yaml") if acts_in_an_environment(p))
+
+
 # Choices that only work with another choice, which normally selects them (model=perceptron
 # picks task=perceptron from its own YAML), or with a kind of data the default digits are not
 # (row edits of a table's values, of regression targets).
@@ -90,6 +103,10 @@ PARTNERS = {
     "data/text.yaml": ["model=gpt", "task=language_model"],
     "data/text_csv.yaml": ["model=text_cnn"],
     "data/word_language.yaml": ["model=text_cnn"],
+    # Reinforcement learning: an environment needs a task that acts in it, and a task that acts
+    # needs an environment; the policy network has no batch norm or dropout (model=policy).
+    **{f"env/{name}.yaml": ["task=ppo", "model=policy"] for name in options("env")},
+    **{f"task/{name}.yaml": ["env=cartpole", "model=policy"] for name in RL_TASKS},
 }
 
 
@@ -138,12 +155,14 @@ def build_all(cfg: DictConfig) -> dict[str, Any]:
     if parts.logger is not None:
         parts.logger.close()
     callbacks = {f"callbacks.{name}": obj for name, obj in parts.callbacks.items()}
-    # The row edits, as build() hands them to the data module: listed order, a null node left out.
-    listed = [f"data_edit.{name}" for name, node in (cfg.get("data_edit") or {}).items() if node]
+    if cfg.get("env"):  # reinforcement learning: the environment is built in the data's place
+        inputs = {"env": parts.data}
+    else:
+        # The row edits, as build() hands them to the data module: listed order, a null node left out.
+        listed = [f"data_edit.{name}" for name, node in (cfg.get("data_edit") or {}).items() if node]
+        inputs = {**dict(zip(listed, row_edits(cfg), strict=True)), "data": parts.data, "augmentation": parts.data.augment}
     built = {
-        **dict(zip(listed, row_edits(cfg), strict=True)),
-        "data": parts.data,
-        "augmentation": parts.data.augment,
+        **inputs,
         "model": parts.model,
         "task": parts.task,
         "logger": parts.logger,
@@ -228,6 +247,9 @@ def test_every_target_instantiates(path: Path, compose_cfg, tmp_path: Path, monk
         if target in built and isinstance(obj, type):
             assert isinstance(built[target], obj), f"{target} built a {type(built[target]).__name__}"
 
+    if cfg.get("env"):
+        assert_agent_acts(cfg, built)
+        return
     data, model = built["data"], built["model"]
     data.setup(torch.device("cpu"))
     x, _ = next(data.train_batches(0))
@@ -241,6 +263,35 @@ def test_every_target_instantiates(path: Path, compose_cfg, tmp_path: Path, monk
             assert model(x).shape == (*x.shape, data.num_outputs)
         else:
             assert model(x).shape == (len(x), data.num_outputs)
+
+
+def assert_agent_acts(cfg: DictConfig, built: dict[str, Any]) -> None:
+    """An RL run's parts fit together: the environment's tickets count its steps, the policy is
+    sized from its spaces (a critic, when the task learns one, gives one value per
+    observation) and the task's deterministic actions are ones the environment takes."""
+    env, model, task = built["env"], built["model"], built["task"]
+    assert isinstance(env, Environment) and env.id == cfg.env.id
+    assert task.env is env and task.model is model
+    env.setup(torch.device("cpu"))
+    try:
+        (tickets,) = next(env.train_batches(0))
+        assert torch.equal(tickets, torch.arange(env.batch_env_steps))
+        assert env.batch_env_steps == env.rollout_steps * env.num_envs and env.rollout_steps > 1
+        obs = torch.as_tensor(env.obs, dtype=torch.float32)
+        assert obs.shape == (env.num_envs, *env.input_shape)
+        model.to("cpu").eval()
+        with torch.no_grad():
+            assert model(obs).shape == (env.num_envs, env.num_outputs)
+            if getattr(model, "critic", None) is not None:  # PPO's and REINFORCE's value function
+                assert model.value(obs).shape == (env.num_envs,)
+        actions = task.greedy(env.obs)
+        assert len(actions) == env.num_envs
+        assert all(env.action_space.contains(a) for a in actions), actions
+        next_obs, rewards, *_ = env.step(actions)
+        assert next_obs.shape == tuple(obs.shape) and rewards.shape == (env.num_envs,)
+        assert env.total_steps == env.num_envs
+    finally:
+        env.close()
 
 
 @pytest.mark.parametrize("path", params(COMMANDED))
@@ -269,6 +320,17 @@ def test_top_level_types_name_exactly_the_plain_keys_of_train_yaml() -> None:
 
 def test_there_are_experiments() -> None:
     assert len(EXPERIMENTS) >= 1
+
+
+def test_the_rl_choices_are_found_and_paired() -> None:
+    """The RL tasks are recognised from their classes, and every environment and RL task is
+    composed with its partners above (a test of the lists the other tests rely on)."""
+    assert {"dqn", "ppo", "reinforce"} <= set(RL_TASKS)
+    assert "supervised" not in RL_TASKS
+    assert {"cartpole", "acrobot", "pendulum", "mountain_car"} <= set(options("env"))
+    for path in COMPOSABLE:
+        if rel(path).startswith("env/") or rel(path) in {f"task/{t}.yaml" for t in RL_TASKS}:
+            assert {"model=policy"} <= set(PARTNERS[rel(path)]), rel(path)
 
 
 def test_help_lists_every_group_and_its_choices(tmp_path: Path) -> None:
