@@ -163,20 +163,22 @@ def outcome(curve: list[tuple[int, float]], final: float, seconds: float, build_
 
 
 def median(values: list[float | None]) -> float | None:
-    """Median where None (the threshold never reached) counts as larger than any number."""
+    """The median, None (the threshold never reached) counting as larger than any number: with
+    an even count, a middle pair holding a None gives None (the median is not reached)."""
     ordered = sorted(values, key=lambda v: float("inf") if v is None else v)
-    n = len(ordered)
-    low, high = ordered[(n - 1) // 2], ordered[n // 2]
-    if low is None or high is None:
-        return None if high is None else high  # (an even count straddling a miss: the reached one)
-    return (low + high) / 2
+    low, high = ordered[(len(ordered) - 1) // 2], ordered[len(ordered) // 2]
+    return None if low is None or high is None else (low + high) / 2
+
+
+def show(value: float | None, fmt: str) -> str:
+    return "not reached" if value is None else format(value, fmt)
 
 
 def cell(values: list[float | None], fmt: str) -> str:
-    """'median (seed 0, seed 1, ...)', with 'not reached' for None."""
-    show = lambda v: "not reached" if v is None else format(v, fmt)  # noqa: E731
-    per_seed = ", ".join(show(v) for v in values)
-    return f"**{show(median(values))}** ({per_seed})" if len(values) > 1 else show(values[0])
+    """'**median** (seed 0, seed 1, ...)', or the one value of a single seed."""
+    if len(values) == 1:
+        return show(values[0], fmt)
+    return f"**{show(median(values), fmt)}** ({', '.join(show(v, fmt) for v in values)})"
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -199,7 +201,7 @@ def markdown(results: dict[str, Any]) -> str:
             runs = [r for r in results["runs"] if r["algorithm"] == algo and r["library"] == library]
             steps = [r["steps_to_475"] for r in runs]
             lines.append(
-                f"| {algo.upper()}, {runs[0]['env_steps']:,} steps | {library} | {cell(steps, ',')} "
+                f"| {algo.upper()}, {runs[0]['env_steps']:,} steps | {library} | {cell(steps, ',.0f')} "
                 f"| {cell([r['final_return'] for r in runs], '.1f')} | {cell([r['seconds'] for r in runs], '.1f')} |"
             )
     return "\n".join(lines)

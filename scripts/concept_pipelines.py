@@ -1,9 +1,9 @@
-"""The concept lab's comparisons that take more than one command (docs/concepts.md, concepts 20-26):
+"""The concept lab's comparisons that take more than one command (docs/concepts.md, concepts 20-30):
 a training run or sweep, then a tool on what it trained, run as a user would type them, timed,
 and gathered into one table.
 
     python scripts/concept_pipelines.py adversarial               # one pipeline
-    python scripts/concept_pipelines.py --all                     # all five, one after another
+    python scripts/concept_pipelines.py --all                     # every pipeline, one after another
     python scripts/concept_pipelines.py ensembles -- trainer.max_epochs=2   # extra overrides for every training command
 
     adversarial        nnlab-train -m experiment=adversarial, then nnlab-attack on each trial
@@ -16,6 +16,11 @@ and gathered into one table.
                        nnlab-train -m experiment=ssl_pretraining pretrained_ckpt=<its best.ckpt>
     attention          nnlab-train -m experiment=attention, then nnlab-explain on each trial (its
                        attention maps) and the share of [CLS]'s attention on the marked steps
+    reinforcement_learning
+                       nnlab-train -m experiment=reinforcement_learning (REINFORCE, DQN and PPO on
+                       CartPole, seeds 0-2), then per algorithm the seeds solved, the environment
+                       steps each took to solve it (read from its TensorBoard curves) and a figure
+                       of the validation return against environment steps
 
 Every command runs in a subprocess (`python -m nnlab.<tool>`, what the `nnlab-<tool>` script
 runs) started in outputs/concept_pipelines/<name>/<date>_<time>/, with paths relative to it
@@ -34,6 +39,7 @@ import os
 import re
 import shlex
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -44,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from concepts import cpu_seconds, print_summary, split_argv, timing_record  # scripts/concepts.py, beside this one
+from nnlab.runs.curves import Series, read_scalars
 from nnlab.runs.sweepfolder import Trial, find_trials
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -301,6 +308,151 @@ def marked_attention(ckpt: Path) -> dict[tuple[int, int], float]:
     }
 
 
+# -- reinforcement learning: how many environment steps each algorithm needs -------------------
+
+# The return at which a CartPole run counts as solved: every validation episode lasts the time
+# limit (the cartpole_* experiments' callbacks.early_stopping.stopping_threshold, where they stop).
+SOLVED_VAL_RETURN = 500.0
+
+
+@dataclass
+class AgentRun:
+    """One trial of the reinforcement-learning sweep, as the table and the figure read it."""
+
+    algorithm: str  # reinforce, dqn, ppo
+    seed: int
+    val: Series  # (env steps, val/return_mean) at each epoch's validation
+    rollout: Series  # (env steps, rollout/return_mean): the recent training episodes
+    test_return: float | None  # test/return_mean of best.ckpt (None: the trial failed)
+    solved: bool  # test/solved: the test return reached the environment's solved return (475)
+    wall_s: float | None
+
+    @property
+    def steps_to_solve(self) -> int | None:
+        """Environment steps at the first validation that reached SOLVED_VAL_RETURN (where early
+        stopping ended the run); None when none did."""
+        return next((int(s) for s, r in zip(*self.val) if r >= SOLVED_VAL_RETURN), None)
+
+
+def against_env_steps(env_steps: Series, values: Series) -> Series:
+    """Epoch curves drawn against environment steps: `values` (epoch -> value) at the epochs where
+    `env_steps` (epoch -> train/env_steps, the steps taken by then) is known."""
+    steps = dict(zip(*env_steps))
+    known = [(steps[epoch], v) for epoch, v in zip(*values) if epoch in steps]
+    return [int(s) for s, _ in known], [v for _, v in known]
+
+
+def agent_run(trial: Trial) -> AgentRun:
+    """A trial of `experiment=reinforcement_learning` read back: its TensorBoard curves, metrics, wall time."""
+    curves = read_scalars(trial.dir, ["train/env_steps", "val/return_mean", "rollout/return_mean"])
+    empty: Series = ([], [])
+    return AgentRun(
+        algorithm=(trial.value("experiment@_global_") or "?").removeprefix("cartpole_"),
+        seed=int(trial.value("seed") or 0),
+        val=against_env_steps(curves.get("train/env_steps", empty), curves.get("val/return_mean", empty)),
+        rollout=curves.get("rollout/return_mean", empty),
+        test_return=trial.metrics.get("test/return_mean"),
+        solved=trial.metrics.get("test/solved", 0.0) >= 1.0,
+        wall_s=trial.wall_s,
+    )
+
+
+def solve_rows(runs: list[AgentRun]) -> list[dict[str, Any]]:
+    """One row per algorithm (in the sweep's order) over its seeds: how many the test counts as
+    solved, the environment steps to solve (median and range, over the seeds that did), the test
+    return (mean and sample standard deviation over the seeds) and the wall time per run."""
+    rows = []
+    for algorithm in dict.fromkeys(r.algorithm for r in runs):
+        mine = [r for r in runs if r.algorithm == algorithm]
+        steps = sorted(r.steps_to_solve for r in mine if r.steps_to_solve is not None)
+        returns = [r.test_return for r in mine if r.test_return is not None]
+        walls = [r.wall_s for r in mine if r.wall_s is not None]
+        rows.append(
+            {
+                "algorithm": algorithm,
+                "seeds solved (test >= 475)": f"{sum(r.solved for r in mine)}/{len(mine)}",
+                "env steps to solve: median": int(statistics.median(steps)) if steps else None,
+                "range": f"{steps[0]:,}-{steps[-1]:,}" if steps else None,
+                "test return": mean_std(returns),
+                "wall s per run: median": round(statistics.median(walls), 1) if walls else None,
+                "range (s)": f"{min(walls):.0f}-{max(walls):.0f}" if walls else None,
+            }
+        )
+    return rows
+
+
+def mean_std(values: list[float]) -> str | None:
+    """'mean ± std' (the sample standard deviation; 0 for a single value); None for no value."""
+    if not values:
+        return None
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.1f} ± {std:.1f}"
+
+
+def run_rows(runs: list[AgentRun]) -> list[dict[str, Any]]:
+    """One row per trial: what `solve_rows` summarises."""
+    return [
+        {
+            "algorithm": r.algorithm,
+            "seed": r.seed,
+            "validations": len(r.val[0]),
+            "env steps to solve": None if r.steps_to_solve is None else f"{r.steps_to_solve:,}",
+            "test return": r.test_return,
+            "wall s": r.wall_s,
+        }
+        for r in runs
+    ]
+
+
+def return_plot(runs: list[AgentRun], path: Path) -> Path:
+    """The validation return (left) and the recent training episodes' return (right) against
+    environment steps: a colour per algorithm, a line style per seed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    algorithms = list(dict.fromkeys(r.algorithm for r in runs))
+    seeds = sorted({r.seed for r in runs})
+    styles = ["-", "--", ":", "-."]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    panels = [
+        ("val/return_mean (10 deterministic episodes)", "val"),
+        ("rollout/return_mean (training episodes)", "rollout"),
+    ]
+    for ax, (title, curve) in zip(axes, panels):
+        for r in runs:
+            steps, values = getattr(r, curve)
+            ax.plot(
+                steps,
+                values,
+                color=f"C{algorithms.index(r.algorithm)}",
+                linestyle=styles[seeds.index(r.seed) % len(styles)],
+                marker="o" if curve == "val" else None,
+                markersize=3,
+                label=f"{r.algorithm}, seed {r.seed}",
+            )
+        ax.axhline(475, color="grey", linewidth=0.8, linestyle="--")  # CartPole's solved return
+        ax.set(title=title, xlabel="environment steps", ylim=(0, 520))
+        ax.grid(True, alpha=0.3)
+    axes[0].set_ylabel("return")
+    axes[1].legend(fontsize=7, ncol=len(algorithms), loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def reinforcement_learning(run: Runner) -> tuple[list[dict[str, Any]], Path]:
+    sweep = run.out / "sweep"
+    run("nnlab-train", "-m", "experiment=reinforcement_learning", f"hydra.sweep.dir={sweep}")
+    runs = [agent_run(trial) for trial in find_trials(sweep)]
+    run.figures["return_vs_env_steps.png"] = return_plot(runs, run.out / "return_vs_env_steps.png")
+    (run.out / "runs.md").write_text(markdown(run_rows(runs)))
+    run.figures["runs.md"] = run.out / "runs.md"
+    return solve_rows(runs), sweep
+
+
 PIPELINES: dict[str, Callable[[Runner], tuple[list[dict[str, Any]], Path]]] = {
     "attention": attention,
     "adversarial": adversarial,
@@ -309,6 +461,7 @@ PIPELINES: dict[str, Callable[[Runner], tuple[list[dict[str, Any]], Path]]] = {
     "edge_deployment": edge_deployment,
     # 100 epochs: a better reconstruction code transfers better than the config's 30 (docs/transfer.md)
     "ssl_pretraining": few_labels("ssl_pretraining", "experiment=digits_ssl_pretrain", "trainer.max_epochs=100"),
+    "reinforcement_learning": reinforcement_learning,
 }
 
 

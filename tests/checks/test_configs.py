@@ -157,6 +157,8 @@ def build_all(cfg: DictConfig) -> dict[str, Any]:
     callbacks = {f"callbacks.{name}": obj for name, obj in parts.callbacks.items()}
     if cfg.get("env"):  # reinforcement learning: the environment is built in the data's place
         inputs = {"env": parts.data}
+        # cfg.model is the policy network; PPO and REINFORCE wrap it with its critic (ActorCritic).
+        parts.model = getattr(parts.model, "policy", parts.model)
     else:
         # The row edits, as build() hands them to the data module: listed order, a null node left out.
         listed = [f"data_edit.{name}" for name, node in (cfg.get("data_edit") or {}).items() if node]
@@ -212,16 +214,20 @@ def test_composes_with_the_values_it_sets(path: Path, compose_cfg, tmp_path: Pat
         assert HydraConfig.get().runtime.choices[group] == path.stem
 
     own = OmegaConf.to_container(OmegaConf.load(path), resolve=False) or {}
-    own.pop("defaults", None)
+    defaults = [d for d in own.pop("defaults", None) or [] if d != "_self_"]
     package = package_of(path)
     if not package:
         own.pop("hydra", None)  # the hydra node is not part of the task's config
     composed = OmegaConf.to_container(OmegaConf.select(cfg, package) if package else cfg, resolve=False)
+    validate_config(cfg)  # what train() checks first: keys and types against the constructors
     if own:
         assert_contains(composed, own, package or "<root>")
+    elif defaults:  # a file that only names others (a sweep over an experiment) composes exactly as they do
+        named = [f"{key.removeprefix('override ').lstrip('/').split('@')[0]}={value}" for d in defaults for key, value in d.items()]
+        alias = compose_cfg(named, tmp_path)
+        assert composed == OmegaConf.to_container(alias, resolve=False), f"{rel(path)} composes unlike {named}"
     else:  # an empty option (none.yaml) switches its group off
         assert composed in ({}, None), f"{rel(path)} is empty but {package} composed to {composed!r}"
-    validate_config(cfg)  # what train() checks first: keys and types against the constructors
 
 
 @pytest.mark.parametrize("path", params(COMPOSABLE))
@@ -269,9 +275,13 @@ def assert_agent_acts(cfg: DictConfig, built: dict[str, Any]) -> None:
     """An RL run's parts fit together: the environment's tickets count its steps, the policy is
     sized from its spaces (a critic, when the task learns one, gives one value per
     observation) and the task's deterministic actions are ones the environment takes."""
-    env, model, task = built["env"], built["model"], built["task"]
+    env, task = built["env"], built["task"]
+    model = task.model  # the policy network, or an ActorCritic holding it and its critic
     assert isinstance(env, Environment) and env.id == cfg.env.id
-    assert task.env is env and task.model is model
+    assert task.env is env and built["model"] in (model, getattr(model, "policy", None))
+    if getattr(model, "critic", None) is not None:  # the same architecture as the policy, one output
+        assert type(model.critic) is type(model.policy)
+        assert list(model.critic.parameters())[-1].shape == (1,)
     env.setup(torch.device("cpu"))
     try:
         (tickets,) = next(env.train_batches(0))

@@ -67,3 +67,31 @@ def test_time_main_job_pairs_each_run_with_the_plain_pytorch_floor(tmp_path: Pat
     _, model, _ = build_model(compose_run([], tmp_path / "run"))
     assert run["floor_params"] == sum(p.numel() for p in model.parameters())
     assert f"plain PyTorch script ({run['floor_params']:,} parameters) to its first step" in out
+
+
+def test_rl_vs_sb3_reads_its_figures_and_writes_only_between_its_markers(tmp_path: Path) -> None:
+    from benchmarks import rl_vs_sb3
+
+    # A run that never reached 475 counts as larger than any step count in the median.
+    assert rl_vs_sb3.median([3.0, None, 1.0]) == 3.0
+    assert rl_vs_sb3.median([None, None, 1.0]) is None
+    assert rl_vs_sb3.cell([25600, None, 12800], ",.0f") == "**25,600** (25,600, not reached, 12,800)"
+    assert rl_vs_sb3.outcome([(256, 20.0), (512, 480.0), (768, 470.0)], 500, 1.0, 0.1, 768)["steps_to_475"] == 512
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text(f"before\n{rl_vs_sb3.START}\nold\n{rl_vs_sb3.END}\nafter\n")
+    rl_vs_sb3.write_doc("| new |", doc)
+    assert doc.read_text() == f"before\n{rl_vs_sb3.START}\n| new |\n{rl_vs_sb3.END}\nafter\n"
+    with pytest.raises(SystemExit):  # a smoke run's figures never reach the docs
+        rl_vs_sb3.main(["--quick", "--write"])
+
+
+@pytest.mark.slow
+def test_rl_vs_sb3_quick_run_trains_both_libraries() -> None:
+    pytest.importorskip("gymnasium")
+    pytest.importorskip("stable_baselines3")
+    out = run_script("rl_vs_sb3", "--quick", "--algorithms", "ppo")
+    row = r"^\| PPO, 2,048 steps \| (Stable-Baselines3|nnlab) \| (.+?) \| ([\d.]+) \| ([\d.]+) \|$"
+    rows = re.findall(row, out, flags=re.M)
+    assert [r[0] for r in rows] == ["Stable-Baselines3", "nnlab"]
+    for _, steps, final, seconds in rows:
+        assert steps == "not reached" and 0 < float(final) <= 500 and float(seconds) > 0

@@ -91,6 +91,7 @@ class DQN(EpisodeTask):
         self.model = model
         self.target = copy.deepcopy(model).requires_grad_(False)
         env.plan(train_freq)
+        self.updates_per_batch = gradient_steps
         self.gradient_steps, self.batch_size, self.learning_starts = gradient_steps, batch_size, learning_starts
         self.gamma, self.target_update_interval, self.double = gamma, target_update_interval, double
         self.eps_fraction, self.eps_start, self.eps_end = (
@@ -147,14 +148,15 @@ class DQN(EpisodeTask):
             s, a, r, s_next, term = self.buffer.sample(self.batch_size, self.device)
             # The regression target: y = r + gamma (1 - terminated) max_a' Q_target(s', a'); Double
             # DQN evaluates the online network's argmax with the target network instead.
-            with torch.no_grad():
+            with torch.no_grad(), self.precision.autocast():
                 if self.double:
                     best = self.model(s_next).argmax(1, keepdim=True)
                     next_q = self.target(s_next).gather(1, best).squeeze(1)
                 else:
                     next_q = self.target(s_next).max(1).values
-                y = r + self.gamma * (1 - term) * next_q
-            q = self.model(s).gather(1, a.unsqueeze(1)).squeeze(1)
+                y = r + self.gamma * (1 - term) * next_q.float()
+            with self.precision.autocast():
+                q = self.model(s).gather(1, a.unsqueeze(1)).squeeze(1).float()
             loss = F.smooth_l1_loss(q, y)  # Huber: a squared error near 0, linear for large TD errors
             self.optim.step(loss)
             losses += torch.stack([loss.detach(), q.detach().mean()])

@@ -42,6 +42,7 @@ class EpisodeTask(TaskDefaults):
 
     model: nn.Module
     env: Environment
+    updates_per_batch: int  # optimizer steps in one training batch (a schedule's length counts them)
 
     def setup_episodes(self, env: Environment, optimizer: Callable[..., Any], scheduler: Any, gif_frames: int) -> None:
         check_range("task.gif_frames", gif_frames, 0)
@@ -67,7 +68,8 @@ class EpisodeTask(TaskDefaults):
         self.precision = precision
         self.total_batches = max(total_steps, 1)  # rollouts in the whole run (annealing reads it)
         optimizer = self._optimizer_factory(params=self.model.parameters())
-        scheduler = build_scheduler(self._scheduler_factory, optimizer, total_steps)
+        # A per-update schedule (onecycle) spans every update of the run: several per batch here.
+        scheduler = build_scheduler(self._scheduler_factory, optimizer, total_steps * self.updates_per_batch)
         self.optim = Optimization(optimizer, scheduler, precision.grad_scaler(), rules=rules)
 
     def single_optimizer(self) -> torch.optim.Optimizer | None:

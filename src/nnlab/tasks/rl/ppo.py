@@ -86,7 +86,13 @@ class PPO(EpisodeTask):
         check_policy_network(model, "ppo")
         self.setup_episodes(env, optimizer, scheduler, gif_frames)
         self.model = ActorCritic(model, critic, env.continuous, env.num_actions, log_std_init, ortho_init)
+        if anneal and scheduler is not None:
+            raise ConfigValueError(
+                "task.anneal=true sets the learning rate itself (linearly to 0 over the run), so a scheduler would "
+                "fight it. Use scheduler=none, or task.anneal=false to let the scheduler set it."
+            )
         env.plan(n_steps)
+        self.updates_per_batch = n_epochs * -(-(n_steps * env.num_envs) // batch_size)
         self.n_steps, self.batch_size, self.n_epochs = n_steps, batch_size, n_epochs
         self.gamma, self.gae_lambda, self.clip_range = gamma, gae_lambda, clip_range
         self.ent_coef, self.vf_coef = ent_coef, vf_coef
@@ -105,7 +111,7 @@ class PPO(EpisodeTask):
         self.base_lrs = [group["lr"] for group in self.optim.optimizer.param_groups]
 
     def training_step(self, batch: Any, update: bool = True) -> dict[str, torch.Tensor]:
-        rollout = collect(self.model, self.env, self.n_steps, self.gamma, self.device)
+        rollout = collect(self.model, self.env, self.n_steps, self.gamma, self.device, self.precision)
         advantages, returns = gae(rollout, self.gamma, self.gae_lambda)
         obs, actions, old_log_probs, old_values, advantages, returns = rollout.flat(
             rollout.obs, rollout.actions, rollout.log_probs, rollout.values, advantages, returns
@@ -123,9 +129,10 @@ class PPO(EpisodeTask):
             order = torch.randperm(n, device=self.device)
             for start in range(0, n, self.batch_size):
                 idx = order[start : start + self.batch_size]
-                dist = self.model.distribution(obs[idx])
+                with self.precision.autocast():
+                    dist = self.model.distribution(obs[idx])
+                    values = self.model.value(obs[idx]).float()
                 log_probs = dist.log_prob(actions[idx])
-                values = self.model.value(obs[idx])
                 adv = advantages[idx]
                 if self.normalize_advantage and len(idx) > 1:
                     adv = (adv - adv.mean()) / (adv.std() + 1e-8)

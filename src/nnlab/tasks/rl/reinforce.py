@@ -65,21 +65,24 @@ class Reinforce(EpisodeTask):
         self.setup_episodes(env, optimizer, scheduler, gif_frames)
         self.model = ActorCritic(model, critic, env.continuous, env.num_actions, log_std_init, ortho_init)
         env.plan(n_steps)
+        self.updates_per_batch = 1
         self.n_steps, self.gamma = n_steps, gamma
         self.ent_coef, self.vf_coef, self.normalize_advantage = ent_coef, vf_coef, normalize_advantage
 
     def training_step(self, batch: Any, update: bool = True) -> dict[str, torch.Tensor]:
-        rollout = collect(self.model, self.env, self.n_steps, self.gamma, self.device)
+        rollout = collect(self.model, self.env, self.n_steps, self.gamma, self.device, self.precision)
         advantages, returns = gae(rollout, self.gamma, 1.0)  # G_t - V(s_t), and G_t
         obs, actions, advantages, returns = rollout.flat(rollout.obs, rollout.actions, advantages, returns)
         if self.normalize_advantage and len(advantages) > 1:
             advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
-        dist = self.model.distribution(obs)
+        with self.precision.autocast():
+            dist = self.model.distribution(obs)
+            values = self.model.value(obs).float()
         # The policy gradient: maximise E[log pi(a_t|s_t) (G_t - V(s_t))], the likelihood of each
         # action weighted by how much better than expected its return was. The baseline V is
         # fitted to G_t by least squares; the entropy bonus keeps some exploration.
         policy_loss = -(dist.log_prob(actions) * advantages).mean()
-        value_loss = F.mse_loss(self.model.value(obs), returns)
+        value_loss = F.mse_loss(values, returns)
         entropy = dist.entropy().mean()
         self.optim.step(policy_loss + self.vf_coef * value_loss - self.ent_coef * entropy, update)
         return {"policy_loss": policy_loss.detach(), "value_loss": value_loss.detach(), "entropy": entropy.detach()}

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from nnlab.engine.precision import Precision
 from nnlab.envs.environment import Environment
 from nnlab.errors import ConfigValueError
 from nnlab.models.actor_critic import ActorCritic
@@ -35,28 +36,34 @@ class Rollout:
 
 
 @torch.no_grad()
-def collect(model: ActorCritic, env: Environment, steps: int, gamma: float, device: torch.device) -> Rollout:
-    """Act with the stochastic policy for `steps` steps of every environment."""
+def collect(
+    model: ActorCritic, env: Environment, steps: int, gamma: float, device: torch.device, precision: Precision
+) -> Rollout:
+    """Act with the stochastic policy for `steps` steps of every environment (the forward passes
+    under the run's autocast, as the updates' are)."""
     obs, actions, log_probs, values, rewards, dones = [], [], [], [], [], []
     for _ in range(steps):
         o = torch.as_tensor(env.obs, dtype=torch.float32, device=device)
-        dist = model.distribution(o)
+        with precision.autocast():
+            dist = model.distribution(o)
+            v = model.value(o).float()
         a = dist.sample()
-        v = model.value(o)
         _, r, terminated, truncated, final = env.step(to_env_actions(a, env))
         r = torch.as_tensor(r, dtype=torch.float32, device=device)
         cut = truncated & ~terminated
         if cut.any():  # bootstrap a truncated episode from the value of the state it reached
             index = torch.as_tensor(np.flatnonzero(cut), device=device)
             final_obs = torch.as_tensor(final[cut], dtype=torch.float32, device=device)
-            r[index] += gamma * model.value(final_obs)
+            with precision.autocast():
+                r[index] += gamma * model.value(final_obs).float()
         obs.append(o)
         actions.append(a)
         log_probs.append(dist.log_prob(a))
         values.append(v)
         rewards.append(r)
         dones.append(torch.as_tensor(terminated | truncated, dtype=torch.float32, device=device))
-    last_value = model.value(torch.as_tensor(env.obs, dtype=torch.float32, device=device))
+    with precision.autocast():
+        last_value = model.value(torch.as_tensor(env.obs, dtype=torch.float32, device=device)).float()
     stack = torch.stack
     return Rollout(
         stack(obs), stack(actions), stack(log_probs), stack(values), stack(rewards), stack(dones), last_value
