@@ -91,10 +91,11 @@ class Environment:
         try:
             probe = gym.make(id, max_episode_steps=max_episode_steps, **self.kwargs)
         except gym.error.Error as e:
-            known = sorted(name for name in gym.registry if "/" not in name)
+            classic = sorted(n for n, spec in gym.registry.items() if "classic_control" in str(spec.entry_point))
             raise OptionError(
-                f"env.id={id!r} is not an environment Gymnasium can make ({e}). Choose a registered one, e.g. "
-                f"{', '.join(known[:12])}, ... (the env config group has cartpole, acrobot, pendulum, mountain_car)."
+                f"env.id={id!r} is not an environment Gymnasium can make here ({e}). The classic-control ones need "
+                f"nothing else: {', '.join(classic)} (the env config group has cartpole, acrobot, pendulum and "
+                "mountain_car); others may need their own package (pip install gymnasium[box2d], ...)."
             ) from None
         except TypeError as e:
             raise OptionError(f"env.kwargs={self.kwargs} do not fit {id}: {e}. Remove or rename them.") from None
