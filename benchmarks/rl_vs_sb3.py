@@ -19,7 +19,9 @@ Measured per run:
   time          seconds of building the environments, networks and optimizer plus training
                 (SB3: `make_vec_env`, the constructor, `learn`; nnlab: `build(cfg)`, `trainer.fit`,
                 with nnlab-train's defaults: TensorBoard, checkpoint, health monitor, log lines).
-                Imports, config composition and the final evaluation are outside the clock.
+                Imports, config composition and the final evaluation are outside the clock, and
+                an untimed warm-up run of each library and algorithm comes first. Torch's default
+                number of threads unless --threads (the table's header says how many).
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ WINDOW = 20  # completed training episodes the mean is taken over (nnlab's RECEN
 BATCH = 256  # environment steps per batch in both algorithms: the criterion's resolution
 TIMESTEPS = {"ppo": 100_000, "dqn": 50_000}  # the Zoo's n_timesteps
 QUICK_TIMESTEPS = 2_048  # --quick: 8 batches (DQN learns from the 4th, after learning_starts=1000)
+WARMUP_TIMESTEPS = 1_280  # an untimed run of each first: 5 batches, so DQN's updates run too
 
 
 def linear(start: float) -> Any:
@@ -187,8 +190,9 @@ def markdown(results: dict[str, Any]) -> str:
         f"Measured with `{results['command']}` on {results['date']}: seeds {', '.join(map(str, results['seeds']))}; "
         "each cell is the median over seeds, then each seed's value.",
         "",
-        f"Machine: {env['cpu']}, {env['cpu_count']} cores, torch threads {env['torch_threads']} (torch's default, "
-        f"both libraries), device cpu; load average at the end {', '.join(f'{x:.2f}' for x in env['load_average'])}.",
+        f"Machine: {env['cpu']}, {env['cpu_count']} cores, torch threads {env['torch_threads']} "
+        f"({'--threads' if results['threads_set'] else 'torch default'}, both libraries), device cpu; "
+        f"load average at the end {', '.join(f'{x:.2f}' for x in env['load_average'])}.",
         f"Versions: Python {v['python']}, torch {v['torch']}, gymnasium {v['gymnasium']}, stable-baselines3 "
         f"{v['stable-baselines3']}, nnlab {v['nnlab']}.",
         "",
@@ -245,16 +249,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--write", action="store_true", help=f"put the table between the markers of {DOC.name}")
     parser.add_argument("--out", type=Path, help=f"raw results as JSON (default: {RESULTS.name} without --quick)")
     parser.add_argument("--workdir", type=Path, help="keep nnlab's run folders here (default: a temporary folder)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads for both (default: torch's own)")
     args = parser.parse_args(argv)
     if args.quick and args.write:
         parser.error("--write puts measured figures into the docs; a --quick run is only a smoke test")
     seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
     work = args.workdir or Path(tempfile.mkdtemp(prefix="rl_vs_sb3_"))
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    # Warm-up, untimed: the first run in a process pays one-off costs (lazy imports such as
+    # torch._dynamo, which the first optimizer's constructor loads, ~1-2 s); whichever library ran
+    # first would be charged for them.
+    for algo in args.algorithms:
+        sb3_run(algo, 0, WARMUP_TIMESTEPS)
+        nnlab_run(algo, 0, WARMUP_TIMESTEPS, work / f"warmup_{algo}")
     results: dict[str, Any] = {
         "command": "python benchmarks/rl_vs_sb3.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "date": time.strftime("%Y-%m-%d"),
         "seeds": seeds,
         "algorithms": args.algorithms,
+        "threads_set": bool(args.threads),
         "runs": [],
     }
     for i, seed in enumerate(seeds):

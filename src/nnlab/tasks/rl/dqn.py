@@ -44,7 +44,7 @@ class DQN(EpisodeTask):
         learning_starts: environment steps of random play before the first update.
         gamma: discount factor.
         target_update_interval: environment steps between copies of the Q-network into the
-            target network.
+            target network, checked after each round of updates (so at most one copy per round).
         exploration_fraction, exploration_initial_eps, exploration_final_eps: the epsilon schedule.
         double: Double DQN: the online network picks the next action, the target network scores
             it, which removes the max operator's overestimation.
@@ -130,8 +130,9 @@ class DQN(EpisodeTask):
         for _ in range(env.rollout_steps):
             obs = torch.as_tensor(env.obs, dtype=torch.float32)
             explore = torch.rand(n) < (1.0 if env.total_steps < self.learning_starts else self.epsilon)
-            random_actions = torch.randint(0, env.num_actions, (n,))
-            actions = torch.where(explore, random_actions, torch.from_numpy(self.greedy(env.obs)))
+            actions = torch.randint(0, env.num_actions, (n,))
+            if not explore.all():  # (no forward pass while every action is random, as before learning_starts)
+                actions = torch.where(explore, actions, torch.from_numpy(self.greedy(env.obs)))
             _, rewards, terminated, _, final = env.step(actions.numpy())
             next_obs = torch.as_tensor(final, dtype=torch.float32)
             self.buffer.add(
