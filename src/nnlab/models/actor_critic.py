@@ -62,9 +62,12 @@ class ActorCritic(nn.Module):
         """The policy's action distribution at each observation: Categorical over logits, or a
         diagonal Gaussian (log-probabilities summed over the action's dimensions)."""
         out = self.policy(obs)
+        # (validate_args=False: the arguments are the network's own outputs; checking them costs
+        # a few kernels per call, and a rollout makes one call per environment step)
         if not self.continuous:
-            return Categorical(logits=out)
-        return Independent(Normal(out, self.log_std.exp().expand_as(out)), 1)
+            return Categorical(logits=out, validate_args=False)
+        normal = Normal(out, self.log_std.exp().expand_as(out), validate_args=False)
+        return Independent(normal, 1, validate_args=False)
 
     def act_deterministic(self, obs: torch.Tensor) -> torch.Tensor:
         """The policy's most likely action: the argmax of the logits, or the Gaussian's mean."""
