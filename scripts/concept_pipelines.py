@@ -371,7 +371,7 @@ def solve_rows(runs: list[AgentRun]) -> list[dict[str, Any]]:
             {
                 "algorithm": algorithm,
                 "seeds solved (test >= 475)": f"{sum(r.solved for r in mine)}/{len(mine)}",
-                "env steps to solve: median": int(statistics.median(steps)) if steps else None,
+                "env steps to solve: median": f"{int(statistics.median(steps)):,}" if steps else None,
                 "range": f"{steps[0]:,}-{steps[-1]:,}" if steps else None,
                 "test return": mean_std(returns),
                 "wall s per run: median": round(statistics.median(walls), 1) if walls else None,
@@ -398,7 +398,7 @@ def run_rows(runs: list[AgentRun]) -> list[dict[str, Any]]:
             "validations": len(r.val[0]),
             "env steps to solve": None if r.steps_to_solve is None else f"{r.steps_to_solve:,}",
             "test return": r.test_return,
-            "wall s": r.wall_s,
+            "wall s": None if r.wall_s is None else round(r.wall_s, 1),
         }
         for r in runs
     ]

@@ -73,8 +73,6 @@ def overrides_for(path: Path) -> list[str]:
     return [f"{group}={option}" if group in primary_groups() else f"+{group}={option}", *PARTNERS.get(rel(path), [])]
 
 
-
-
 def acts_in_an_environment(path: Path) -> bool:
     """A task config whose class takes an `env`: it learns by acting (task=ppo), not from data."""
     target = (yaml.safe_load(path.read_text()) or {}).get("_target_")
@@ -162,7 +160,11 @@ def build_all(cfg: DictConfig) -> dict[str, Any]:
     else:
         # The row edits, as build() hands them to the data module: listed order, a null node left out.
         listed = [f"data_edit.{name}" for name, node in (cfg.get("data_edit") or {}).items() if node]
-        inputs = {**dict(zip(listed, row_edits(cfg), strict=True)), "data": parts.data, "augmentation": parts.data.augment}
+        inputs = {
+            **dict(zip(listed, row_edits(cfg), strict=True)),
+            "data": parts.data,
+            "augmentation": parts.data.augment,
+        }
     built = {
         **inputs,
         "model": parts.model,
@@ -223,7 +225,9 @@ def test_composes_with_the_values_it_sets(path: Path, compose_cfg, tmp_path: Pat
     if own:
         assert_contains(composed, own, package or "<root>")
     elif defaults:  # a file that only names others (a sweep over an experiment) composes exactly as they do
-        named = [f"{key.removeprefix('override ').lstrip('/').split('@')[0]}={value}" for d in defaults for key, value in d.items()]
+        entries = [(k, v) for d in defaults for k, v in d.items()] if all(isinstance(d, dict) for d in defaults) else []
+        named = [f"{k.removeprefix('override ').lstrip('/').split('@')[0]}={v}" for k, v in entries]
+        assert named, f"{rel(path)} sets nothing and names no other file of a group"
         alias = compose_cfg(named, tmp_path)
         assert composed == OmegaConf.to_container(alias, resolve=False), f"{rel(path)} composes unlike {named}"
     else:  # an empty option (none.yaml) switches its group off
@@ -330,6 +334,23 @@ def test_top_level_types_name_exactly_the_plain_keys_of_train_yaml() -> None:
 
 def test_there_are_experiments() -> None:
     assert len(EXPERIMENTS) >= 1
+
+
+@pytest.mark.parametrize("choice", options("callbacks"))
+def test_every_callbacks_entry_is_a_callback_or_off(choice: str, compose_cfg, tmp_path: Path) -> None:
+    """build() instantiates every truthy entry of `callbacks` and skips a null one, so a stray
+    option at the group's top level (an indentation slip) would be silently ignored: a null
+    entry must switch off a callback that some choice of the group defines."""
+    callbacks = set()
+    for path in sorted((CONFIG_DIR / "callbacks").glob("*.yaml")):
+        content = yaml.safe_load(path.read_text()) or {}
+        callbacks |= {name for name, node in content.items() if isinstance(node, dict) and "_target_" in node}
+    cfg = compose_cfg([f"callbacks={choice}"], tmp_path)
+    for name, node in (cfg.callbacks or {}).items():
+        is_callback = isinstance(node, DictConfig) and "_target_" in node
+        assert is_callback or (node is None and name in callbacks), (
+            f"callbacks/{choice}.yaml: callbacks.{name} = {node!r} is neither a callback (a _target_) nor one off"
+        )
 
 
 def test_the_rl_choices_are_found_and_paired() -> None:

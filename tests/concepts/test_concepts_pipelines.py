@@ -1,5 +1,5 @@
 """scripts/concept_pipelines.py: the concept lab's multi-command comparisons (adversarial,
-transfer_learning, ensembles, edge_deployment, ssl_pretraining).
+transfer_learning, ensembles, edge_deployment, ssl_pretraining, attention, reinforcement_learning).
 
 The tables are plain functions of the runs' metrics, checked here on made-up numbers; the
 commands themselves are checked by running two whole pipelines on tiny runs (slow).
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from helpers import CONFIG_DIR, TINY, cli_env
+from helpers import CONFIG_DIR, TINY, cli_env, compose_config
 from nnlab.runs.sweepfolder import Trial
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "concept_pipelines.py"
@@ -181,6 +181,72 @@ def test_line_plot_draws_every_column_against_x(tmp_path: Path) -> None:
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5_000
 
 
+@pytest.mark.parametrize("algorithm", ["reinforce", "dqn", "ppo"])
+def test_each_reinforcement_learning_trial_is_its_cartpole_experiment_as_it_is(algorithm: str, tmp_path: Path) -> None:
+    """The sweep picks a whole experiment file per trial (`experiment@_global_=cartpole_<algorithm>`):
+    the trial runs exactly what `nnlab-train experiment=cartpole_<algorithm>` runs, seed included."""
+    params = OmegaConf.load(CONFIG_DIR / "experiment" / "reinforcement_learning.yaml").hydra.sweeper.params
+    assert params["experiment@_global_"].split(",") == ["cartpole_reinforce", "cartpole_dqn", "cartpole_ppo"]
+    trial = compose_config(
+        ["experiment=reinforcement_learning", f"experiment@_global_=cartpole_{algorithm}", "seed=2"], tmp_path
+    )
+    alone = compose_config([f"experiment=cartpole_{algorithm}", "seed=2"], tmp_path)
+    ran, expected = (OmegaConf.to_container(c, resolve=True) for c in (trial, alone))
+    for cfg in (ran, expected):
+        cfg.pop("report")  # what nnlab-report shows of the sweep: the one key the concept adds
+        cfg.pop("hydra", None)  # (its record of the choices names the concept)
+    assert ran == expected
+    assert ran["task"]["_target_"].rsplit(".", 1)[-1].lower() == algorithm and ran["seed"] == 2
+
+
+def agent(algorithm: str, seed: int, val: list[float], test: float | None, wall: float | None = 10.0) -> cp.AgentRun:
+    """A made-up trial of the reinforcement-learning sweep: a validation every 1,000 steps."""
+    steps = [1000 * (i + 1) for i in range(len(val))]
+    solved = test is not None and test >= 475
+    return cp.AgentRun(algorithm, seed, (steps, val), (steps, val), test, solved, wall)
+
+
+def test_steps_to_solve_are_those_of_the_first_validation_at_500() -> None:
+    assert agent("ppo", 0, [120.0, 500.0, 480.0, 500.0], 500.0).steps_to_solve == 2000
+    assert agent("ppo", 0, [120.0, 499.9], 480.0).steps_to_solve is None  # solved by the test, not at 500
+
+
+def test_epoch_curves_are_drawn_against_the_environment_steps_of_their_epoch() -> None:
+    env_steps = ([1, 2, 3], [5120.0, 10240.0, 15360.0])
+    val = ([1, 3], [150.0, 500.0])  # (an epoch without a validation is left out)
+    assert cp.against_env_steps(env_steps, val) == ([5120, 15360], [150.0, 500.0])
+
+
+def test_solve_rows_summarise_each_algorithm_over_its_seeds() -> None:
+    runs = [
+        agent("reinforce", 0, [100.0, 300.0, 500.0], 499.0, wall=9.0),
+        agent("reinforce", 1, [100.0, 500.0], 500.0, wall=12.0),
+        agent("reinforce", 2, [100.0, 200.0, 300.0, 400.0, 500.0], 470.0, wall=20.0),
+        agent("dqn", 0, [500.0], 500.0),
+        agent("dqn", 1, [10.0], None, wall=None),  # a failed trial: counted, unsolved, no return
+    ]
+    rows = cp.solve_rows(runs)
+    assert [r["algorithm"] for r in rows] == ["reinforce", "dqn"]  # the sweep's order
+    assert rows[0] == {
+        "algorithm": "reinforce",
+        "seeds solved (test >= 475)": "2/3",  # the test decides; seed 2 reached 500 in validation only
+        "env steps to solve: median": "3,000",
+        "range": "2,000-5,000",
+        "test return": "489.7 ± 17.0",  # sample standard deviation over the seeds
+        "wall s per run: median": 12.0,
+        "range (s)": "9-20",
+    }
+    assert rows[1]["seeds solved (test >= 475)"] == "1/2"
+    assert rows[1]["range"] == "1,000-1,000" and rows[1]["test return"] == "500.0 ± 0.0"
+    assert [r["env steps to solve"] for r in cp.run_rows(runs)] == ["3,000", "2,000", "5,000", "1,000", None]
+
+
+def test_return_plot_draws_every_run_against_environment_steps(tmp_path: Path) -> None:
+    runs = [agent(a, s, [100.0 * (s + 1), 500.0], 500.0) for a in ("reinforce", "dqn", "ppo") for s in (0, 1, 2)]
+    path = cp.return_plot(runs, tmp_path / "returns.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+
+
 def test_a_failing_command_stops_the_pipeline_with_its_log(tmp_path: Path) -> None:
     run = cp.Runner(tmp_path)
     with pytest.raises(cp.PipelineFailed, match=r"nnlab-report .* exited with 2(.|\n)*no such folder"):
@@ -189,10 +255,11 @@ def test_a_failing_command_stops_the_pipeline_with_its_log(tmp_path: Path) -> No
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["transfer_learning", "edge_deployment"])
+@pytest.mark.parametrize("name", ["transfer_learning", "edge_deployment", "reinforcement_learning"])
 def test_a_pipeline_runs_end_to_end_on_tiny_runs(name: str, tmp_path: Path) -> None:
     """The real commands on runs of two batches: a pretraining then a sweep from its checkpoint,
-    or a sweep then nnlab-export on each trial; the table, timing and report land in the docs dir."""
+    a sweep then nnlab-export on each trial, or the 9 reinforcement-learning trials read back from
+    their TensorBoard logs; the table, timing and report land in the docs dir."""
     runs, docs = tmp_path / "runs", tmp_path / "docs"
     cmd = [sys.executable, str(SCRIPT), name, "--runs-dir", str(runs), "--docs-dir", str(docs), "--", *TINY]
     done = subprocess.run(cmd, cwd=tmp_path, env=cli_env(tmp_path), capture_output=True, text=True, timeout=600)
@@ -207,6 +274,11 @@ def test_a_pipeline_runs_end_to_end_on_tiny_runs(name: str, tmp_path: Path) -> N
         assert all(0 <= r["scratch"] <= 1 and 0 <= r["fine-tuned"] <= 1 for r in table["rows"])
         out = next((runs / name).iterdir())
         assert "copied" in (out / "sweep" / "1" / "train.log").read_text()  # the fine-tuned trial loaded it
+    elif name == "reinforcement_learning":
+        assert [r["algorithm"] for r in table["rows"]] == ["reinforce", "dqn", "ppo"]
+        assert all(r["seeds solved (test >= 475)"].endswith("/3") for r in table["rows"])
+        assert (docs / name / "return_vs_env_steps.png").stat().st_size > 10_000
+        assert len((docs / name / "runs.md").read_text().splitlines()) == 2 + 9  # header, rule, a row per trial
     else:
         assert {(r["model"], r["artifact"]) for r in table["rows"]} >= {("mlp", "onnx_int8"), ("cnn", "pytorch")}
         assert all(r["size_kb"] > 0 and 0 <= r["test_acc"] <= 1 for r in table["rows"])

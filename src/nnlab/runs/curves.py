@@ -61,6 +61,8 @@ def _from_epoch(split: str):
 
 
 def x_label(tag: str) -> str:
+    if tag.startswith("rollout/"):  # reinforcement learning's episodes (nnlab.engine.callbacks.EpisodeLog)
+        return "environment steps"
     return "step" if tag.endswith("_step") or tag.startswith(("health/", "gradcheck/")) else "epoch"
 
 
