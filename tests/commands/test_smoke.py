@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 import torch
 from hydra.utils import instantiate
+from omegaconf import DictConfig
 
 from datafiles import offline_data
-from helpers import assert_finite_metrics, options
+from helpers import TINY, assert_finite_metrics, options
 from nnlab.checks.untrusted import read_tokenizer
 from nnlab.runs.pipeline import train
 
@@ -142,15 +143,31 @@ def test_every_scheduler(scheduler: str, train_run, tmp_path: Path) -> None:
         assert lr != pytest.approx(LR / 25)
 
 
+def rl_tiny(cfg: DictConfig) -> list[str]:
+    """A reinforcement-learning experiment's TINY: its two batches made short rollouts (16 steps
+    per environment) and its evaluation a few short episodes (at most 50 steps)."""
+    rollout = "task.train_freq" if "train_freq" in cfg.task else "task.n_steps"
+    return [f"{rollout}=16", "env.val_episodes=2", "env.test_episodes=2", "env.max_episode_steps=50"]
+
+
 @pytest.mark.parametrize("experiment", options("experiment"))
-def test_every_experiment_runs_tiny(experiment: str, train_run, tmp_path: Path) -> None:
-    run = train_run([f"experiment={experiment}"], tmp_path)
-    if run.cfg.task._target_ == "nnlab.tasks.supervised.Supervised":
-        assert_finite_metrics(run.metrics, instantiate(run.cfg.data.dataset).kind)
-    else:  # reconstruction, GAN, SOM, language model: their own metrics on every split (and a baseline's), finite
-        assert {key.split("/")[0] for key in run.metrics} - {"baseline"} == {"train", "val", "test"}
-        assert all(isinstance(v, float) and math.isfinite(v) for v in run.metrics.values()), run.metrics
-    assert run.cfg.optimized_metric in run.metrics
+def test_every_experiment_runs_tiny(experiment: str, compose_cfg, tmp_path: Path) -> None:
+    overrides = [*TINY, f"experiment={experiment}"]
+    cfg = compose_cfg(overrides, tmp_path)
+    if cfg.get("env"):
+        cfg = compose_cfg([*overrides, *rl_tiny(cfg)], tmp_path)
+    metrics = train(cfg)
+    if cfg.task._target_ == "nnlab.tasks.supervised.Supervised":
+        assert_finite_metrics(metrics, instantiate(cfg.data.dataset).kind)
+    else:  # reconstruction, GAN, SOM, language model, RL: their own metrics on every split (and a baseline's), finite
+        assert {key.split("/")[0] for key in metrics} - {"baseline"} == {"train", "val", "test"}
+        assert all(isinstance(v, float) and math.isfinite(v) for v in metrics.values()), metrics
+    if cfg.get("env"):  # two batches of 16 steps per environment, then 2 episodes of at most 50 steps per split
+        assert metrics["train/env_steps"] == 2 * 16 * cfg.env.num_envs
+        for split in ("val", "test"):
+            assert 1 <= metrics[f"{split}/episode_length"] <= 50
+            assert metrics[f"{split}/return_min"] <= metrics[f"{split}/return_mean"] <= metrics[f"{split}/return_max"]
+    assert cfg.optimized_metric in metrics
 
 
 def test_debug_default_runs_and_prints_the_config(compose_cfg, tmp_path: Path, capsys) -> None:

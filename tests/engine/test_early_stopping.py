@@ -166,3 +166,32 @@ def test_resume_after_an_early_stop_trains_no_further(tmp_path: Path, caplog: py
     assert not any(r.getMessage().startswith("epoch ") for r in caplog.records)  # no epoch line
     for key in ("val/loss", "val/acc", "test/loss"):
         assert resumed.metrics[key] == pytest.approx(first.metrics[key])
+
+
+@pytest.mark.parametrize(
+    ("mode", "goal", "scores", "stopped_after"),
+    [
+        ("max", 500.0, [100.0, 300.0, 499.9, 500.0, 500.0], 4),  # at the goal (>=), not a hair before
+        ("max", 500.0, [100.0, 520.0], 2),  # past it
+        ("min", 0.1, [0.5, 0.2, 0.1000001, 0.1, 0.05], 4),  # min: at or below
+        ("min", 0.1, [0.5, 0.02], 2),
+    ],
+)
+def test_a_stopping_threshold_stops_once_the_goal_is_reached(
+    mode: str, goal: float, scores: list[float], stopped_after: int
+) -> None:
+    stopper = EarlyStopping(monitor="val/score", mode=mode, patience=100, stopping_threshold=goal)
+    trainer = feed(stopper, scores, monitor="val/score")
+    assert trainer.should_stop and trainer.epoch == stopped_after
+    reached = scores[stopped_after - 1]
+    assert trainer.stop_reason == (
+        f"val/score = {reached:.4f} reached callbacks.early_stopping.stopping_threshold={goal:g}"
+    )
+
+
+@pytest.mark.parametrize("mode", ["max", "min"])
+def test_without_a_goal_or_short_of_it_only_patience_stops(mode: str) -> None:
+    improving = [float(k) for k in range(1, 8)] if mode == "max" else [float(-k) for k in range(1, 8)]
+    for goal in (None, 1e9 if mode == "max" else -1e9):
+        stopper = EarlyStopping(monitor="val/score", mode=mode, patience=2, stopping_threshold=goal)
+        assert not feed(stopper, improving, monitor="val/score").should_stop

@@ -123,7 +123,13 @@ def build_agent(cfg: DictConfig) -> tuple[Any, Any, Any]:
     networks = {"model": instantiate(cfg.model, input_shape=env.input_shape, num_outputs=env.num_outputs)}
     if "critic" in parameters:  # the task learns a value function: same architecture, one output
         networks["critic"] = instantiate(cfg.model, input_shape=env.input_shape, num_outputs=1)
-    if cfg.get("init"):
+    if cfg.get("init") and cfg.init.get("scheme", "default") != "default":
+        if cfg.task.get("ortho_init"):
+            raise UserError(
+                f"init={cfg.init.scheme} and task.ortho_init=true would both initialise the policy: the task's "
+                "orthogonal init (gain 0.01 on the policy's output) runs last and would overwrite yours. Add "
+                f"task.ortho_init=false to use init={cfg.init.scheme}, or drop init= for the orthogonal start."
+            )
         initializer = instantiate(cfg.init)
         for network in networks.values():
             initializer(network)

@@ -163,6 +163,8 @@ def fit_and_test(cfg: DictConfig, output_dir: Path, show_table: bool) -> dict[st
                 logger.close()  # flushes event files, also on Ctrl-C or an error
             except OSError:  # a full disk: the error already on its way says so
                 pass
+        if hasattr(data, "close"):  # an environment's worker processes (env.vectorization=async)
+            data.close()
 
     if show_table:
         print_metrics_table(metrics)

@@ -36,6 +36,13 @@ class ReplayBuffer:
     ) -> None:
         """Append a batch of transitions (one per environment), overwriting the oldest."""
         n = obs.shape[0]
+        if n > self.capacity:  # only the newest fit: writing to a repeated index is undefined in torch
+            skip = n - self.capacity
+            obs, actions, rewards, next_obs, terminated = (
+                t[skip:] for t in (obs, actions, rewards, next_obs, terminated)
+            )
+            self.position = (self.position + skip) % self.capacity
+            n = self.capacity
         index = (self.position + torch.arange(n)) % self.capacity
         self.obs[index] = obs
         self.actions[index] = actions
