@@ -2,6 +2,7 @@
 
     python benchmarks/rl_vs_sb3.py --write      # 3 seeds; the table into docs/benchmarks.md
     python benchmarks/rl_vs_sb3.py --quick      # a smoke run: 2,048 steps of each, seed 0, nothing written
+    python benchmarks/rl_vs_sb3.py --from-json benchmarks/rl_vs_sb3.json --write   # saved results' table
 
 For each algorithm and seed, in one process, both libraries train on CPU for the Zoo's number of
 environment steps (PPO 100,000, DQN 50,000): Stable-Baselines3 with the Zoo's hyperparameters
@@ -250,9 +251,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help=f"raw results as JSON (default: {RESULTS.name} without --quick)")
     parser.add_argument("--workdir", type=Path, help="keep nnlab's run folders here (default: a temporary folder)")
     parser.add_argument("--threads", type=int, help="torch CPU threads for both (default: torch's own)")
+    parser.add_argument("--from-json", type=Path, help="make the table of saved results (no runs)")
     args = parser.parse_args(argv)
     if args.quick and args.write:
         parser.error("--write puts measured figures into the docs; a --quick run is only a smoke test")
+    if args.from_json:
+        table = markdown(json.loads(args.from_json.read_text(encoding="utf-8")))
+        print(table)
+        if args.write:
+            write_doc(table)
+        return 0
     seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
     work = args.workdir or Path(tempfile.mkdtemp(prefix="rl_vs_sb3_"))
     if args.threads:
