@@ -95,6 +95,22 @@ def cli_env(cwd: str | Path) -> dict[str, str]:
     return env
 
 
+def assert_same(a: Any, b: Any, where: str = "state") -> None:
+    """Recursive equality of checkpoint contents: torch.equal (and the same dtype) on every tensor."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            assert_same(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
 def expected_metric_keys(kind: str, class_names: list[str] | None = None) -> set[str]:
     """metrics.json keys of a supervised run: training reports its step metrics (loss, and acc for
     classification); validation and test score the whole split, and the test report adds

@@ -11,13 +11,12 @@ import shlex
 import shutil
 import signal
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from helpers import Run, compose_config, epoch_curve, run_cli, train_tiny
+from helpers import Run, assert_same, compose_config, epoch_curve, run_cli, train_tiny
 from nnlab.errors import Stopped
 from nnlab.runs.pipeline import train
 
@@ -34,22 +33,6 @@ STATEFUL = (
     "callbacks.model_checkpoint.every_n_epochs=1",
 )
 STEPS_PER_EPOCH = 20  # digits: 1259 training rows in batches of 64
-
-
-def assert_same(a: Any, b: Any, where: str = "state") -> None:
-    """Recursive equality of checkpoint contents, with torch.equal on every tensor."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for k in a:
-            assert_same(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_same(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, where
 
 
 @pytest.fixture(scope="module")

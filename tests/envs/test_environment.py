@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import assert_same
 from nnlab.envs.environment import Environment, episode_seed
 from nnlab.errors import ConfigValueError, OptionError, UserError
 
@@ -163,18 +164,9 @@ def test_a_restored_environment_is_bitwise_the_saved_one_and_steps_on_identicall
         ended_after = a.episodes_done - int(state["episodes_done"])
     assert ended_after >= 3  # episodes begun before the save ended after it
     assert a.recent_returns() == b.recent_returns()
-    assert_same_state(a.state_dict(), b.state_dict())
+    assert_same(a.state_dict(), b.state_dict())
     a.close()
     b.close()
-
-
-def assert_same_state(x: dict, y: dict) -> None:
-    assert torch.equal(x["episode_index"], y["episode_index"])
-    assert len(x["actions"]) == len(y["actions"])
-    for p, q in zip(x["actions"], y["actions"]):
-        assert (p is None and q is None) or torch.equal(p, q)
-    for key in ("total_steps", "episodes_done", "finished"):
-        assert x[key] == y[key], key
 
 
 def test_a_fresh_environment_saves_and_restores_too() -> None:

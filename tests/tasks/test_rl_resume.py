@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import torch
 
-from helpers import Run, cli_env, compose_config, run_cli, train_tiny, with_parts
+from helpers import Run, assert_same, cli_env, compose_config, run_cli, train_tiny, with_parts
 from nnlab.errors import Stopped
 from nnlab.runs.pipeline import train
 
@@ -61,22 +61,6 @@ STOP_AT = 6  # the second batch of the second epoch
 
 def overrides(algorithm: str) -> list[str]:
     return [*COMMON, *ALGORITHMS[algorithm]]
-
-
-def assert_same(a: Any, b: Any, where: str = "state") -> None:
-    """Recursive equality of checkpoint contents, with torch.equal on every tensor."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for k in a:
-            assert_same(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_same(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, where
 
 
 @pytest.fixture(scope="module", params=sorted(ALGORITHMS))
