@@ -159,6 +159,9 @@ class Environment:
         self.total_steps = 0  # environment steps taken (all environments)
         self.finished: deque[tuple[float, int]] = deque(maxlen=RECENT_EPISODES)  # (return, length)
         self.episodes_done = 0
+        self._actions: list[list[Any]] = [[] for _ in range(self.num_envs)]  # each episode's, for replay
+        self._returns = np.zeros(self.num_envs)  # each running episode's return and length so far
+        self._lengths = np.zeros(self.num_envs, dtype=np.int64)
         self._start(np.ones(self.num_envs, dtype=bool))
 
     @property
@@ -190,7 +193,7 @@ class Environment:
         function bootstraps from when the time limit truncated it."""
         obs, rewards, terminated, truncated, _ = self._vec.step(actions)
         rewards = np.asarray(rewards, dtype=np.float64)
-        self._obs = obs
+        self.obs = obs
         self.total_steps += self.num_envs
         for i in range(self.num_envs):
             self._actions[i].append(actions[i])
@@ -204,8 +207,7 @@ class Environment:
                 self.finished.append((float(self._returns[i]), int(self._lengths[i])))
                 self.episodes_done += 1
             self._start(done)
-        self.obs = self._obs
-        return self._obs, rewards, terminated, truncated, final
+        return self.obs, rewards, terminated, truncated, final
 
     def _start(self, mask: np.ndarray) -> None:
         """Reset the masked environments, each with its next episode's seed."""
@@ -214,17 +216,12 @@ class Environment:
         ]
         # (with a reset mask, the vector env returns every environment's observation: the reset
         # ones' first and the others' current)
-        self._obs, _ = self._vec.reset(seed=seeds, options={"reset_mask": mask})
-        if not hasattr(self, "_actions"):
-            self._actions: list[list[Any]] = [[] for _ in range(self.num_envs)]
-            self._returns = np.zeros(self.num_envs)
-            self._lengths = np.zeros(self.num_envs, dtype=np.int64)
+        self.obs, _ = self._vec.reset(seed=seeds, options={"reset_mask": mask})
         for i in np.flatnonzero(mask):
             self._actions[i] = []
             self._returns[i] = 0.0
             self._lengths[i] = 0
             self.episode_index[i] += 1
-        self.obs = self._obs
 
     def recent_returns(self) -> dict[str, float]:
         """Return and length statistics of the last completed training episodes (empty before
@@ -318,14 +315,13 @@ class Environment:
             env = self._vec.envs[i]
             for a in actions.numpy():
                 obs, reward, *_ = env.step(a)
-                self._obs[i] = obs
+                self.obs[i] = obs
                 self._returns[i] += reward
                 self._lengths[i] += 1
                 self._actions[i].append(a)
         self.total_steps = int(state["total_steps"])
         self.episodes_done = int(state["episodes_done"])
         self.finished = deque(((float(r), int(n)) for r, n in state["finished"]), maxlen=RECENT_EPISODES)
-        self.obs = self._obs
 
     def close(self) -> None:
         if self._vec is not None:
