@@ -337,7 +337,15 @@ def assert_refused(result: subprocess.CompletedProcess[str], marker: Path) -> No
     assert "weights_only=False" not in paragraph
 
 
-@pytest.mark.parametrize("shape", ALL_SHAPES)
+# The default suite sends each command one payload and each family (config, YAML text, pickle) at
+# least once through a real command; every payload reaches the gate in-process above, and every
+# command meets every payload in the slow battery below (a command costs ~2 s of imports).
+IN_DEFAULT_SUITE = {*ALL_SHAPES[: len(COMMANDS)], next(iter(TEXT_PAYLOADS)), next(iter(PICKLE_PAYLOADS))}
+
+
+@pytest.mark.parametrize(
+    "shape", [pytest.param(s, marks=() if s in IN_DEFAULT_SUITE else pytest.mark.slow) for s in ALL_SHAPES]
+)
 def test_a_command_refuses_each_payload(shape: str, tiny: dict, tmp_path: Path) -> None:
     command = COMMANDS[ALL_SHAPES.index(shape) % len(COMMANDS)]  # the commands take turns
     marker = tmp_path / "pwned"

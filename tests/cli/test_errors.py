@@ -39,7 +39,18 @@ def assert_user_error(result, key: str) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize("overrides, key, hint", VALUE_ERRORS, ids=[" ".join(c[0]) for c in VALUE_ERRORS])
+# The default suite runs the kinds of check once each (a type, a range with a did-you-mean, an
+# unknown key, a pair of values); the rest, through the same code, in the slow battery.
+IN_DEFAULT_SUITE = {"trainer.max_epochs=abc", "model.activation=rleu", "+model.foo=1", "trainer.precision=16-mixed"}
+
+
+@pytest.mark.parametrize(
+    "overrides, key, hint",
+    [
+        pytest.param(*c, id=" ".join(c[0]), marks=() if IN_DEFAULT_SUITE & set(c[0]) else pytest.mark.slow)
+        for c in VALUE_ERRORS
+    ],
+)
 def test_bad_value(overrides: list[str], key: str, hint: str, tmp_path: Path) -> None:
     result = run_cli([*TINY, *overrides, f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
     message = assert_user_error(result, key)
@@ -136,11 +147,11 @@ def test_failed_run_leaves_an_earlier_run_untouched(bad: list[str], cli_run: Pat
 
 @pytest.mark.parametrize(
     "override, key",
-    [
-        ("model.dropout=1.5", "model.dropout"),
+    [  # the data module's and the task's options by default; the model's and the trainer's in the slow battery
+        pytest.param("model.dropout=1.5", "model.dropout", marks=pytest.mark.slow),
         ("data.batch_size=0", "data.batch_size"),
         ("task.loss=crossentropy", "task.loss"),
-        ("trainer.max_epochs=-1", "trainer.max_epochs"),
+        pytest.param("trainer.max_epochs=-1", "trainer.max_epochs", marks=pytest.mark.slow),
     ],
 )
 def test_bad_options_stop_the_run_before_the_dataset_is_read(override: str, key: str, tmp_path: Path) -> None:
