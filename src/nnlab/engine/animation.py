@@ -16,17 +16,18 @@ class Animation:
     frames: np.ndarray
     fps: int = 25
 
-    def gif(self, max_width: int = 300) -> bytes:
-        """The frames as an animated GIF, scaled down to at most `max_width` pixels wide."""
+    def gif(self, max_width: int = 300) -> tuple[bytes, int, int]:
+        """The frames as an animated GIF, scaled down to at most `max_width` pixels wide:
+        (bytes, height, width)."""
         from PIL import Image
 
         images = [Image.fromarray(frame) for frame in self.frames]
         width, height = images[0].size
         if width > max_width:
-            size = (max_width, max(1, round(height * max_width / width)))
-            images = [im.resize(size, Image.Resampling.BILINEAR) for im in images]
+            width, height = max_width, max(1, round(height * max_width / width))
+            images = [im.resize((width, height), Image.Resampling.BILINEAR) for im in images]
         buffer = io.BytesIO()
         images[0].save(
             buffer, format="GIF", save_all=True, append_images=images[1:], duration=round(1000 / self.fps), loop=0
         )
-        return buffer.getvalue()
+        return buffer.getvalue(), height, width

@@ -338,11 +338,17 @@ class EpisodeLog:
     episode_length at step = environment steps taken. Tasks without episodes (no
     `episode_scalars`) are left alone."""
 
+    def __init__(self) -> None:
+        self._scalars = None  # the task's `episode_scalars`, when it has one and the run logs
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        has_logger = trainer.logger is not None
+        self._scalars = getattr(trainer.task, "episode_scalars", None) if has_logger else None
+
     def on_train_batch_end(self, trainer: Trainer) -> None:
-        scalars = getattr(trainer.task, "episode_scalars", None)
-        if scalars is None or trainer.logger is None or trainer.global_step % trainer.log_every_n_steps:
+        if self._scalars is None or trainer.global_step % trainer.log_every_n_steps:
             return
-        values, env_steps = scalars()
+        values, env_steps = self._scalars()
         if values:
             trainer.logger.log_metrics({f"rollout/{k}": v for k, v in values.items()}, env_steps)
 

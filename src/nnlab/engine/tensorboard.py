@@ -223,13 +223,10 @@ def save_image(image: Any, path: Path, logger: TensorBoardLogger | None, tag: st
     a GIF beside it, `path` with the suffix .gif, which is returned)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(image, Animation):
-        gif = image.gif()
+        gif, height, width = image.gif()
         path = path.with_suffix(".gif")
         path.write_bytes(gif)
         if logger is not None:
-            from PIL import Image
-
-            width, height = Image.open(path).size
             logger.log_gif(tag, gif, height, width, step)
         return path
     if hasattr(image, "savefig"):

@@ -113,9 +113,8 @@ def build_agent(cfg: DictConfig) -> tuple[Any, Any, Any]:
     task_class = get_object(cfg.task._target_)
     parameters = inspect.signature(task_class).parameters
     if "env" not in parameters:
-        choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
         raise UserError(
-            f"env={choices.get('env', cfg.env.id)} is an environment to act in, and task={choices.get('task', '?')} "
+            f"env={chosen('env', cfg.env.id)} is an environment to act in, and task={chosen('task')} "
             "learns from data. Choose a reinforcement-learning task: task=ppo, task=dqn or task=reinforce "
             "(or drop env= to train on data)."
         )
@@ -256,5 +255,10 @@ def check_reads_tokens(target: str) -> None:
 
 def pairing() -> str:
     """'model=cnn and data=diabetes': the chosen model and data, for messages about the pair."""
+    return f"model={chosen('model')} and data={chosen('data')}"
+
+
+def chosen(group: str, default: str = "?") -> str:
+    """The file chosen for config group `group` (Hydra's runtime choices), for messages."""
     choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
-    return f"model={choices.get('model', '?')} and data={choices.get('data', '?')}"
+    return choices.get(group) or default

@@ -132,7 +132,9 @@ class DQN(EpisodeTask):
             explore = torch.rand(n) < (1.0 if env.total_steps < self.learning_starts else self.epsilon)
             actions = torch.randint(0, env.num_actions, (n,))
             if not explore.all():  # (no forward pass while every action is random, as before learning_starts)
-                actions = torch.where(explore, actions, torch.from_numpy(self.greedy(env.obs)))
+                with torch.no_grad():
+                    greedy = self.model(obs.to(self.device)).argmax(-1).cpu()
+                actions = torch.where(explore, actions, greedy)
             _, rewards, terminated, _, final = env.step(actions.numpy())
             next_obs = torch.as_tensor(final, dtype=torch.float32)
             self.buffer.add(

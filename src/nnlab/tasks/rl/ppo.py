@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -125,40 +125,34 @@ class PPO(EpisodeTask):
         n = obs.shape[0]
         sums = torch.zeros(5, device=self.device)  # policy_loss, value_loss, entropy, approx_kl, clip_fraction
         count = 0
-        for _ in range(self.n_epochs):
-            order = torch.randperm(n, device=self.device)
-            for start in range(0, n, self.batch_size):
-                idx = order[start : start + self.batch_size]
-                with self.precision.autocast():
-                    dist = self.model.distribution(obs[idx])
-                    values = self.model.value(obs[idx]).float()
-                log_probs = dist.log_prob(actions[idx])
-                adv = advantages[idx]
-                if self.normalize_advantage and len(idx) > 1:
-                    adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-                log_ratio = log_probs - old_log_probs[idx]
-                ratio = log_ratio.exp()
-                # The clipped surrogate objective: maximise E[min(r A, clip(r, 1 - eps, 1 + eps) A)],
-                # r = pi(a|s) / pi_old(a|s). The min takes the pessimistic bound, so moving r outside
-                # [1 - eps, 1 + eps] gains nothing and the update stays near the acting policy.
-                surrogate = torch.min(ratio * adv, ratio.clamp(1 - clip, 1 + clip) * adv)
-                policy_loss = -surrogate.mean()
-                # The value function regresses the GAE returns; the entropy bonus keeps the policy
-                # from collapsing onto one action before it has seen enough.
-                value_loss = F.mse_loss(values, returns[idx])
-                entropy = dist.entropy().mean()
-                loss = policy_loss + self.vf_coef * value_loss - self.ent_coef * entropy
-                with torch.no_grad():
-                    approx_kl = ((ratio - 1) - log_ratio).mean()  # Schulman's low-variance KL estimate
-                    clipped = ((ratio - 1).abs() > clip).float().mean()
-                if self.target_kl is not None and approx_kl.item() > 1.5 * self.target_kl:
-                    break  # (the epochs end below too)
-                self.optim.step(loss)
-                sums += torch.stack([policy_loss.detach(), value_loss.detach(), entropy.detach(), approx_kl, clipped])
-                count += 1
-            else:
-                continue
-            break
+        for idx in self.minibatches(n):
+            with self.precision.autocast():
+                dist = self.model.distribution(obs[idx])
+                values = self.model.value(obs[idx]).float()
+            log_probs = dist.log_prob(actions[idx])
+            adv = advantages[idx]
+            if self.normalize_advantage and len(idx) > 1:
+                adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+            log_ratio = log_probs - old_log_probs[idx]
+            ratio = log_ratio.exp()
+            # The clipped surrogate objective: maximise E[min(r A, clip(r, 1 - eps, 1 + eps) A)],
+            # r = pi(a|s) / pi_old(a|s). The min takes the pessimistic bound, so moving r outside
+            # [1 - eps, 1 + eps] gains nothing and the update stays near the acting policy.
+            surrogate = torch.min(ratio * adv, ratio.clamp(1 - clip, 1 + clip) * adv)
+            policy_loss = -surrogate.mean()
+            # The value function regresses the GAE returns; the entropy bonus keeps the policy
+            # from collapsing onto one action before it has seen enough.
+            value_loss = F.mse_loss(values, returns[idx])
+            entropy = dist.entropy().mean()
+            loss = policy_loss + self.vf_coef * value_loss - self.ent_coef * entropy
+            with torch.no_grad():
+                approx_kl = ((ratio - 1) - log_ratio).mean()  # Schulman's low-variance KL estimate
+                clipped = ((ratio - 1).abs() > clip).float().mean()
+            if self.target_kl is not None and approx_kl.item() > 1.5 * self.target_kl:
+                break  # (the remaining epochs too)
+            self.optim.step(loss)
+            sums += torch.stack([policy_loss.detach(), value_loss.detach(), entropy.detach(), approx_kl, clipped])
+            count += 1
         means = sums / max(count, 1)
         explained = 1 - (returns - old_values).var() / returns.var().clamp_min(1e-8)
         names = ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction")
@@ -166,6 +160,14 @@ class PPO(EpisodeTask):
         metrics["explained_variance"] = explained
         metrics["clip_range"] = torch.tensor(clip)
         return metrics
+
+    def minibatches(self, n: int) -> Iterator[torch.Tensor]:
+        """Indices of each minibatch, `n_epochs` passes over the rollout's `n` transitions, each
+        pass in a new random order."""
+        for _ in range(self.n_epochs):
+            order = torch.randperm(n, device=self.device)
+            for start in range(0, n, self.batch_size):
+                yield order[start : start + self.batch_size]
 
     def algorithm_state(self) -> dict[str, Any]:
         return {"updates": self.updates}
