@@ -453,6 +453,39 @@ def reinforcement_learning(run: Runner) -> tuple[list[dict[str, Any]], Path]:
     return solve_rows(runs), sweep
 
 
+def interpretability(run: Runner) -> tuple[list[dict[str, Any]], Path]:
+    """SHAP vs LIME vs gradients by faithfulness: the sweep trains the breast_cancer MLP and the
+    digits CNN, nnlab-explain scores every method on 32 test rows of each. One row per method
+    (ordered by the first model's deletion AUC, the random order last), per model its deletion AUC
+    (lower = more faithful), infidelity (lower = better) and sanity-check Spearman (lower = the map
+    depends more on the trained weights); '-' where a method does not apply (Grad-CAM on an MLP)."""
+    sweep = run.out / "sweep"
+    run("nnlab-train", "-m", "experiment=interpretability", f"hydra.sweep.dir={sweep}")
+    scores: dict[str, dict[str, float]] = {}
+    for trial in find_trials(sweep):
+        model = trial.value("experiment@_global_") or trial.name
+        out = run.out / f"explain_{model}"
+        run("nnlab-explain", f"ckpt_path={best_ckpt(trial)}", "explain.num_samples=32", f"hydra.run.dir={out}")
+        scores[model] = read_metrics(out)
+        for figure in ("deletion_curves", "attributions", "shap_samples", "shap_importance"):
+            if (out / "figures" / f"{figure}.png").is_file():
+                run.figures[f"{model}_{figure}.png"] = out / "figures" / f"{figure}.png"
+    found = [re.fullmatch(r"faithfulness/(\w+)/deletion_auc", k) for m in scores.values() for k in m]
+    methods = sorted({f[1] for f in found if f} - {"random"})
+    first = next(iter(scores.values()), {})
+    methods.sort(key=lambda m: first.get(f"faithfulness/{m}/deletion_auc", float("inf")))
+    rows = []
+    for method in [*methods, "random"]:
+        row: dict[str, Any] = {"method": method}
+        sanity = "ig" if method == "integrated_gradients" else method  # nnlab-explain's short name
+        for model, metrics in scores.items():
+            row[f"{model}: deletion AUC"] = metrics.get(f"faithfulness/{method}/deletion_auc")
+            row[f"{model}: infidelity"] = metrics.get(f"faithfulness/{method}/infidelity")
+            row[f"{model}: sanity rho"] = metrics.get(f"sanity/{sanity}/spearman")
+        rows.append(row)
+    return rows, sweep
+
+
 PIPELINES: dict[str, Callable[[Runner], tuple[list[dict[str, Any]], Path]]] = {
     "attention": attention,
     "adversarial": adversarial,
@@ -462,6 +495,7 @@ PIPELINES: dict[str, Callable[[Runner], tuple[list[dict[str, Any]], Path]]] = {
     # 100 epochs: a better reconstruction code transfers better than the config's 30 (docs/transfer.md)
     "ssl_pretraining": few_labels("ssl_pretraining", "experiment=digits_ssl_pretrain", "trainer.max_epochs=100"),
     "reinforcement_learning": reinforcement_learning,
+    "interpretability": interpretability,
 }
 
 

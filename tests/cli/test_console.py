@@ -66,3 +66,33 @@ def test_tabs_and_lines_of_a_message_print_as_richs_text_would() -> None:
     colour.setFormatter(logging.Formatter("%(message)s"))
     colour.emit(record(logging.DEBUG, "x", created=1_700_000_000.0))
     assert "\x1b[32mDEBUG   \x1b[0m x\n" in term.getvalue()  # logging.level.debug: green
+
+
+def test_the_final_table_sets_the_network_beside_its_classical_baselines(capsys) -> None:
+    """`baselines/...` keys leave the metrics table for a table of their own: a row per model,
+    val and test of the shared metric (with ± over folds), and the time."""
+    from nnlab.cli.console import print_metrics_table
+
+    metrics = {"test/acc": 0.95, "val/acc": 0.97, "val/loss": 0.1}
+    for name, (val, test) in {"logistic": (0.96, 0.94), "random_forest": (0.98, 0.96)}.items():
+        metrics |= {f"baselines/{name}/val/acc": val, f"baselines/{name}/test/acc": test}
+        metrics |= {f"baselines/{name}/fit_s": 0.5, f"baselines/{name}/predict_s": 0.25}
+    print_metrics_table(metrics, network_s=4.0)
+    out = capsys.readouterr().out
+    main, comparison = out.split("network vs classical baselines")
+    assert "val/loss" in main and "baselines/" not in main
+    rows = {
+        r.split("│")[1].strip(): [c.strip() for c in r.split("│")[2:5]] for r in comparison.splitlines() if "│" in r
+    }
+    assert rows == {
+        "network": ["0.9700", "0.9500", "4.00"],
+        "logistic": ["0.9600", "0.9400", "0.75"],
+        "random_forest": ["0.9800", "0.9600", "0.75"],
+    }
+
+    print_metrics_table(metrics, stds={k: 0.01 for k in metrics}, title="5-fold mean ± std")  # k-fold
+    comparison = capsys.readouterr().out.split("network vs classical baselines")[1]
+    assert "0.9600 ± 0.0100" in comparison
+
+    print_metrics_table({"val/loss": 0.1})  # no baselines ran: no second table
+    assert "classical" not in capsys.readouterr().out

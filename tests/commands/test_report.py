@@ -295,3 +295,48 @@ def test_a_real_tensorboard_marks_the_swept_keys_and_lists_headline_metrics(grid
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+# -- the best classical baseline beside the best trial (nnlab.analysis.classical) -------------------
+
+
+def test_no_baseline_line_without_baselines(grid_report: Report) -> None:
+    """The grid's trials ran with baselines=[] (the tests' default): nothing to set beside them."""
+    assert "best baseline" not in grid_report.result.stdout
+    assert "best baseline" not in grid_report.markdown
+
+
+def test_the_best_baseline_is_read_from_the_trials_own_metrics() -> None:
+    from nnlab.analysis.sweep_table import baseline_line, best_baseline
+    from nnlab.runs.sweepfolder import Trial
+
+    metrics = {
+        "val/loss": 0.30,
+        "val/acc": 0.90,
+        "baselines/logistic/val/loss": 0.25,
+        "baselines/logistic/val/acc": 0.93,
+        "baselines/random_forest/val/loss": 0.40,
+        "baselines/random_forest/val/acc": 0.95,
+        "baselines/hist_gradient_boosting/val/loss": float("nan"),  # not finite: never the best
+        "baselines/random_forest/val/loss_std": 0.01,  # a k-fold spread, not a score
+        "fold_0/baselines/random_forest/val/loss": 0.01,  # one fold's, not the mean
+        "baselines/logistic/test/loss": 0.01,  # another split
+    }
+    trial = Trial(name="3", dir=Path("3"), status="completed", metrics=metrics)
+    assert best_baseline(trial, "val/loss", "min") == ("logistic", 0.25)
+    assert best_baseline(trial, "val/acc", "max") == ("random_forest", 0.95)
+    assert best_baseline(trial, "train/loss", "min") is None
+    assert baseline_line(trial, "val/loss", "min") == (
+        "best trial 3: val/loss = 0.3000; best baseline on its split: logistic val/loss = 0.2500 "
+        "(the baseline is better)"
+    )
+    trial.metrics["val/acc"] = 0.99
+    assert baseline_line(trial, "val/acc", "max").endswith("random_forest val/acc = 0.9500 (the network is better)")
+
+
+def test_a_baseline_column_is_named_so_a_terminal_can_wrap_it() -> None:
+    from nnlab.analysis.sweep_table import header
+
+    assert header("baselines/hist_gradient_boosting/test/acc") == "hist_gradient_boosting test/acc"
+    assert header("val/loss") == "val/loss"
+    assert header("baselines/random_forest/fit_s") == "baselines/random_forest/fit_s"  # not a split's metric

@@ -181,3 +181,47 @@ def test_ddp_is_refused_for_tasks_that_do_not_declare_it() -> None:
     assert {c.__name__ for c in task_classes() if c.supports_ddp} == {"Supervised", "Reconstruction", "LanguageModel"}
     with pytest.raises(ConfigValueError, match="not object"):  # a task that declares nothing
         check_ddp_task(object())
+
+
+def test_accumulation_all_reduces_once_per_update_not_once_per_batch(tmp_path: Path) -> None:
+    """`distributed.gradient_sync`: in a window of k batches only the update batch's backward
+    communicates (DDP's comm hook counts the all-reduces), and the averaged gradient is the
+    window's sum, as without skipping."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from nnlab.engine import distributed
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        model = DistributedDataParallel(torch.nn.Linear(4, 2))
+        calls = []
+
+        def hook(state, bucket):  # (DDP checks the annotations at run time: none under postponed evaluation)
+            calls.append(bucket.index())
+            future: torch.futures.Future[torch.Tensor] = torch.futures.Future()
+            future.set_result(bucket.buffer())
+            return future
+
+        model.register_comm_hook(None, hook)
+        xs = torch.randn(3, 8, 4)
+        for i, x in enumerate(xs):
+            with distributed.gradient_sync(model, update=i == len(xs) - 1):
+                model(x).sum().backward()
+            assert len(calls) == (1 if i == len(xs) - 1 else 0)
+        summed = torch.nn.Linear(4, 2)
+        summed.load_state_dict(model.module.state_dict())
+        for x in xs:
+            summed(x).sum().backward()
+        assert torch.allclose(model.module.weight.grad, summed.weight.grad)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_gradient_sync_is_a_no_op_for_a_plain_module() -> None:
+    import contextlib
+
+    from nnlab.engine import distributed
+
+    assert isinstance(distributed.gradient_sync(torch.nn.Linear(2, 2), update=False), contextlib.nullcontext)

@@ -18,6 +18,33 @@ batch x of shape (B, *input_shape), and returns a map of that same shape:
     occlusion             score(x) - score(x with a window set to the baseline) (Zeiler & Fergus,
                           2014), slid over the input: a direct, model-agnostic "what if this part
                           were missing". One forward pass per window position.
+    kernel_shap           Kernel SHAP (Lundberg & Lee, 2017): the Shapley values of the features
+                          (the groups of `feature_mask`: a table's columns, an image's patches),
+                          estimated by a weighted linear regression on `n_samples` random
+                          coalitions, each a forward pass with the absent features set to the
+                          reference. With a background set B of reference rows the value of a
+                          coalition S is the mean over b in B of score(x_S, b_rest); Shapley values
+                          are linear in that value function, so the SHAP values with B are the mean
+                          over b of the SHAP values with the single reference b, which is how they
+                          are computed here. Signed; they sum to score(x) - mean_b score(b).
+    gradient_shap         Gradient SHAP (Lundberg & Lee, 2017; "expected gradients"): the gradient
+                          at a random point on the path from a random background row b to x, times
+                          (x - b), averaged over `n_steps` draws: integrated gradients with the
+                          baseline averaged over a distribution of training rows.
+    lime                  LIME (Ribeiro et al., 2016): a linear model fitted to the scores of
+                          `n_samples` random on/off patterns of the same feature groups (each on
+                          with probability 1/2, absent = 0), weighted by captum's default kernel,
+                          exp(-d^2 / 2) of the cosine distance d to x; its coefficients are the
+                          attributions. The surrogate is ridge regression (alpha 1), as in the
+                          reference `lime` package, not captum's default Lasso (alpha 0.01), which
+                          zeroes every coefficient of a model whose score barely moves (as a barely
+                          trained or randomly initialised one's), leaving no map to compare.
+
+The perturbation methods (kernel_shap, lime) give each feature group one value, spread evenly
+over the group's input values (so a map sums to the groups' total, as integrated gradients'
+does, and a table's column holds its own value). The sampling methods (kernel_shap,
+gradient_shap, lime) draw from generators seeded by `seed` inside the call (`seeded`), so the
+same call gives the same map, and the sanity check's random model sees the same samples.
 
 `model_randomization` is the sanity check of Adebayo et al. (2018): a method whose maps barely
 change when the trained weights are replaced by random ones shows the input (edges, bright
@@ -30,7 +57,9 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -39,7 +68,8 @@ from nnlab.errors import UserError, check_choice, did_you_mean
 
 log = logging.getLogger(__name__)
 
-METHODS = ("saliency", "integrated_gradients", "gradcam", "occlusion")
+METHODS = ("saliency", "integrated_gradients", "gradcam", "occlusion", "kernel_shap", "gradient_shap", "lime")
+PERTURBATION = ("kernel_shap", "lime")  # fit a surrogate on n_samples forward passes of on/off feature groups
 TARGETS = ("predicted", "true")
 
 
@@ -100,6 +130,54 @@ def default_occlusion_window(input_shape: Sequence[int]) -> tuple[int, ...]:
     return (input_shape[0], *(max(1, round(s / 4)) for s in input_shape[1:]))
 
 
+def default_feature_window(input_shape: Sequence[int]) -> tuple[int, ...]:
+    """The patch that is one feature of Kernel SHAP, LIME and the faithfulness scores: a column of
+    a table; for an image, the occlusion window (all channels x a quarter of each side: 16 patches,
+    few enough for Kernel SHAP to estimate well); for a signal (C, L), all channels x an eighth of
+    its length (8 segments: a quarter would leave 4, too few to rank in a deletion curve)."""
+    if len(input_shape) == 2:
+        return (input_shape[0], max(1, round(input_shape[1] / 8)))
+    return default_occlusion_window(input_shape)
+
+
+def feature_mask(input_shape: Sequence[int], window: Sequence[int] | None = None) -> torch.Tensor:
+    """(1, *input_shape) long: the index of each input value's feature group. Windows of `window`
+    (default `default_feature_window`) tile the input, the last ones cut at its edges, numbered in
+    row-major order, so an 8x8 digit with 2x2 windows has groups 0..15."""
+    window = window or default_feature_window(input_shape)
+    sizes = list(window) if isinstance(window, Sequence) and not isinstance(window, str) else [window]
+    if len(sizes) != len(input_shape) or not all(isinstance(w, int) and w >= 1 for w in sizes):
+        raise UserError(
+            f"explain.feature_window={sizes} does not fit the input {tuple(input_shape)}: give one positive "
+            f"whole size per input dimension ({len(input_shape)}), e.g. {list(default_feature_window(input_shape))}, "
+            "or null for that default."
+        )
+    ids = torch.zeros((), dtype=torch.long)
+    for size, w in zip(input_shape, sizes):
+        blocks = -(-size // w)  # windows along this dimension
+        ids = ids[..., None] * blocks + torch.arange(size) // w  # mixed radix: (..., size)
+    return ids[None]
+
+
+@contextmanager
+def seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """Run the block with torch's and numpy's global generators seeded by `seed` (captum draws
+    Gradient SHAP's baselines and path points with numpy, coalitions with torch), and restore
+    them after: the sampling methods give the same map on every call, and the caller's random
+    state is untouched."""
+    import numpy as np
+
+    devices = [device] if device.type == "cuda" else []
+    state = np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            np.random.seed(seed)
+            yield
+    finally:
+        np.random.set_state(state)
+
+
 def attribute(
     model: nn.Module,
     method: str,
@@ -109,19 +187,39 @@ def attribute(
     layer: nn.Module | None = None,
     occlusion_window: Sequence[int] | None = None,
     occlusion_stride: Sequence[int] | None = None,
+    n_samples: int = 512,
+    mask: torch.Tensor | None = None,
+    background: torch.Tensor | None = None,
+    seed: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The attributions of `method` for inputs x (B, *input_shape) towards class indices `target`
     (B,), with x's shape, and the convergence delta (B,) for integrated_gradients (else None).
 
     `layer` is Grad-CAM's conv layer; the occlusion window and stride default to
-    `default_occlusion_window` (stride = window: the windows tile the input).
+    `default_occlusion_window` (stride = window: the windows tile the input). `n_samples` is the
+    forward passes per row of kernel_shap (per background row) and lime, `mask` their feature
+    groups (`feature_mask`, default windows), `background` the reference rows (K, *input_shape)
+    that stand for "feature absent": kernel_shap averages its values over them, gradient_shap
+    draws its baselines from them; None is the single all-zero row (the training mean of
+    standardized inputs). `seed` seeds the sampling of kernel_shap, gradient_shap and lime.
     """
-    from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam, Occlusion, Saliency
+    from captum._utils.models.linear_model import SkLearnRidge
+    from captum.attr import (
+        GradientShap,
+        IntegratedGradients,
+        KernelShap,
+        LayerAttribution,
+        LayerGradCam,
+        Lime,
+        Occlusion,
+        Saliency,
+    )
 
     check_choice("explain.methods", method, METHODS)
     forward = scores(model)
     x = x.detach().clone().requires_grad_(True)
     target = target.long()
+    reference = torch.zeros_like(x[:1]) if background is None else background.detach().to(x.device, x.dtype)
     if method == "saliency":
         return Saliency(forward).attribute(x, target=target, abs=True).detach(), None
     if method == "integrated_gradients":
@@ -138,6 +236,36 @@ def attribute(
         mode = "bilinear" if len(size) == 2 else "linear"
         cam = LayerAttribution.interpolate(cam.detach(), size, interpolate_mode=mode)  # (B, 1, *spatial)
         return cam.expand_as(x).contiguous(), None  # the same map for every channel
+    if method == "gradient_shap":
+        with seeded(seed, x.device):
+            attr = GradientShap(forward).attribute(x, baselines=reference, n_samples=n_steps, target=target)
+        return attr.detach(), None
+    if method in PERTURBATION:
+        mask = (feature_mask(tuple(x.shape[1:])) if mask is None else mask).to(x.device)
+        x = x.detach()
+        batch = min(n_samples, 256)  # coalitions per forward pass
+        with warnings.catch_warnings():  # captum advises one row per call; its loop over the rows is what we want
+            warnings.filterwarnings("ignore", message="You are providing multiple inputs for Lime")
+            if method == "lime":
+                # Ridge (alpha 1), the surrogate of the reference `lime` package: captum's default Lasso
+                # (alpha 0.01) zeroes every coefficient of a model whose score moves by less than ~0.01.
+                with seeded(seed, x.device):
+                    attr = Lime(forward, interpretable_model=SkLearnRidge(alpha=1.0)).attribute(
+                        x, target=target, feature_mask=mask, n_samples=n_samples, perturbations_per_eval=batch
+                    )
+            else:
+                attr = torch.zeros_like(x)
+                # The SHAP values with a set of references: the mean of those with each one (own coalitions).
+                for k, b in enumerate(reference):
+                    with seeded(seed + k, x.device):
+                        attr += KernelShap(forward).attribute(
+                            x, baselines=b[None], target=target, feature_mask=mask, n_samples=n_samples,
+                            perturbations_per_eval=batch,
+                        ) / len(reference)  # fmt: skip
+        # captum repeats a group's value on each of its input values; spread it over them instead, so
+        # the map sums to the groups' total (for Kernel SHAP: score(x) - score(reference)), as IG's does.
+        size = torch.bincount(mask.flatten())[mask].to(x.dtype)  # (1, *input_shape): the size of each value's group
+        return (attr / size).detach(), None
     window = tuple(occlusion_window or default_occlusion_window(tuple(x.shape[1:])))
     stride = tuple(occlusion_stride or window)
     attr = Occlusion(forward).attribute(

@@ -3,12 +3,16 @@ terminal (the best N), report.md (every trial, with the command that reruns the 
 report.csv (every override and every metric, full precision).
 
 The trials come ranked, best first (`nnlab.commands.report.ranked`); a row holds the rank, the trial's
-folder, its swept values, the chosen metric columns, its wall time and how it ended.
+folder, its swept values, the chosen metric columns, its wall time and how it ended. Under the
+table, `baseline_line` sets the best trial beside the best classical baseline fitted on its own
+split (`baselines/<name>/...` in its metrics.json, `nnlab.analysis.classical`).
 """
 
 from __future__ import annotations
 
 import csv
+import math
+from collections.abc import Sequence
 from pathlib import Path
 
 from rich.table import Table
@@ -45,12 +49,21 @@ def rows(trials: list[Trial], swept: list[str], columns: list[str]) -> list[list
     ]
 
 
+def header(column: str) -> str:
+    """A metric column's name in the terminal: a baseline's (`baselines/random_forest/test/acc`)
+    as `random_forest test/acc`, which a narrow terminal can wrap at the space."""
+    if column.startswith("baselines/") and column.count("/") >= 3:
+        name, _, metric = column.removeprefix("baselines/").partition("/")
+        return f"{name} {metric}"
+    return column
+
+
 def print_table(trials: list[Trial], swept: list[str], columns: list[str], fixed: list[str], title: str, top: int):
     table = Table(title=title, caption=f"same in every trial: {' '.join(fixed)}" if fixed else None)
     for name in ["#", "trial", *swept]:
         table.add_column(name, style="bold cyan" if name in swept else None)
     for name in columns:
-        table.add_column(name, justify="right", style="bold" if name == columns[0] else None)
+        table.add_column(header(name), justify="right", style="bold" if name == columns[0] else None)
     table.add_column("wall s", justify="right")
     table.add_column("status")
     for t, row in zip(trials[:top], rows(trials[:top], swept, columns)):
@@ -63,8 +76,16 @@ def print_table(trials: list[Trial], swept: list[str], columns: list[str], fixed
 
 
 def write_markdown(
-    path: Path, trials: list[Trial], swept: list[str], columns: list[str], fixed: list[str], title: str
+    path: Path,
+    trials: list[Trial],
+    swept: list[str],
+    columns: list[str],
+    fixed: list[str],
+    title: str,
+    notes: Sequence[str] = (),
 ) -> None:
+    """report.md: the title, what every trial shares, the best trial's command, the table, then
+    `notes` (a paragraph each, e.g. the `baseline_line`)."""
     header = ["#", "trial", *swept, *columns, "wall s", "status"]
     lines = [f"# {title}", ""]
     if fixed:
@@ -74,7 +95,42 @@ def write_markdown(
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows(trials, swept, columns):
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in row) + " |")
+    for note in notes:
+        lines += ["", note]
     path.write_text("\n".join(lines) + "\n")
+
+
+def best_baseline(trial: Trial, metric: str, mode: str) -> tuple[str, float] | None:
+    """(name, value) of the classical baseline in `trial`'s metrics that is best by `metric` (a
+    split-level metric such as val/loss, read as `baselines/<name>/val/loss`; `mode` min or max),
+    or None when the trial has no baseline with a finite value of it."""
+    prefix, suffix = "baselines/", f"/{metric}"
+    values = {
+        key[len(prefix) : -len(suffix)]: value
+        for key, value in trial.metrics.items()
+        if key.startswith(prefix) and key.endswith(suffix) and key.count("/") == metric.count("/") + 2
+    }
+    finite = {name: v for name, v in values.items() if math.isfinite(v)}
+    if not finite:
+        return None
+    name = (min if mode == "min" else max)(finite, key=finite.get)
+    return name, finite[name]
+
+
+def baseline_line(trial: Trial, metric: str, mode: str) -> str | None:
+    """'best trial 3: val/loss = 0.0812; best baseline on its split: logistic val/loss = 0.1012
+    (the network is better)', or None when the trial holds no baseline of `metric`."""
+    found = best_baseline(trial, metric, mode)
+    value = trial.metrics.get(metric)
+    if found is None or value is None or not math.isfinite(value):
+        return None
+    name, score = found
+    better = value < score if mode == "min" else value > score
+    verdict = "a tie" if value == score else "the network is better" if better else "the baseline is better"
+    return (
+        f"best trial {trial.name}: {metric} = {value:.4f}; best baseline on its split: {name} {metric} = {score:.4f} "
+        f"({verdict})"
+    )
 
 
 def write_csv(path: Path, trials: list[Trial], metric: str) -> None:

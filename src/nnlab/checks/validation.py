@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from nnlab.checks.target_args import check_target
 from nnlab.checks.type_hints import describe, matches
@@ -32,13 +32,17 @@ TOP_LEVEL: dict[str, Any] = {
     "optimized_mode": str,
     "print_config": bool,
     "ckpt_path": str | None,
+    "baselines": str | list | None,  # auto, a list of names or []; the names are checked by nnlab.analysis.classical
 }
 
 
 def validate_config(cfg: DictConfig, skip: Sequence[str] = ("hydra",)) -> None:
     """Raise `ConfigValueError` for the first unknown key or mistyped value under a `_target_`."""
     for key, hint in TOP_LEVEL.items():
-        if key in cfg and not matches(cfg[key], hint):
+        if key not in cfg:
+            continue
+        value = OmegaConf.to_container(cfg[key]) if isinstance(cfg[key], ListConfig) else cfg[key]
+        if not matches(value, hint):
             raise ConfigValueError(f"{key}={cfg[key]!r} has the wrong type: expected {describe(hint)}.")
     if "seed" in cfg:
         check_range("seed", cfg.seed, 0, 2**32 - 1)

@@ -95,14 +95,49 @@ def print_config_tree(
 
 
 def print_metrics_table(
-    metrics: dict[str, float], title: str = "final metrics", stds: dict[str, float] | None = None
+    metrics: dict[str, float],
+    title: str = "final metrics",
+    stds: dict[str, float] | None = None,
+    network_s: float | None = None,
 ) -> None:
-    """A table of metric values, with a ± column when `stds` (e.g. over cross-validation folds) is given."""
+    """A table of metric values, with a ± column when `stds` (e.g. over cross-validation folds) is
+    given. The classical baselines' metrics (`baselines/<name>/...`) are left out of it and shown
+    in a second table beside the network's (`print_baselines_table`)."""
     table = Table(title=title)
     table.add_column("metric")
     table.add_column("value", justify="right")
     if stds is not None:
         table.add_column("±", justify="right")
     for k, v in metrics.items():
+        if k.startswith("baselines/"):
+            continue
         table.add_row(k, f"{v:.4f}", *([f"{stds[k]:.4f}"] if stds is not None else []))
+    CONSOLE.print(table)
+    if any(k.startswith("baselines/") for k in metrics):
+        print_baselines_table(metrics, network_s, stds)
+
+
+def print_baselines_table(
+    metrics: dict[str, float], network_s: float | None = None, stds: dict[str, float] | None = None
+) -> None:
+    """The network and each classical baseline as rows: val and test of the metric they share (acc
+    for classes, r2 for values), with ± `stds` when given, and the time (the network's fit and
+    test, `network_s`; each baseline's fit and scoring). The best test value is bold."""
+    from nnlab.analysis.classical import cell, comparison
+
+    metric, rows = comparison(metrics, network_s)
+    spreads = comparison(stds)[1] if stds is not None else [None] * len(rows)
+
+    def shown(value: float | None, spread: float | None) -> str:
+        return cell(value) + (f" ± {cell(spread)}" if value is not None and spread is not None else "")
+
+    table = Table(title="network vs classical baselines", caption="time: network fit + test; baseline fit + predict")
+    table.add_column("model")
+    table.add_column(f"val {metric}", justify="right")
+    table.add_column(f"test {metric}", justify="right")
+    table.add_column("time s", justify="right")
+    best = max((r.test for r in rows if r.test is not None), default=None)
+    for row, spread in zip(rows, spreads):
+        val, test = (shown(row.val, spread and spread.val), shown(row.test, spread and spread.test))
+        table.add_row(row.model, val, test, cell(row.seconds, 2), style="bold" if row.test == best else None)
     CONSOLE.print(table)

@@ -81,6 +81,8 @@ def member_config(cfg: DictConfig, i: int, vary: str, root: Path) -> DictConfig:
         if vary == "bootstrap":  # bagging: the same split, a different resample of its train rows
             member.data_edit = with_bootstrap(member.get("data_edit"), seed=int(cfg.seed) + i)
         member.paths.output_dir = str(root / f"member_{i}")
+        if i > 0 and "baselines" in member:  # one split for all members: member 0 fits its baselines
+            member.baselines = []
         if (member.get("callbacks") or {}).get("model_checkpoint"):
             member.callbacks.model_checkpoint.dirpath = None  # each member's own <member>/checkpoints
     return member

@@ -14,6 +14,8 @@ report sorts the trials by the metric they optimized (their config's `optimized_
   hyperparameter) into the sweep dir, and curves.png: the trials' training curves overlaid
   (`nnlab.runs.curves`), for the scalars --curves names or, by default, the config's `report.curves`;
 - shows the config's `report.metrics` (or --columns) as extra columns;
+- under the table, sets the best trial beside the best classical baseline fitted on its split
+  (`baselines: auto` in train.yaml; `nnlab.analysis.classical`), by the same metric;
 - prints the best trial's folder and the `nnlab-train ...` command that reruns it.
 
 The parts: `nnlab.runs.sweepfolder` reads the trial folders (through the gate for untrusted files),
@@ -31,7 +33,7 @@ import sys
 from pathlib import Path
 
 from nnlab.analysis.sweep_plot import plot
-from nnlab.analysis.sweep_table import print_table, write_csv, write_markdown
+from nnlab.analysis.sweep_table import baseline_line, print_table, write_csv, write_markdown
 from nnlab.checks.untrusted import printable
 from nnlab.cli.console import console
 from nnlab.errors import UserError, did_you_mean
@@ -122,8 +124,12 @@ def report(
     columns = shown_metrics(trials, metric, extra)
     title = f"{len(trials)} trials of {sweep}, by {metric} ({'lowest' if mode == 'min' else 'highest'} first)"
 
+    # The best trial beside the best classical baseline fitted on its own split, if its run had any.
+    baseline = baseline_line(trials[0], metric, mode) if trials[0].status == "completed" else None
     print_table(trials, swept, columns, fixed, title, top or len(trials))
-    write_markdown(sweep / "report.md", trials, swept, columns, fixed, title)
+    if baseline:
+        console().print(baseline, markup=False, highlight=False, soft_wrap=True)
+    write_markdown(sweep / "report.md", trials, swept, columns, fixed, title, notes=[baseline] if baseline else [])
     write_csv(sweep / "report.csv", trials, metric)
     if any(math.isfinite(t.metrics.get(metric, math.nan)) for t in trials):
         plot(sweep / "report.png", trials, swept, metric)

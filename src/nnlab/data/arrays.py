@@ -32,6 +32,10 @@ class ArrayDataset:
     feature_names: one name per feature of a tabular dataset (x of shape (N, F)), e.g. the CSV's
         columns; they label attributions (nnlab-explain) and predictions.
     source: where the rows were read from (a CSV file's path), named by messages about them.
+    columns: a table's raw values, one array of N per column name, as the file has them (the
+        CSV reader keeps every column, the target and dropped ones too, as text): what
+        `data.sensitive=<column>` groups the rows by for the fairness audit (`nnlab.data.groups`).
+        A row edit that drops rows must drop them here too.
     """
 
     x: np.ndarray
@@ -44,6 +48,7 @@ class ArrayDataset:
     val_mask: np.ndarray | None = None
     tokenizer: Any | None = None
     chars_per_token: float | None = None
+    columns: dict[str, np.ndarray] | None = None
 
     def __post_init__(self) -> None:
         self.x = np.ascontiguousarray(self.x, dtype=np.int64 if self.tokenizer is not None else np.float32)
@@ -64,6 +69,9 @@ class ArrayDataset:
             raise ValueError("a language_model dataset needs a tokenizer and next-token targets y shaped like x")
         if self.feature_names is not None and (self.x.ndim != 2 or len(self.feature_names) != self.x.shape[1]):
             raise ValueError(f"{len(self.feature_names)} feature names for inputs of shape {self.x.shape[1:]}")
+        for name, values in (self.columns or {}).items():
+            if len(values) != len(self.x):
+                raise ValueError(f"column {name!r} has {len(values)} values for {len(self.x)} rows")
         if self.kind == "classification" and self.class_names is None:
             self.class_names = [str(c) for c in range(int(self.y.max()) + 1)]
 

@@ -13,6 +13,7 @@ from nnlab.data import streaming
 from nnlab.data.arrays import ArrayDataset
 from nnlab.data.edits import Rows, at_stage, check_order
 from nnlab.data.edits.impute import Impute
+from nnlab.data.groups import check_bins, sensitive_groups
 from nnlab.data.split import (
     ENOUGH_ROWS,
     MIN_ROWS,
@@ -60,6 +61,13 @@ class DataModule:
     can be replayed. Larger datasets go through a `torch.utils.data.DataLoader` with pinned
     memory (on CUDA) and persistent workers, in the same seeded order. An `order` edit replaces
     the shuffle (class-balanced draws, or a fixed order).
+
+    Fairness audit: `sensitive` names a column of the table (`sex`) whose value puts each row in
+    a group, and `sensitive_bins` cuts a numeric one into ranges (`[25]`: "<25", ">=25"); see
+    `nnlab.data.groups`. `groups[split]` then holds the group of every row of each split, in the
+    split's order, for `nnlab.analysis.fairness`. The column stays a feature when the table has it
+    as one (the model sees what the data hold); to train without it, drop it from the features
+    (`data.dataset.drop=[sex]`): its raw values still group the rows.
     """
 
     def __init__(
@@ -75,6 +83,8 @@ class DataModule:
         drop_last: bool = False,
         in_memory: bool | str = "auto",
         num_workers: int = 0,
+        sensitive: str | None = None,
+        sensitive_bins: Sequence[float] | None = None,
         edits: Sequence[Any] = (),
         augment: Callable[..., torch.Tensor] | None = None,
         seed: int = 0,
@@ -91,10 +101,22 @@ class DataModule:
         if in_memory != "auto":
             check_choice("data.in_memory", in_memory, [True, False, "auto"])
         check_choice("data.normalize", normalize, NORMALIZE)
+        sensitive_bins = check_bins(sensitive_bins)
         edits = list(edits)
         check_order(edits)
+        had_columns = dataset.columns is not None
         for edit in at_stage(edits, "dataset"):
             dataset = edit.edit_dataset(dataset, seed)
+        groups = None
+        if sensitive is not None:  # after the dataset edits, which may drop rows (and must keep `columns`)
+            if had_columns and dataset.columns is None:
+                names = ",".join(e.name for e in at_stage(edits, "dataset"))
+                raise ConfigValueError(
+                    f"data.sensitive={sensitive}: data_edit=[{names}] rebuilt the dataset without its raw columns, "
+                    "so its rows cannot be grouped. Drop data.sensitive, or that edit."
+                )
+            groups = sensitive_groups(dataset, sensitive, sensitive_bins)
+        self.sensitive = sensitive
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.drop_last = drop_last
@@ -140,6 +162,10 @@ class DataModule:
             rows = edit.edit_split(rows)
         # Classes left out of training, for a task that scores anomalies (empty: none).
         self.anomaly_classes: list[int] = list(rows.held_out)
+        # data.sensitive: the group of each row of each split, in the split's order (None: no audit).
+        self.groups: dict[Split, np.ndarray] | None = None
+        if groups is not None:
+            self.groups = {name: groups[i] for name, i in zip(SPLITS, (rows.train, rows.val, rows.test))}
         x = {name: dataset.x[i] for name, i in zip(SPLITS, (rows.train, rows.val, rows.test))}
         y = {name: dataset.y[i] for name, i in zip(SPLITS, (rows.train, rows.val, rows.test))}
 

@@ -61,6 +61,10 @@ def csv(
     training split only (`data_edit=impute` chooses how; train means by default); a missing
     category is all zeros in its one-hot columns (no category), which needs no statistic.
     Scaling is the DataModule's too (`data.normalize`), fitted on the training split.
+
+    Every column's raw text (the target and dropped columns too) is kept in the dataset's
+    `columns`, so `data.sensitive=<column>` can group the rows for a fairness audit, also by a
+    column the model does not see (`drop`).
     """
     check_choice("data.dataset.kind", kind, KINDS)
     delimiter = "\t" if delimiter in ("tab", "\\t") else delimiter
@@ -83,7 +87,7 @@ def csv(
         raise UserError(f"{name} has no feature columns besides the target '{target}' (and data.dataset.drop).")
 
     # Rows to keep: those with a target.
-    missing = {c: np.array([_is_missing(v) for v in columns[c]], dtype=bool) for c in [target, *features]}
+    missing = {c: np.array([is_missing(v) for v in columns[c]], dtype=bool) for c in [target, *features]}
     keep = ~missing[target]
     if not keep.all():
         dropped = [lines[i] for i in np.flatnonzero(~keep)]
@@ -118,7 +122,9 @@ def csv(
         kind,
         f" with classes {_some(class_names)}" if class_names else "",
     )
-    return ArrayDataset(x, y, kind, class_names, feature_names=names, source=name)
+    # Every column as the file has it (target and dropped ones too): what data.sensitive groups by.
+    raw = {c: np.array(values, dtype=str) for c, values in columns.items()}
+    return ArrayDataset(x, y, kind, class_names, feature_names=names, source=name, columns=raw)
 
 
 def _read(file: Path, delimiter: str) -> tuple[list[str], list[list[str]], list[int]]:
@@ -186,7 +192,7 @@ def _check_header(name: str, header: list[str], line: int) -> None:
 
 def _check_columns(name: str, header: list[str], target: str | None, categorical: Sequence[str], drop: Sequence[str]):
     columns = ", ".join(header)
-    looks_like_data = all(_number(c) is not None for c in header)
+    looks_like_data = all(number(c) is not None for c in header)
     no_header = " Its first line looks like data: add a header line naming the columns." if looks_like_data else ""
     if target is None:
         raise UserError(
@@ -220,7 +226,7 @@ def _feature(
 ) -> tuple[np.ndarray, list[str]]:
     """One column as (N, 1) numbers (NaN where missing) or (N, K) one-hot indicators (all zero where
     missing)."""
-    numbers = [None if m else _number(v) for v, m in zip(values, missing)]
+    numbers = [None if m else number(v) for v, m in zip(values, missing)]
     text = [i for i, (n, m) in enumerate(zip(numbers, missing)) if n is None and not m]
     if not categorical and text and len(text) * 2 < (~missing).sum():
         i = text[0]  # mostly numbers: a typo, not a category
@@ -246,7 +252,7 @@ def _feature(
 def _target(name: str, column: str, values: list[str], lines: list[int], kind: str, others: list[str]):
     """y, the resolved kind and the class names. `others`: the feature columns that vary, named as
     targets to predict instead when this one has a single class."""
-    numbers = [_number(v) for v in values]
+    numbers = [number(v) for v in values]
     text = [i for i, n in enumerate(numbers) if n is None]
     if kind == "regression" and text:
         i = text[0]
@@ -298,8 +304,13 @@ def _did_you_mean(word: str, columns: list[str]) -> str:
     return f" Did you mean '{same[0]}'?" if same else did_you_mean(word, columns)
 
 
-def _is_missing(value: str) -> bool:
+def is_missing(value: str) -> bool:
+    """Whether a field (stripped of spaces) marks a missing value: empty, NA, N/A, NaN, null, None or ?
+    (also read by `nnlab.data.groups` for data.sensitive)."""
     return value.lower() in MISSING
+
+
+_is_missing = is_missing  # (the name it had while private; kept for code that imports it)
 
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -316,13 +327,14 @@ def _check_float32(name: str, column: str, col: np.ndarray, values: list[str], l
         )
 
 
-def _number(value: str) -> float | None:
-    """The value as a finite float, or None (text, inf)."""
+def number(value: str) -> float | None:
+    """The value as a finite float, or None (text, inf): how a field is read as a number (also by
+    `nnlab.data.groups` for data.sensitive)."""
     try:
-        number = float(value)
+        parsed = float(value)
     except ValueError:
         return None
-    return number if math.isfinite(number) else None
+    return parsed if math.isfinite(parsed) else None
 
 
 def _format_number(value: float) -> str:

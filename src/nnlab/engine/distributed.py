@@ -10,6 +10,7 @@ rank applies the same update and the weights stay identical. Rank 0 alone writes
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
 import os
@@ -95,6 +96,18 @@ def data_parallel(module: torch.nn.Module, device: torch.device) -> torch.nn.Mod
     info = current()
     log.info("DistributedDataParallel: rank %d of %d", info.rank, info.world_size)
     return wrapped
+
+
+def gradient_sync(model: torch.nn.Module, update: bool) -> contextlib.AbstractContextManager[Any]:
+    """Where a data-parallel backward may skip its all-reduce: on the batches of an accumulation
+    window before its update (`update=False`) DDP's `no_sync` keeps each rank's gradients local,
+    and the update batch's backward averages the window's sums, one all-reduce per update instead
+    of one per batch (the mean of sums is the sum of means). A no-op for any other model."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    if update or not isinstance(model, DistributedDataParallel):
+        return contextlib.nullcontext()
+    return model.no_sync()
 
 
 def broadcast_object(obj: Any) -> Any:

@@ -251,7 +251,8 @@ class Trainer:
             self.pending_grads = not update
             self._call("on_train_batch_start", batch)
             try:
-                out = task.training_step(batch, update)
+                with distributed.gradient_sync(task.model, update):
+                    out = task.training_step(batch, update)
                 self.consecutive_skips = 0
             except NonFiniteStep as e:
                 out = self._on_nonfinite(e, task, batch)

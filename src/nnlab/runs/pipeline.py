@@ -117,6 +117,7 @@ def fit_and_test(cfg: DictConfig, output_dir: Path, show_table: bool) -> dict[st
 
     parts = build(cfg)
     data, task, trainer, logger = parts.data, parts.task, parts.trainer, parts.logger
+    check_beyond_accuracy(cfg, parts)
     resolved = OmegaConf.to_yaml(cfg, resolve=True)
     trainer.extra_state = {"config": resolved, "nnlab_version": nnlab.__version__}
     resuming = bool(cfg.get("ckpt_path")) or (cfg.trainer.get("resume") == "auto" and trainer.last_checkpoint())
@@ -146,6 +147,8 @@ def fit_and_test(cfg: DictConfig, output_dir: Path, show_table: bool) -> dict[st
         if not rank_zero:  # data-parallel: rank 0 tests and writes the results
             return trainer.metrics
         metrics = {**trainer.metrics, **trainer.test(task, data)}
+        network_s = time.time() - started  # the network's fit and test: its time beside the baselines'
+        metrics.update(beyond_accuracy(cfg, parts, metrics, network_s, output_dir, show_table))
         if logger is not None:
             logger.log_hparams(hyperparameters(cfg), metrics, trainer.epoch)
             logger.close()  # its last events on disk (or its write error raised) before the run is done
@@ -167,9 +170,39 @@ def fit_and_test(cfg: DictConfig, output_dir: Path, show_table: bool) -> dict[st
             data.close()
 
     if show_table:
-        print_metrics_table(metrics)
+        print_metrics_table(metrics, network_s=network_s)  # (and the baselines' comparison, when any ran)
     log.info("Results in %s", output_dir)
     return metrics
+
+
+def check_beyond_accuracy(cfg: DictConfig, parts: Any) -> None:
+    """The options of what runs after the test (baselines, fairness), checked before training: a
+    mistake there is refused before the run spends its time, not after."""
+    from nnlab.analysis.classical import check_baselines
+
+    check_baselines(cfg.get("baselines", "auto"), parts.data, parts.task)
+    if getattr(parts.data, "groups", None) is not None:
+        from nnlab.analysis.fairness import check_options
+
+        check_options(**(cfg.get("fairness") or {}))
+
+
+def beyond_accuracy(
+    cfg: DictConfig, parts: Any, metrics: dict[str, float], network_s: float, output_dir: Path, show: bool
+) -> dict[str, float]:
+    """After the test: classical models fitted on the same rows, beside the network (`baselines`:
+    auto | a list | []), and, with data.sensitive, the test predictions' fairness per group."""
+    from nnlab.analysis.classical import compare_baselines
+
+    data, task, logger = parts.data, parts.task, parts.logger
+    epoch = parts.trainer.epoch
+    extra = compare_baselines(cfg.get("baselines", "auto"), data, task, metrics, network_s, cfg.seed, logger, epoch)
+    if getattr(data, "groups", None) is not None:
+        from nnlab.analysis.fairness import audit_fairness
+
+        options = cfg.get("fairness") or {}  # mitigation, constraints, objective (train.yaml)
+        extra.update(audit_fairness(parts.trainer, task, data, logger, output_dir, seed=cfg.seed, show=show, **options))
+    return extra
 
 
 def continue_in_run_folder(cfg: DictConfig) -> Path:

@@ -5,6 +5,7 @@ writes into its own run folder, the way nnlab-train does:
     <run>/figures/<name>.png    every figure; also an image in TensorBoard
     <run>/events.out.tfevents.* scalars and images (`tensorboard --logdir outputs`)
     <run>/<name>.md, <name>.csv every table, also printed in the terminal
+    <run>/<name>.csv            data too wide to print (Report.csv)
     <run>/status.json           running / completed / failed, with times
     <run>/.hydra/               the command's config and overrides
 
@@ -60,10 +61,7 @@ class Report:
         from nnlab.cli.console import console
 
         columns = list(rows[0]) if rows else []
-        with open(self.dir / f"{name}.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(rows)
+        self.csv(name, rows)
         lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
         lines += ["| " + " | ".join(_cell(row[c]) for c in columns) + " |" for row in rows]
         path = self.dir / f"{name}.md"
@@ -74,6 +72,17 @@ class Report:
         for row in rows:
             shown.add_row(*(_cell(row[c]) for c in columns))
         console().print(shown)
+        return path
+
+    def csv(self, name: str, rows: Sequence[dict[str, Any]]) -> Path:
+        """Write rows (dicts with the same keys) as <name>.csv only: data too wide to print, such as
+        one attribution per feature and row (`name` may hold a subfolder, e.g. attributions/lime)."""
+        path = self.dir / f"{name}.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else [])
+            writer.writeheader()
+            writer.writerows(rows)
         return path
 
     def finish(self, metrics: dict[str, float], show: bool = True) -> dict[str, float]:

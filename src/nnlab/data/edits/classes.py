@@ -57,4 +57,5 @@ class KeepClasses:
             class_names=[names[c] for c in picked],
             test_mask=None if dataset.test_mask is None else dataset.test_mask[keep],
             feature_names=dataset.feature_names,
+            columns=None if dataset.columns is None else {k: v[keep] for k, v in dataset.columns.items()},
         )
