@@ -70,3 +70,9 @@ def test_a_non_ascii_key_is_named_as_a_key(tmp_path: Path) -> None:
     assert len(lines) == 1, result.stderr
     assert "The override '+naïve=1' has 'ï' (not ASCII) in its key '+naïve'" in lines[0]
     assert "ASCII letters, digits" in lines[0]
+
+
+def test_data_sensitive_on_a_table_without_groups_names_the_datasets_that_have_them() -> None:
+    message = explain("Could not override 'data.sensitive'.", ["data=iris", "data.sensitive=sex"])
+    assert "data=german_credit or data=csv" in message and "+data.sensitive=" in message
+    assert "docs/fairness.md" in message

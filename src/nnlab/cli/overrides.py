@@ -153,6 +153,15 @@ def _unknown_key(key: str, overrides: list[str]) -> str:
         for k in keys
         if isinstance(children.get(k), dict) and leaf in children[k]
     ]
+    if key in (
+        "data.sensitive",
+        "data.sensitive_bins",
+    ):  # the fairness audit's keys live in the tables that have groups
+        return (
+            f"Unknown key '{key}': this data config has no key '{leaf}'. The fairness audit groups the rows of a "
+            "table by one of its columns: use data=german_credit or data=csv (docs/fairness.md); to group another "
+            f"dataset by a numeric feature anyway, write +{key}=... ."
+        )
     if not hint and deeper:  # e.g. data.download=false for data.dataset.download
         return (
             f"Unknown key '{key}': {where} has no key '{leaf}'. Did you mean '{deeper[0]}'?"
