@@ -24,19 +24,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shlex
 import statistics
 import sys
 import tempfile
 import traceback
 from collections.abc import Callable, Sequence
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 from benchmarks.cases import CASES, Case, compose
+from benchmarks.provenance import environment
 
 LABELS = {
     "nnlab": "nnlab defaults (TB logger, progress bar, checkpoints, health monitor)",
@@ -178,35 +176,6 @@ def markdown_table(name: str, result: dict[str, Any]) -> str:
     return title + "\n".join(lines) + "\n" + notes
 
 
-def environment() -> dict[str, Any]:
-    """The machine and the versions the numbers were measured with."""
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:  # not Linux
-        pass
-    versions = {"python": platform.python_version()}
-    for package in ("nnlab", "torch", "lightning", "scikit-learn", "minisom", "numpy"):
-        try:
-            versions[package] = version(package)
-        except PackageNotFoundError:
-            versions[package] = None
-    return {
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "platform": platform.platform(),
-        "versions": versions,
-    }
-
-
 def markdown_report(results: dict[str, Any]) -> str:
     env = results["environment"]
     v = env["versions"]
@@ -318,7 +287,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if args.profile:
             case = CASES[args.cases[0]]
             profile_nnlab(case, args.epochs or case.epochs, args.device, workdir)
-    results["environment"] = environment()
+    results["environment"] = environment(("nnlab", "torch", "lightning", "scikit-learn", "minisom", "numpy"))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=2, default=str) + "\n")

@@ -39,20 +39,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]  # the checkout: docs/ and the benchmarks package
 if str(ROOT) not in sys.path:  # run as `python benchmarks/ddp_scaling.py`, not only with -m
     sys.path.insert(0, str(ROOT))
+
+from benchmarks.provenance import environment, write_between  # noqa: E402  (after the path)
 
 DOC = ROOT / "docs" / "benchmarks.md"
 FIGURE = ROOT / "docs" / "figures" / "ddp_scaling.png"
@@ -290,8 +290,8 @@ def markdown(results: dict[str, Any]) -> str:
         f"Measured with `{results['command']}` on {results['date']}.",
         "",
         f"Machine: {env['cpu']}, {env['cpu_count']} cores, device cpu, gloo; load average at the end "
-        f"{', '.join(f'{x:.2f}' for x in env['load_average'])}. Versions: Python {v['python']}, torch {v['torch']}, "
-        f"nnlab {v['nnlab']}.",
+        f"{', '.join(f'{x:.2f}' for x in env['load_average'] or [])}. "
+        f"Versions: Python {v['python']}, torch {v['torch']}, nnlab {v['nnlab']}.",
         "",
         f"**Scaling**: MLP [{hidden}] ({results['scaling_params']:,} parameters) on `data=spirals` "
         f"({s['samples']:,} points), SGD, global batch {s['global_batch']}, {s['epochs']} epochs; epoch time = "
@@ -383,34 +383,6 @@ def plot(results: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def write_doc(table: str, doc: Path = DOC) -> None:
-    """Replace the text between the markers of docs/benchmarks.md with `table`."""
-    text = doc.read_text(encoding="utf-8")
-    if text.count(START) != 1 or text.count(END) != 1 or text.index(START) > text.index(END):
-        sys.exit(f"{doc}: expected one {START} followed by one {END}")
-    before, rest = text.split(START)
-    after = rest.split(END)[1]
-    doc.write_text(f"{before}{START}\n{table}\n{END}{after}", encoding="utf-8")
-
-
-def environment() -> dict[str, Any]:
-    """The machine and the versions the numbers were measured with."""
-    cpu = platform.processor() or platform.machine()
-    if Path("/proc/cpuinfo").is_file():
-        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                 if line.startswith("model name")]  # fmt: skip
-        cpu = names[0] if names else cpu
-    versions = {"python": platform.python_version()}
-    for package in ("nnlab", "torch", "numpy"):
-        try:
-            versions[package] = version(package)
-        except PackageNotFoundError:
-            versions[package] = None
-    load = list(os.getloadavg()) if hasattr(os, "getloadavg") else []
-    return {"cpu": cpu, "cpu_count": os.cpu_count(), "load_average": load, "platform": platform.platform(),
-            "versions": versions}  # fmt: skip
-
-
 def measure(
     settings: dict[str, Any],
     procs: list[int],
@@ -439,7 +411,7 @@ def measure(
         "scaling_params": sum(t.numel() for t in runs[0]["weights"].values()),
         "scaling": summarize_scaling(runs, atol),
         "communication": comm,
-        "environment": environment(),
+        "environment": environment(("nnlab", "torch", "numpy")),
     }
 
 
@@ -476,7 +448,7 @@ def save(results: dict[str, Any], table: str, out: Path | None, figure: Path | N
         plot(results, figure)
     if write:
         plot(results, FIGURE)
-        write_doc(table)
+        write_between(DOC, START, END, table)
         print(f"Tables written into {DOC}, the figure into {FIGURE}", file=sys.stderr)
 
 

@@ -29,20 +29,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
 from collections import deque
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]  # the checkout: docs/ and the benchmarks package
 if str(ROOT) not in sys.path:  # run as `python benchmarks/rl_vs_sb3.py`, not only with -m
     sys.path.insert(0, str(ROOT))
+
+from benchmarks.provenance import environment, write_between  # noqa: E402  (after the path)
 
 DOC = ROOT / "docs" / "benchmarks.md"
 RESULTS = ROOT / "benchmarks" / "rl_vs_sb3.json"
@@ -212,36 +211,6 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_doc(table: str, doc: Path = DOC) -> None:
-    """Replace the text between the markers of docs/benchmarks.md with `table`."""
-    text = doc.read_text(encoding="utf-8")
-    if text.count(START) != 1 or text.count(END) != 1 or text.index(START) > text.index(END):
-        sys.exit(f"{doc}: expected one {START} followed by one {END}")
-    before, rest = text.split(START)
-    after = rest.split(END)[1]
-    doc.write_text(f"{before}{START}\n{table}\n{END}{after}", encoding="utf-8")
-
-
-def environment() -> dict[str, Any]:
-    """The machine and the versions the numbers were measured with."""
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    if Path("/proc/cpuinfo").is_file():
-        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                 if line.startswith("model name")]  # fmt: skip
-        cpu = names[0] if names else cpu
-    versions = {"python": platform.python_version()}
-    for package in ("nnlab", "torch", "gymnasium", "stable-baselines3", "numpy"):
-        try:
-            versions[package] = version(package)
-        except PackageNotFoundError:
-            versions[package] = None
-    load = list(os.getloadavg()) if hasattr(os, "getloadavg") else []
-    return {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "load_average": load,
-            "platform": platform.platform(), "versions": versions}  # fmt: skip
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python benchmarks/rl_vs_sb3.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", help="seeds (default: 0 1 2; --quick: 0)")
@@ -259,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         table = markdown(json.loads(args.from_json.read_text(encoding="utf-8")))
         print(table)
         if args.write:
-            write_doc(table)
+            write_between(DOC, START, END, table)
         return 0
     seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
     work = args.workdir or Path(tempfile.mkdtemp(prefix="rl_vs_sb3_"))
@@ -298,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
                     file=sys.stderr,
                     flush=True,
                 )
-    results["environment"] = environment()
+    results["environment"] = environment(("nnlab", "torch", "gymnasium", "stable-baselines3", "numpy"))
     table = markdown(results)
     print(table)
     out = args.out or (None if args.quick else RESULTS)
@@ -306,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         out.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
         print(f"\nRaw results: {out}", file=sys.stderr)
     if args.write:
-        write_doc(table)
+        write_between(DOC, START, END, table)
         print(f"Table written into {DOC}", file=sys.stderr)
     return 0
 

@@ -70,12 +70,12 @@ def test_the_tables_show_every_run_and_the_docs_change_only_between_the_markers(
     assert "![Scaling and communication cost](figures/ddp_scaling.png)" in table
     doc = tmp_path / "benchmarks.md"
     doc.write_text(f"before\n{ddp_scaling.START}\nold\n{ddp_scaling.END}\nafter\n")
-    ddp_scaling.write_doc(table, doc)
+    ddp_scaling.write_between(doc, ddp_scaling.START, ddp_scaling.END, table)
     assert doc.read_text() == f"before\n{ddp_scaling.START}\n{table}\n{ddp_scaling.END}\nafter\n"
     other = tmp_path / "other.md"
     other.write_text(f"no markers, or {ddp_scaling.END} before {ddp_scaling.START}")
     with pytest.raises(SystemExit):  # a page without the markers in order is refused, not rewritten
-        ddp_scaling.write_doc(table, other)
+        ddp_scaling.write_between(other, ddp_scaling.START, ddp_scaling.END, table)
     assert other.read_text() == f"no markers, or {ddp_scaling.END} before {ddp_scaling.START}"
 
 

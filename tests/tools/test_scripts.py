@@ -79,7 +79,7 @@ def test_rl_vs_sb3_reads_its_figures_and_writes_only_between_its_markers(tmp_pat
     assert rl_vs_sb3.outcome([(256, 20.0), (512, 480.0), (768, 470.0)], 500, 1.0, 0.1, 768)["steps_to_475"] == 512
     doc = tmp_path / "benchmarks.md"
     doc.write_text(f"before\n{rl_vs_sb3.START}\nold\n{rl_vs_sb3.END}\nafter\n")
-    rl_vs_sb3.write_doc("| new |", doc)
+    rl_vs_sb3.write_between(doc, rl_vs_sb3.START, rl_vs_sb3.END, "| new |")
     assert doc.read_text() == f"before\n{rl_vs_sb3.START}\n| new |\n{rl_vs_sb3.END}\nafter\n"
     with pytest.raises(SystemExit):  # a smoke run's figures never reach the docs
         rl_vs_sb3.main(["--quick", "--write"])
