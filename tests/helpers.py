@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 from omegaconf import DictConfig
 
@@ -131,6 +132,24 @@ def expected_metric_keys(kind: str, class_names: list[str] | None = None) -> set
             keys |= {"val/roc_auc", "test/roc_auc"}
         return keys
     return {"train/loss"} | {f"{split}/{m}" for split in ("val", "test") for m in ("loss", "mse", "mae", "r2")}
+
+
+def one_in(every: int, cases: Sequence[Any]) -> list[Any]:
+    """`cases` for a parametrize: cases 0, every, 2 x every, ... in the default suite, the others
+    marked slow (`python -m pytest -m slow` runs them). A battery over every config keeps its
+    whole reach in the full run and a fraction of its cost in the default suite, which has to stay
+    near 10 minutes on 2 cores. A case that is a pytest.param keeps its id and marks."""
+    from _pytest.mark.structures import ParameterSet
+
+    picked = []
+    for i, case in enumerate(cases):
+        if i % every == 0:
+            picked.append(case)
+        elif isinstance(case, ParameterSet):
+            picked.append(pytest.param(*case.values, id=case.id, marks=[*case.marks, pytest.mark.slow]))
+        else:
+            picked.append(pytest.param(case, marks=pytest.mark.slow))
+    return picked
 
 
 def assert_finite_metrics(metrics: dict[str, float], kind: str) -> None:
