@@ -161,7 +161,7 @@ def expected_rows(table: Table) -> int | None:
     t = names.index(table.target)
     kept = 0
     for row in (r for r in table.rows if not blank(r)):
-        missing = [tabular._is_missing(v.strip()) for v in row]
+        missing = [tabular.is_missing(v.strip()) for v in row]
         if missing[t]:  # a row without a target is dropped; a gap in a feature keeps the row
             continue
         kept += 1

@@ -234,7 +234,7 @@ def test_composes_with_the_values_it_sets(path: Path, compose_cfg, tmp_path: Pat
         assert composed in ({}, None), f"{rel(path)} is empty but {package} composed to {composed!r}"
 
 
-@pytest.mark.parametrize("path", one_in(3, params(COMPOSABLE)[1:] + params(COMPOSABLE)[:1]))  # (another third than above)
+@pytest.mark.parametrize("path", one_in(3, params(COMPOSABLE)[1:] + params(COMPOSABLE)[:1]))  # (a third apart)
 def test_every_target_instantiates(path: Path, compose_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # A data config that reads files (MNIST, a CSV) is pointed at tiny stand-ins: no downloads in tests.
     files = offline_data(path.stem, tmp_path / "data", monkeypatch) if path.parent.name == "data" else []

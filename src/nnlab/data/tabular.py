@@ -310,9 +310,6 @@ def is_missing(value: str) -> bool:
     return value.lower() in MISSING
 
 
-_is_missing = is_missing  # (the name it had while private; kept for code that imports it)
-
-
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
