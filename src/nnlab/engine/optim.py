@@ -42,6 +42,32 @@ def build_scheduler(factory: Callable[..., Any] | None, optimizer: Optimizer, to
     return factory(optimizer=optimizer, **kwargs)
 
 
+def optimizer_factory(factory: Callable[..., Optimizer]) -> Callable[..., Optimizer]:
+    """The optimizer config's partial (`instantiate(cfg.optimizer)`), as the task calls it with its
+    parameters. `fused: true`, the packaged default for Adam, AdamW, SGD and Adagrad, needs every
+    parameter floating point on a device with PyTorch's fused kernels. PyTorch finds out only at
+    the first step, deep in training; here a model whose parameters are not (complex weights, a
+    device without the kernels) is refused when its optimizer is built, naming the key to change."""
+    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+    def build(params: Any, **kwargs: Any) -> Optimizer:
+        optimizer = factory(params=params, **kwargs)
+        if optimizer.defaults.get("fused"):
+            devices = _get_fused_kernels_supported_devices()
+            for group in optimizer.param_groups:
+                for p in group["params"]:
+                    if not p.is_floating_point() or p.device.type not in devices:
+                        raise ConfigValueError(
+                            f"optimizer.fused=true (the default for {type(optimizer).__name__}) cannot update a "
+                            f"{p.dtype} parameter on {p.device.type}: PyTorch's fused kernels take floating-point "
+                            f"parameters on {', '.join(devices)}. Add optimizer.fused=null to use PyTorch's "
+                            "per-tensor update instead."
+                        )
+        return optimizer
+
+    return build
+
+
 @dataclass
 class UpdateRules:
     """What every optimizer step of a task does besides the update itself; built by the trainer

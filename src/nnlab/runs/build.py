@@ -19,6 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from nnlab.engine import distributed
+from nnlab.engine.optim import optimizer_factory
 from nnlab.errors import ConfigValueError, DataMismatchError, OptionError, UserError
 
 log = logging.getLogger(__name__)
@@ -90,7 +91,7 @@ def build_model(cfg: DictConfig, augment: bool = True) -> tuple[Any, Any, Any]:
     task = instantiate(
         cfg.task,
         model=model,
-        optimizer=instantiate(cfg.optimizer),
+        optimizer=optimizer_factory(instantiate(cfg.optimizer)),
         scheduler=scheduler,
         kind=data.kind,
         class_names=data.class_names,
@@ -134,7 +135,9 @@ def build_agent(cfg: DictConfig) -> tuple[Any, Any, Any]:
             initializer(network)
     log.info("Building task <%s> with optimizer <%s>", cfg.task._target_, cfg.optimizer._target_)
     scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
-    task = instantiate(cfg.task, **networks, optimizer=instantiate(cfg.optimizer), scheduler=scheduler, env=env)
+    task = instantiate(
+        cfg.task, **networks, optimizer=optimizer_factory(instantiate(cfg.optimizer)), scheduler=scheduler, env=env
+    )
     return env, task.model, task
 
 
