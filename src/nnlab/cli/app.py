@@ -25,6 +25,7 @@ from typing import TypeVar
 
 from hydra.errors import CompactHydraException, InstantiationException
 
+from nnlab.cli import compose_ahead
 from nnlab.cli.write_errors import write_error_message, write_status_anyway
 from nnlab.errors import Stopped, UserError
 from nnlab.runs import runfolder
@@ -123,12 +124,19 @@ def in_sweep() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-def cli(main: Callable[[], object], explain: Callable[[str, list[str]], str | None]) -> None:
+def cli(
+    main: Callable[[], object],
+    explain: Callable[[str, list[str]], str | None],
+    warm_up: Callable[[], None] | None = None,
+) -> None:
     """Call a `@hydra.main` function, replacing Hydra's message for a misspelled key or an
-    unknown choice with `explain(hydra's message, argv)` when it has a clearer one."""
+    unknown choice with `explain(hydra's message, argv)` when it has a clearer one.
+
+    `warm_up`: the imports the command makes before its first step (torch, the engine), made
+    while a forked child composes the config (`nnlab.cli.compose_ahead`)."""
     held = StartupStderr.capture()
     try:
-        with _one_compose(sys.argv[1:]):
+        with _one_compose(sys.argv[1:]), compose_ahead.composed_ahead(main, sys.argv[1:], warm_up):
             main()
     except SystemExit as e:
         if StartupStderr.active is held and e.code == 1 and os.environ.get("HYDRA_FULL_ERROR") != "1":
@@ -149,6 +157,13 @@ OWN_CONFIG_FLAGS = ("--config-dir", "-cd", "--config-path", "-cp", "--config-nam
 OWN_CONFIG_KEYS = ("hydra", "hydra.mode", "hydra.searchpath")
 
 
+def own_configs(argv: list[str]) -> bool:
+    """Whether the command line brings in configs other than nnlab's own (a config dir, path or
+    name, a search path) or sets hydra.mode itself."""
+    keys = [arg.split("=", 1)[0] for arg in argv]
+    return any(key in OWN_CONFIG_FLAGS or key.lstrip("+~") in OWN_CONFIG_KEYS for key in keys)
+
+
 @contextmanager
 def _one_compose(argv: list[str]) -> Iterator[None]:
     """Hydra composes a command's whole config twice before running it: once (`Hydra.get_mode`)
@@ -159,9 +174,7 @@ def _one_compose(argv: list[str]) -> Iterator[None]:
     mode its flags ask for (-m or not), as it does when the answer is "not set"."""
     from hydra._internal.hydra import Hydra
 
-    keys = [arg.split("=", 1)[0] for arg in argv]
-    own_configs = any(key in OWN_CONFIG_FLAGS or key.lstrip("+~") in OWN_CONFIG_KEYS for key in keys)
-    if own_configs or not callable(getattr(Hydra, "get_mode", None)):
+    if own_configs(argv) or not callable(getattr(Hydra, "get_mode", None)):
         yield
         return
     get_mode = Hydra.get_mode

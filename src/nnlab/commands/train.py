@@ -54,9 +54,15 @@ def compose_run(overrides: Sequence[str], run_dir: str | Path, config_name: str 
     return task_cfg
 
 
+def warm_up() -> None:
+    """What a run imports before its first step (torch and the engine), imported while a forked
+    child composes the config (`nnlab.cli.compose_ahead`)."""
+    import nnlab.runs.pipeline  # noqa: F401
+
+
 def cli() -> None:
     """The `nnlab-train` command: Hydra's `main`, with clearer composition errors."""
-    app.cli(main, explain)
+    app.cli(main, explain, warm_up)
 
 
 if __name__ == "__main__":
