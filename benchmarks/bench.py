@@ -6,7 +6,7 @@ Run from the root of a checkout (`pip install -e ".[bench]"` adds Lightning and 
     python -m benchmarks.bench --cases mlp_digits --epochs 10 --repeats 5 --out bench.json
     python -m benchmarks.bench --markdown docs/benchmarks_table.md   # the tables of docs/benchmarks.md
     python -m benchmarks.bench --cases mlp_digits --profile   # where nnlab's fit spends its time (cProfile)
-    python -m benchmarks.bench --cases mlp_digits -- optimizer.fused=true 'model.hidden_sizes=[512,256]'
+    python -m benchmarks.bench --cases mlp_digits -- optimizer=adamw 'model.hidden_sizes=[512,256]'
 
 For each case (`benchmarks.cases`) every implementation (`benchmarks.loops`) trains the same
 model on the same rows with the same batch size, seed and number of epochs. Each is run once as a
@@ -39,8 +39,8 @@ from benchmarks.provenance import environment
 LABELS = {
     "nnlab": "nnlab defaults (TB logger, progress bar, checkpoints, health monitor)",
     "nnlab_lean": "nnlab, no checkpoints or health monitor",
-    "nnlab_fused": "nnlab defaults + optimizer.fused=true",
     "raw": "raw PyTorch loop (the limit)",
+    "raw_pytorch_update": "raw PyTorch loop, PyTorch's per-tensor update (optimizer.fused=null)",
     "dataloader": "PyTorch DataLoader loop",
     "lightning": "PyTorch Lightning",
     "sklearn": "scikit-learn MLPClassifier",
@@ -50,13 +50,20 @@ LABELS = {
 def loops() -> dict[str, Callable[..., Any]]:
     """Name -> loop function (imported here: `--help` needs no torch)."""
     from benchmarks.lightning_loop import lightning_loop
-    from benchmarks.loops import dataloader_loop, nnlab_fused_loop, nnlab_lean_loop, nnlab_loop, raw_loop, sklearn_loop
+    from benchmarks.loops import (
+        dataloader_loop,
+        nnlab_lean_loop,
+        nnlab_loop,
+        raw_loop,
+        raw_pytorch_update_loop,
+        sklearn_loop,
+    )
 
     return {
         "nnlab": nnlab_loop,
         "nnlab_lean": nnlab_lean_loop,
-        "nnlab_fused": nnlab_fused_loop,
         "raw": raw_loop,
+        "raw_pytorch_update": raw_pytorch_update_loop,
         "dataloader": dataloader_loop,
         "lightning": lightning_loop,
         "sklearn": sklearn_loop,
@@ -232,7 +239,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "overrides",
         nargs="*",
         help="nnlab-train overrides applied to every case and implementation after the case's own "
-        "(after --, e.g. -- optimizer.fused=true 'model.hidden_sizes=[512,256]')",
+        "(after --, e.g. -- optimizer=adamw 'model.hidden_sizes=[512,256]')",
     )
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.cases.split(",") if n.strip()]

@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         "--nnlab-extra",
         action="append",
         default=[],
-        help="an override for nnlab's runs only, not the raw loop's (repeatable), e.g. optimizer.fused=true",
+        help="an override for nnlab's runs only, not the raw loop's (repeatable), e.g. optimizer.fused=null",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the rounds' shuffled order (default 0)")
     parser.add_argument("overrides", nargs="*", default=["experiment=digits_mlp"], help="nnlab-train overrides")

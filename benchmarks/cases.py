@@ -50,7 +50,7 @@ class Case:
         return missing
 
 
-TORCH_LOOPS = ("nnlab", "nnlab_lean", "nnlab_fused", "raw", "dataloader", "lightning")
+TORCH_LOOPS = ("nnlab", "nnlab_lean", "raw", "raw_pytorch_update", "dataloader", "lightning")
 
 CASES: dict[str, Case] = {
     case.name: case
@@ -96,7 +96,7 @@ CASES: dict[str, Case] = {
             "gpu_resnet",
             ("model=resnet", "data=fake_cifar"),
             2,
-            ("nnlab", "nnlab_fused", "raw"),
+            ("nnlab", "raw", "raw_pytorch_update"),
             needs_cuda=True,
             description="model=resnet data=fake_cifar: ResNet-style CNN on synthetic 3x32x32 images (CUDA only)",
         ),

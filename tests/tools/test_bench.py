@@ -148,7 +148,7 @@ def test_cli_writes_json_and_markdown(tmp_path):
     mlp = results["cases"]["mlp_digits"]
     assert mlp["status"] == "ok" and mlp["epochs"] == 1
     rows = {r["implementation"]: r for r in mlp["rows"]}
-    expected = {"nnlab", "nnlab_lean", "nnlab_fused", "raw", "dataloader", "sklearn"}
+    expected = {"nnlab", "nnlab_lean", "raw", "raw_pytorch_update", "dataloader", "sklearn"}
     expected |= {"lightning"} if not mlp["notes"] else set()
     assert set(rows) == expected
     for name, r in rows.items():
@@ -161,8 +161,8 @@ def test_cli_writes_json_and_markdown(tmp_path):
     assert rows["raw"]["ratio_to_raw"] == 1.0
     assert round(rows["nnlab"]["train_loss"], 5) == round(rows["raw"]["train_loss"], 5)
     assert round(rows["nnlab_lean"]["train_loss"], 5) == round(rows["raw"]["train_loss"], 5)
-    # optimizer.fused=true: the same training, with another (fused) update kernel's rounding
-    assert rows["nnlab_fused"]["train_loss"] == pytest.approx(rows["raw"]["train_loss"], abs=2e-3)
+    # optimizer.fused=null: the same training, with PyTorch's per-tensor update's rounding
+    assert rows["raw_pytorch_update"]["train_loss"] == pytest.approx(rows["raw"]["train_loss"], abs=2e-3)
 
     gpu = results["cases"]["gpu_resnet"]
     assert gpu["status"] == "skipped" and "CUDA" in gpu["notes"][0]
