@@ -3,6 +3,7 @@
     python -m benchmarks.bench_paired                       # the default experiment, 150 epoch pairs
     python -m benchmarks.bench_paired --epochs 300 -- experiment=mnist1d_cnn
     python -m benchmarks.bench_paired --nnlab-extra optimizer.fused=null   # nnlab with PyTorch's own update
+    python -m benchmarks.bench_paired --costs              # also without each part in turn: what each costs
 
 `python -m benchmarks.bench` times whole runs one after another; on a virtual machine whose speed drifts from
 minute to minute, two runs a minute apart can differ by more than the engine's whole overhead.
@@ -52,12 +53,24 @@ TITLES = {
     "raw": "raw loop (the same update as nnlab)",
     "raw_pytorch_update": "raw loop with PyTorch's per-tensor update (optimizer.fused=null)",
 }
+# --costs: nnlab with every default on, then without one part at a time (the overrides that
+# drop it), then bare; the difference to "defaults" is what that part costs an epoch.
+COSTS = {
+    "defaults": [],
+    "without the health monitor": ["~callbacks.health"],
+    "without checkpoints": ["~callbacks.model_checkpoint"],
+    "without the progress bar": ["~callbacks.progress"],
+    "without the TensorBoard logger": ["logger=none"],
+    "without the non-finite check": [],  # (check_finite=False)
+    "bare": [],
+}
 WARMUP = 3  # epoch pairs left out of the statistics (first allocations, the event file's creation)
 
 
-def nnlab_trainer(overrides: list[str], epochs: int, run_dir: Path, bare: bool):
+def nnlab_trainer(overrides: list[str], epochs: int, run_dir: Path, bare: bool, check_finite: bool = True):
     """The run's parts, set up as `Trainer.fit` sets them up before its first epoch (for a
-    supervised or reconstruction task without EMA: no `task.prepare`, no averaged model)."""
+    supervised or reconstruction task without EMA: no `task.prepare`, no averaged model).
+    `check_finite=False` drops the per-update NaN/inf check, which no config turns off."""
     cfg = compose([*overrides, f"trainer.max_epochs={epochs}"], run_dir)
     if bare:
         with open_dict(cfg):
@@ -70,6 +83,7 @@ def nnlab_trainer(overrides: list[str], epochs: int, run_dir: Path, bare: bool):
     trainer.task, trainer.module = parts.task, parts.task.model
     parts.data.setup(trainer.device)
     trainer.steps_per_epoch = parts.data.steps_per_epoch
+    trainer.rules.check_finite = check_finite
     parts.task.configure(
         trainer.device, trainer.precision, total_steps=epochs * trainer.steps_per_epoch, rules=trainer.rules
     )
@@ -87,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
         help="an override for nnlab's runs only, not the raw loop's (repeatable), e.g. optimizer.fused=null",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the rounds' shuffled order (default 0)")
+    parser.add_argument(
+        "--costs", action="store_true", help="also nnlab without each part in turn: what each costs an epoch"
+    )
     parser.add_argument("overrides", nargs="*", default=["experiment=digits_mlp"], help="nnlab-train overrides")
     args = parser.parse_args(argv)
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
@@ -99,9 +116,16 @@ def main(argv: list[str] | None = None) -> int:
 def paired(args: argparse.Namespace, work: Path) -> None:
     """The epoch pairs, then the table."""
     epochs = args.epochs + WARMUP
+    variants = COSTS if args.costs else {"defaults": [], "bare": []}
     runs = {
-        name: nnlab_trainer([*args.overrides, *args.nnlab_extra], epochs, work / name, bare=name == "bare")
-        for name in ("defaults", "bare")
+        name: nnlab_trainer(
+            [*args.overrides, *args.nnlab_extra, *drop],
+            epochs,
+            work / f"nnlab{i}",
+            bare=name == "bare",
+            check_finite=name != "without the non-finite check",
+        )
+        for i, (name, drop) in enumerate(variants.items())
     }
     raw_cfg = compose(args.overrides, work / "raw")
     raws = {"raw": loops._build(raw_cfg)}
@@ -135,11 +159,19 @@ def paired(args: argparse.Namespace, work: Path) -> None:
         print(f"\nagainst the {title}: median {raw * 1e3:.2f} ms/epoch")
         print(f"| nnlab | extra per epoch (median of pairs) | middle half of pairs | vs {against} |")
         print("|---|---:|---:|---:|")
+        medians = {}
         for name in runs:
             extra = sorted((b - a) * 1e3 for a, b in zip(seconds[against][WARMUP:], seconds[name][WARMUP:]))
             n = len(extra)
             median, q1, q3 = extra[n // 2], extra[n // 4], extra[3 * n // 4]
+            medians[name] = median
             print(f"| {name} | {median:.2f} ms | {q1:.2f} to {q3:.2f} ms | {raw / (raw + median / 1e3):.3f}x |")
+        if args.costs:
+            print("\n| part | its cost per epoch (defaults' extra minus the run without it) |\n|---|---:|")
+            for name in runs:
+                if name != "defaults":
+                    part = "every callback and the logger (bare)" if name == "bare" else name.removeprefix("without ")
+                    print(f"| {part} | {medians['defaults'] - medians[name]:.2f} ms |")
 
 
 if __name__ == "__main__":

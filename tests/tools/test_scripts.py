@@ -53,6 +53,14 @@ def test_bench_paired_compares_nnlab_with_the_raw_loop_epoch_by_epoch() -> None:
 
 
 @pytest.mark.slow
+def test_bench_paired_costs_drops_one_part_at_a_time() -> None:
+    out = run_script("bench_paired", "--epochs", "2", "--costs")
+    parts = re.findall(r"^\| ([a-zA-Z() -]+) \| (-?[\d.]+) ms \|$", out, flags=re.M)
+    names = ["the health monitor", "checkpoints", "the progress bar", "the TensorBoard logger", "the non-finite check"]
+    assert [p[0] for p in parts] == [*names, "every callback and the logger (bare)"] * 2  # (one table per raw loop)
+
+
+@pytest.mark.slow
 def test_time_main_job_pairs_each_run_with_the_plain_pytorch_floor(tmp_path: Path) -> None:
     import json
 
