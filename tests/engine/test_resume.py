@@ -95,19 +95,36 @@ def test_a_step_snapshot_at_an_epoch_end_resumes_bitwise_identical(reference: Ru
         assert resumed.metrics == reference.metrics
 
 
-def test_a_fused_optimizer_resumes_bitwise_too_and_keeps_its_update(tmp_path: Path) -> None:
-    """optimizer.fused=true (one kernel for Adam's update): the resumed run ends identical to
-    the uninterrupted one. Resumed without the override, it keeps the checkpoint's setting (as
-    it keeps the checkpoint's learning rate): the same update, so the same weights."""
-    fused = ("optimizer.fused=true",)
-    reference = train_tiny((*STATEFUL, *fused), tmp_path / "reference")
+def test_the_per_tensor_update_resumes_bitwise_too_and_keeps_its_update(tmp_path: Path) -> None:
+    """optimizer.fused=null (PyTorch's update, one tensor at a time; the default before updates
+    were fused): the resumed run ends identical to the uninterrupted one. Resumed under today's
+    default (fused) without the override, it keeps the checkpoint's setting, as it keeps the
+    checkpoint's learning rate: the same update, so the same weights."""
+    per_tensor = ("optimizer.fused=null",)
+    reference = train_tiny((*STATEFUL, *per_tensor), tmp_path / "reference")
     snapshot = reference.dir / "checkpoints" / "step-000028.ckpt"
     want = reference.checkpoint("last")
-    assert [g["fused"] for g in want["task"]["optim"]["optimizer"]["param_groups"]] == [True]
-    for name, overrides in (("same_config", fused), ("no_override", ())):
+    assert [g["fused"] for g in want["task"]["optim"]["optimizer"]["param_groups"]] == [None]
+    for name, overrides in (("same_config", per_tensor), ("new_default", ())):
         got = resume_from(snapshot, tmp_path / name, overrides).checkpoint("last")
         assert_same(want["model"], got["model"], f"{name}: model")
         assert_same(want["task"], got["task"], f"{name}: task")
+
+
+def test_the_fused_default_resumes_bitwise_with_clipping_accumulation_and_the_skip_policy(tmp_path: Path) -> None:
+    """The default update is fused (Adam's one kernel). With gradient clipping, accumulation over
+    two batches and nonfinite=skip on top of STATEFUL's EMA, schedule and augmentation, a run
+    resumed mid-epoch ends identical to the one never stopped."""
+    extra = ("trainer.gradient_clip_val=0.5", "trainer.accumulate_grad_batches=2", "trainer.nonfinite=skip")
+    reference = train_tiny((*STATEFUL, *extra), tmp_path / "reference")
+    want = reference.checkpoint("last")
+    assert [g["fused"] for g in want["task"]["optim"]["optimizer"]["param_groups"]] == [True]
+    snapshots = sorted((reference.dir / "checkpoints").glob("step-*.ckpt"))
+    mid_epoch = [s for s in snapshots if torch.load(s, weights_only=True)["epoch_step"] > 0]
+    assert mid_epoch, [s.name for s in snapshots]
+    got = resume_from(mid_epoch[-1], tmp_path / "resumed", extra).checkpoint("last")
+    for key in ("model", "ema", "task", "rng", "metrics"):
+        assert_same(want[key], got[key], key)
 
 
 def test_resume_auto_continues_the_interrupted_run_in_its_folder(tmp_path: Path) -> None:
