@@ -3,6 +3,7 @@ start-up against the plain-PyTorch floor, and nnlab's epochs against the raw loo
 
     python -m benchmarks.defaults_before_after --before de1ed52            # print the tables
     python -m benchmarks.defaults_before_after --before de1ed52 --write    # and put them in docs/benchmarks.md
+    python -m benchmarks.defaults_before_after --from-json benchmarks/defaults_before_after.json --write   # no runs
 
 `--before` is a git revision, checked out with `git worktree add --detach` into a temporary
 folder (removed at the end); "after" is this checkout as it is. Each side's commands run with
@@ -214,14 +215,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.defaults_before_after", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument("--before", required=True, help="the git revision to compare this checkout with")
+    parser.add_argument("--before", help="the git revision to compare this checkout with (required unless --from-json)")
     parser.add_argument("--runs", type=int, default=7, help="rounds of the main job (default 7)")
     parser.add_argument("--rounds", type=int, default=2, help="bench_paired runs per side for the MLP (default 2)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the rounds' shuffled order")
     parser.add_argument("--scale", type=float, default=1.0, help="epoch pairs x this (0.1: a quick trial)")
     parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "defaults_before_after.json")
     parser.add_argument("--write", action="store_true", help=f"put the tables into {DOC.relative_to(REPO)}")
+    parser.add_argument("--from-json", type=Path, help="make the tables of saved results (no runs)")
     args = parser.parse_args(argv)
+    if args.from_json:
+        return report(json.loads(args.from_json.read_text()), args.write)
+    if not args.before:
+        parser.error("--before REVISION is required (or --from-json FILE)")
     commit = git("rev-parse", "--verify", f"{args.before}^{{commit}}")
     after = git("rev-parse", "HEAD") + (
         " + uncommitted edits" if git("status", "--porcelain", "src", "benchmarks") else ""
@@ -245,10 +251,15 @@ def main(argv: list[str] | None = None) -> int:
             }
         finally:
             subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(checkout)], check=False)
+    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return report(result, args.write)
+
+
+def report(result: dict, write: bool) -> int:
+    """Print the tables of `result`, and with `write` put them between the markers of the doc."""
     table = tables(result)
     print("\n" + table)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
-    if args.write:
+    if write:
         write_between(DOC, START, END, table)
         print(f"\nwrote the tables into {DOC}")
     return 0

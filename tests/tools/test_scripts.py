@@ -106,3 +106,37 @@ def test_rl_vs_sb3_quick_run_trains_both_libraries() -> None:
     assert [r[0] for r in rows] == ["Stable-Baselines3", "nnlab"]
     for _, steps, final, seconds in rows:
         assert steps == "not reached" and 0 < float(final) <= 500 and float(seconds) > 0
+
+
+def test_defaults_before_after_tables_and_writes_only_between_its_markers(tmp_path: Path, monkeypatch) -> None:
+    from benchmarks import defaults_before_after as dba
+
+    def side(first: float, wall: float) -> list[dict]:
+        return [{"to_first_step_s": first + i / 10, "wall_s": wall, "test_acc": 0.9805} for i in range(3)]
+
+    def paired(*ratios: float) -> dict:
+        return {"defaults": [(1.0, r) for r in ratios], "bare": [(0.5, r + 0.01) for r in ratios]}
+
+    result = {
+        "command": "python -m benchmarks.defaults_before_after --before abc",
+        "date": "2026-12-08",
+        "before": "abc",
+        "after": "def",
+        "environment": {"cpu": "CPU", "cpu_count": 2, "load_average": [0.5, 0.5, 0.5]},
+        "start_up": {
+            "floor": [{"to_first_step_s": f} for f in (2.0, 2.1, 2.2)],
+            "before": side(2.7, 6.0),
+            "after": side(2.4, 5.5),
+        },
+        "epochs": [{"case": "MLP", "pairs": 150, "runs": {"before": [paired(0.91)], "after": [paired(0.90, 1.12)]}}],
+    }
+    table = dba.tables(result)
+    # nnlab over the floor: the median of the rounds' differences (0.7 and 0.4 in every round).
+    assert "| before | 2.80 s | **0.70 s** | 6.00 s | 0.9805 |" in table
+    assert "| after | 2.50 s | **0.40 s** | 5.50 s | 0.9805 |" in table
+    assert "| MLP | 150 | 0.910x | 0.900x | 1.120x | 0.920x | 0.910x |" in table
+    doc = tmp_path / "doc.md"
+    doc.write_text(f"intro\n{dba.START}\nold\n{dba.END}\noutro\n")
+    monkeypatch.setattr(dba, "DOC", doc)
+    dba.report(result, write=True)
+    assert doc.read_text() == f"intro\n{dba.START}\n{table}\n{dba.END}\noutro\n"
