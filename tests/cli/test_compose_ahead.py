@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -117,3 +118,38 @@ def test_the_config_serves_only_the_call_it_was_composed_for() -> None:
     )
     assert key != compose_ahead._call_key(load, (None, "train", ["a=2"], "RUN"), {})
     assert key != compose_ahead._call_key(load, (None, "train", ["a=1"], "MULTIRUN"), {})
+
+
+def fork_child(main) -> tuple[int, int]:  # noqa: ANN001
+    read_fd, write_fd = os.pipe()
+    child = os.fork()
+    if child == 0:
+        os.close(read_fd)
+        compose_ahead._compose_and_exit(main, write_fd)
+    os.close(write_fd)
+    return read_fd, child
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_the_child_never_runs_the_job_and_a_stuck_child_is_killed(tmp_path: Path) -> None:
+    """Should a Hydra version reach its job without composing through load_configuration, the
+    child exits at run_job; a child still composing after the wait is killed; either way
+    nothing is sent and this process composes itself."""
+    marker = tmp_path / "ran"
+
+    def runs_the_job() -> None:
+        import hydra._internal.hydra
+
+        hydra._internal.hydra.run_job(task_function=lambda cfg: marker.write_text("ran"))
+        marker.write_text("ran")
+
+    read_fd, child = fork_child(runs_the_job)
+    assert compose_ahead._receive(read_fd, child) == b""
+    assert not marker.exists()
+
+    read_fd, child = fork_child(lambda: time.sleep(60))
+    started = time.monotonic()
+    assert compose_ahead._receive(read_fd, child, timeout_s=0.5) == b""
+    assert time.monotonic() - started < 10
+    with pytest.raises(ChildProcessError):  # (reaped)
+        os.waitpid(child, 0)

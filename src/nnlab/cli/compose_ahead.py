@@ -23,9 +23,15 @@ from __future__ import annotations
 import inspect
 import os
 import pickle
+import select
+import signal
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
+
+# A compose takes 0.15-0.3 s; a child still at it after this long is stuck, and this process composes.
+WAIT_S = 30.0
 
 
 def usable(argv: list[str]) -> bool:
@@ -50,12 +56,16 @@ def _call_key(load: Callable[..., Any], args: tuple, kwargs: dict) -> tuple:
 
 def _compose_and_exit(main: Callable[[], object], pipe_fd: int) -> None:
     """In the child: run the command's Hydra entry until the config is composed, write
-    (the call's arguments, the config) to `pipe_fd` and exit. Never returns; prints nothing."""
+    (the call's arguments, the config) to `pipe_fd` and exit. Never returns; prints nothing;
+    never runs the job (Hydra's `run_job` exits instead, should a Hydra version reach it
+    without composing through `load_configuration`)."""
+    import hydra._internal.hydra
     from hydra._internal.config_loader_impl import ConfigLoaderImpl
 
     quiet = os.open(os.devnull, os.O_WRONLY)
     os.dup2(quiet, 1)
     os.dup2(quiet, 2)
+    hydra._internal.hydra.run_job = lambda *args, **kwargs: os._exit(1)
     load = ConfigLoaderImpl.load_configuration
 
     def send(*args: Any, **kwargs: Any) -> None:
@@ -69,6 +79,23 @@ def _compose_and_exit(main: Callable[[], object], pipe_fd: int) -> None:
         main()
     finally:
         os._exit(1)  # (composition failed: this process's own compose will say why)
+
+
+def _receive(read_fd: int, child: int, timeout_s: float = WAIT_S) -> bytes:
+    """What the child sent (b"" if it failed), once it has exited; a child still composing after
+    `timeout_s` is killed and counts as failed."""
+    chunks, deadline = [], time.monotonic() + timeout_s
+    with os.fdopen(read_fd, "rb", buffering=0) as pipe:
+        while select.select([pipe], [], [], max(0.0, deadline - time.monotonic()))[0]:
+            chunk = pipe.read(1 << 16)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        else:
+            os.kill(child, signal.SIGKILL)
+            chunks = []
+    os.waitpid(child, 0)
+    return b"".join(chunks)
 
 
 @contextmanager
@@ -90,13 +117,12 @@ def composed_ahead(main: Callable[[], object], argv: list[str], warm_up: Callabl
     try:
         warm_up()
     finally:
-        with os.fdopen(read_fd, "rb") as pipe:
-            sent = pipe.read()
-        os.waitpid(child, 0)
-    if not sent:
+        sent = _receive(read_fd, child)
+    try:
+        key, composed = pickle.loads(sent)
+    except Exception:  # nothing sent (the child failed) or cut short: compose as always
         yield
         return
-    key, composed = pickle.loads(sent)
     load = ConfigLoaderImpl.load_configuration
     waiting = [composed]
 
