@@ -6,7 +6,7 @@
 
 Before its first step a command spends most of its time importing torch: one core, under
 Python's lock. Hydra's composition (reading and merging some thirty YAML files, applying the
-overrides: 0.15-0.3 s) needs no torch, so a forked child does it meanwhile, through Hydra's own
+overrides; docs/benchmarks.md times it) needs no torch, so a forked child does it meanwhile, through Hydra's own
 code path. Only where that cannot change what runs: a single run (the command line holds
 overrides only: no -m, --cfg, --help, ...) of nnlab's own configs (`app.own_configs`), where
 `os.fork` exists and the process may use a second core. The child's config serves only the
@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-# A compose takes 0.15-0.3 s; a child still at it after this long is stuck, and this process composes.
+# A compose takes a fraction of a second: a child still at it after this long is stuck, and this process composes.
 WAIT_S = 30.0
 
 
