@@ -260,11 +260,17 @@ def _exact(value: Any) -> Any:
     return (type(value).__name__, value)
 
 
+def is_timing(key: str) -> bool:
+    """A metric that is a duration in seconds (`baselines/<name>/fit_s`, `.../predict_s`, and
+    their `_std` over folds): it differs between any two runs, so it is not a result to compare."""
+    return key.rsplit("/", 1)[-1].removesuffix("_std").endswith("_s")
+
+
 def compare_metrics(before: dict[str, Any], after: dict[str, Any]) -> list[Difference]:
     """The keys of two metrics.json maps whose values are not bitwise equal, in sorted order
-    (a key on one side only counts, its other side shown as None). [] means equal."""
+    (a key on one side only counts, its other side shown as None), timings left out. [] means equal."""
     diffs = []
-    for key in sorted(before.keys() | after.keys()):
+    for key in sorted(k for k in before.keys() | after.keys() if not is_timing(k)):
         if key not in before or key not in after:
             diffs.append(Difference(key, before.get(key), after.get(key)))
         elif _exact(before[key]) != _exact(after[key]):

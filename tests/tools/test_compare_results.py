@@ -45,6 +45,14 @@ def test_a_value_one_ulp_away_differs() -> None:
     assert diff.describe() == "test/loss: 0.32366496324539185 -> 0.3236649632453919"
 
 
+def test_timings_are_not_results() -> None:
+    """A baseline's fit and predict seconds differ between any two runs: not compared."""
+    before = {"test/acc": 0.98, "baselines/logistic/fit_s": 0.019, "baselines/logistic/predict_s": 0.001}
+    after = {"test/acc": 0.98, "baselines/logistic/fit_s": 0.024, "baselines/logistic/fit_s_std": 0.002}
+    assert compare_metrics(before, after) == []
+    assert [d.key for d in compare_metrics(before, {**after, "test/acc": 0.97})] == ["test/acc"]
+
+
 def test_a_missing_key_differs_on_either_side() -> None:
     fewer = {k: v for k, v in METRICS.items() if k != "val/acc"}
     (diff,) = compare_metrics(METRICS, fewer)
