@@ -41,3 +41,17 @@ build(cfg)
     loaded = imported_after(code, tmp_path)
     assert "torch" in loaded
     assert loaded.isdisjoint(OPTIONAL), sorted(loaded & set(OPTIONAL))
+
+
+def test_warm_up_freezes_what_the_engine_import_made_once() -> None:
+    """After torch and the engine are imported, their objects are frozen (the cyclic collector
+    no longer scans them); a second call, as in a sweep's next trial, freezes nothing more."""
+    code = (
+        "import gc; from nnlab.commands.train import warm_up; "
+        "before = gc.get_freeze_count(); warm_up(); first = gc.get_freeze_count(); "
+        "object(); [[] for _ in range(1000)]; warm_up(); "
+        "print(before, first, gc.get_freeze_count(), 'torch' in __import__('sys').modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    before, first, again, torch_loaded = int(out[0]), int(out[1]), int(out[2]), out[3]
+    assert before == 0 and first > 100_000 and again == first and torch_loaded == "True"

@@ -12,6 +12,8 @@ launcher (joblib workers, SLURM jobs) never trains, so it does not pay for impor
 from __future__ import annotations
 
 import copy
+import gc
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,7 +26,8 @@ from nnlab.cli.overrides import explain
 
 @hydra.main(version_base="1.3", config_path="pkg://nnlab.configs", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    from nnlab.runs import pipeline  # torch and the engine: only in the process that trains
+    warm_up()  # torch and the engine: only in the process that trains
+    from nnlab.runs import pipeline
 
     return pipeline.run(cfg)
 
@@ -55,9 +58,17 @@ def compose_run(overrides: Sequence[str], run_dir: str | Path, config_name: str 
 
 
 def warm_up() -> None:
-    """What a run imports before its first step (torch and the engine), imported while a forked
-    child composes the config (`nnlab.cli.compose_ahead`)."""
+    """What a run imports before its first step (torch and the engine; `cli` has it done while a
+    forked child composes the config, `nnlab.cli.compose_ahead`), then `gc.freeze()`: the
+    objects those imports made live as long as the process, so the cyclic collector stops
+    scanning them. A full collection over them would otherwise come due during start-up and
+    again while training (docs/benchmarks.md times it). Only on the import itself: in a sweep's
+    later trials there is nothing new to freeze."""
+    if "nnlab.runs.pipeline" in sys.modules:
+        return
     import nnlab.runs.pipeline  # noqa: F401
+
+    gc.freeze()
 
 
 def cli() -> None:
