@@ -6,11 +6,13 @@ root of a checkout, after `pip install -e ".[bench]"` (Lightning and MiniSom for
 
     python -m benchmarks.bench           # one model through nnlab and the alternatives (docs/benchmarks.md)
     python -m benchmarks.bench_paired    # the engine's cost per epoch, epochs paired with the raw loop's
-    python -m benchmarks.bench_fused     # each optimizer with and without optimizer.fused=true
+    python -m benchmarks.bench_fused     # each optimizer with and without its fused update
     python -m benchmarks.bench_som       # nnlab's SOM against MiniSom
     python -m benchmarks.bench_health    # what the training-health monitor costs
     python -m benchmarks.bench_sweep     # parallel sweep trials, and what a trial costs to start
     python -m benchmarks.time_main_job   # the README's main job, wall time and launch -> first step
+    python -m benchmarks.startup_imports # what the main job imports beyond the plain-PyTorch floor
+    python -m benchmarks.defaults_before_after --before REV   # start-up and epoch pairs of two revisions
     python -m benchmarks.rl_vs_sb3       # PPO and DQN on CartPole against Stable-Baselines3
     python -m benchmarks.ddp_scaling     # 1, 2, ... gloo processes, and what the all-reduce costs
     python -m benchmarks.shap_agreement  # nnlab's Kernel SHAP against the shap library's KernelExplainer

@@ -140,3 +140,14 @@ def test_defaults_before_after_tables_and_writes_only_between_its_markers(tmp_pa
     monkeypatch.setattr(dba, "DOC", doc)
     dba.report(result, write=True)
     assert doc.read_text() == f"intro\n{dba.START}\n{table}\n{dba.END}\noutro\n"
+
+
+@pytest.mark.slow
+def test_startup_imports_times_each_import_after_the_floor() -> None:
+    out = run_script("startup_imports", "--runs", "1", "--freeze")
+    rows = re.findall(r"^\| ([^|]+) \| (\d+) ms \|$", out, flags=re.M)
+    names = [r[0] for r in rows]
+    assert names[0].startswith("OmegaConf") and names[1] == "Hydra" and names[-2] == "torch.utils.tensorboard"
+    assert names[-1] == "all of them (sum of the medians)"
+    assert int(rows[-1][1]) >= sum(int(ms) for _, ms in rows[:-1]) - len(rows)  # (each median rounded)
+    assert "after torch and torch._dynamo, then gc.freeze()" in out
