@@ -152,18 +152,6 @@ def cli(
         gc.freeze()
 
 
-# Flags and override keys through which a command line can bring in a config that sets hydra.mode.
-OWN_CONFIG_FLAGS = ("--config-dir", "-cd", "--config-path", "-cp", "--config-name", "-cn")
-OWN_CONFIG_KEYS = ("hydra", "hydra.mode", "hydra.searchpath")
-
-
-def own_configs(argv: list[str]) -> bool:
-    """Whether the command line brings in configs other than nnlab's own (a config dir, path or
-    name, a search path) or sets hydra.mode itself."""
-    keys = [arg.split("=", 1)[0] for arg in argv]
-    return any(key in OWN_CONFIG_FLAGS or key.lstrip("+~") in OWN_CONFIG_KEYS for key in keys)
-
-
 @contextmanager
 def _one_compose(argv: list[str]) -> Iterator[None]:
     """Hydra composes a command's whole config twice before running it: once (`Hydra.get_mode`)
@@ -174,7 +162,7 @@ def _one_compose(argv: list[str]) -> Iterator[None]:
     mode its flags ask for (-m or not), as it does when the answer is "not set"."""
     from hydra._internal.hydra import Hydra
 
-    if own_configs(argv) or not callable(getattr(Hydra, "get_mode", None)):
+    if compose_ahead.own_configs(argv) or not callable(getattr(Hydra, "get_mode", None)):
         yield
         return
     get_mode = Hydra.get_mode

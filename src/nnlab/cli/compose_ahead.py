@@ -8,7 +8,7 @@ Before its first step a command spends most of its time importing torch: one cor
 Python's lock. Hydra's composition (reading and merging some thirty YAML files, applying the
 overrides; docs/benchmarks.md times it) needs no torch, so a forked child does it meanwhile, through Hydra's own
 code path. Only where that cannot change what runs: a single run (the command line holds
-overrides only: no -m, --cfg, --help, ...) of nnlab's own configs (`app.own_configs`), where
+overrides only: no -m, --cfg, --help, ...) of nnlab's own configs (`own_configs`), where
 `os.fork` exists and the process may use a second core. The child's config serves only the
 call it was composed for (same config name, overrides and mode). If the child fails (a
 misspelled key, say), nothing of it is shown: this process composes as it always did, so
@@ -34,11 +34,21 @@ from typing import Any
 WAIT_S = 30.0
 
 
+# Flags and override keys through which a command line can bring in a config that sets hydra.mode.
+OWN_CONFIG_FLAGS = ("--config-dir", "-cd", "--config-path", "-cp", "--config-name", "-cn")
+OWN_CONFIG_KEYS = ("hydra", "hydra.mode", "hydra.searchpath")
+
+
+def own_configs(argv: list[str]) -> bool:
+    """Whether the command line brings in configs other than nnlab's own (a config dir, path or
+    name, a search path) or sets hydra.mode itself."""
+    keys = [arg.split("=", 1)[0] for arg in argv]
+    return any(key in OWN_CONFIG_FLAGS or key.lstrip("+~") in OWN_CONFIG_KEYS for key in keys)
+
+
 def usable(argv: list[str]) -> bool:
     """Whether the command line is a single run of nnlab's own configs on a machine where a
     forked child can compose on a core of its own."""
-    from nnlab.cli.app import own_configs
-
     if not hasattr(os, "fork") or any(arg.startswith("-") for arg in argv) or own_configs(argv):
         return False
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
