@@ -40,12 +40,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
-from datetime import date, datetime
+from datetime import date
 from pathlib import Path
 
 from benchmarks.provenance import environment, write_between
-from benchmarks.time_main_job import first_step_time, floor_run
+from benchmarks.time_main_job import floor_run, nnlab_run
 
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "benchmarks.md"
@@ -88,19 +87,8 @@ def check_side(root: Path) -> None:
 def main_job(root: Path, run_dir: Path) -> dict[str, float]:
     """One `nnlab-train` run of `root`'s nnlab, in `run_dir`: wall, launch -> first step, test acc."""
     exe = shutil.which("nnlab-train") or sys.exit("nnlab-train is not on PATH: install the project first.")
-    launched = datetime.now()
-    t0 = time.perf_counter()
-    proc = subprocess.run([exe, f"hydra.run.dir={run_dir}"], env=side_env(root), capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        sys.exit(f"nnlab-train ({root}) failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
-    started = first_step_time((run_dir / "train.log").read_text())
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    return {
-        "wall_s": wall,
-        "to_first_step_s": (started - launched).total_seconds() if started else float("nan"),
-        "test_acc": metrics.get("test/acc"),
-    }
+    row = nnlab_run(exe, run_dir, [], env=side_env(root))
+    return {"wall_s": row["wall_s"], "to_first_step_s": row["to_first_step_s"], "test_acc": row["test/acc"]}
 
 
 def start_up(sides: dict[str, Path], runs: int, work: Path, seed: int) -> dict[str, list[dict[str, float]]]:

@@ -69,11 +69,12 @@ def floor_run() -> tuple[float, int]:
     return float(stamp) - launched, int(params)
 
 
-def nnlab_run(exe: str, run_dir: Path, overrides: list[str]) -> dict[str, float]:
-    """One `nnlab-train` run in `run_dir`: wall time, launch -> first step, test accuracy."""
+def nnlab_run(exe: str, run_dir: Path, overrides: list[str], env: dict[str, str] | None = None) -> dict[str, float]:
+    """One `nnlab-train` run in `run_dir` (in environment `env`, default this process's): wall
+    time, launch -> first step, test accuracy."""
     launched = datetime.now()
     t0 = time.perf_counter()
-    proc = subprocess.run([exe, f"hydra.run.dir={run_dir}", *overrides], capture_output=True, text=True)
+    proc = subprocess.run([exe, f"hydra.run.dir={run_dir}", *overrides], env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         sys.exit(f"nnlab-train failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
